@@ -1,0 +1,239 @@
+"""Classification losses for learning under label noise: CCE, MAE, GCE, SCE and IMAE.
+
+Every loss is an ``nn.Module`` built by name through one registry (``build_loss``) and shares one signature:
+
+* ``loss(logits, targets)`` -> the reduced scalar to back-propagate;
+* ``loss.sample_weights(logits, targets)`` -> each sample's weight, the L1 norm of dL_i/dz (the paper's
+  "sample weighting" view, arXiv 1903.12141, Table 2).
+
+The losses compute in at least float32 whatever the input dtype (bf16/fp16 logits from autocast give finite
+gradients) and keep float64 inputs in float64.
+
+IMAE is defined by its gradient; its integral diverges as p_y -> 1, so there is no honest closed-form IMAE loss
+value. The module returns a surrogate whose gradient is exactly IMAE's:
+``L_i = (w_i / 2) * (logsumexp_{j != y} z_j - z_y)`` with ``w_i = exp(T p_y (1 - p_y))`` detached.
+Its value is only meaningful for back-propagation; log cross-entropy and the weight statistics instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_loss(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a loss constructor under ``name``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise KeyError(f"loss {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_losses() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_loss(name: str, **kwargs: float | str) -> nn.Module:
+    """Build a registered loss by name; unknown names or options raise ``ValueError``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(list_losses())}")
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as exc:  # an option this loss does not take
+        raise ValueError(f"loss {name!r}: {exc}") from None
+
+
+def _prepare(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate shapes and labels; upcast half precision to float32 (float64 stays float64)."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
+    n, c = logits.shape
+    if c < 2:
+        raise ValueError(f"need at least 2 classes, got {c}")
+    if targets.dim() != 1 or targets.shape[0] != n:
+        raise ValueError(f"targets must be (N,) = ({n},), got shape {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integer class indices, got {targets.dtype}")
+    if n:
+        bad = (targets < 0) | (targets >= c)
+        if bool(bad.any()):
+            first = int(targets[bad.nonzero()[0, 0]])
+            raise ValueError(f"label {first} is outside [0, {c}) for {c} classes")
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return logits, targets.long()
+
+
+def _p_y(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return logits.log_softmax(dim=1).gather(1, targets[:, None]).squeeze(1).exp()
+
+
+class _Loss(nn.Module):
+    """Base: subclasses implement ``_per_sample`` (un-reduced) and ``_weights`` (L1 norm of dL_i/dz)."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = _prepare(logits, targets)
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        return self._per_sample(logits, targets).mean()
+
+    @torch.no_grad()
+    def sample_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = _prepare(logits.detach(), targets)
+        return self._weights(logits, targets)
+
+    def _per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CCE(_Loss):
+    """Categorical cross-entropy, optionally label-smoothed."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+
+    def _per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.label_smoothing)
+
+    def _weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        p = logits.softmax(dim=1)
+        c = logits.shape[1]
+        q = torch.full_like(p, self.label_smoothing / c)
+        q.scatter_add_(1, targets[:, None], torch.full_like(p[:, :1], 1.0 - self.label_smoothing))
+        return (p - q).abs().sum(dim=1)
+
+
+class MAE(_Loss):
+    """Mean absolute error between softmax and one-hot: L = ||p - e_y||_1 = 2 (1 - p_y)."""
+
+    def _per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return 2.0 * (1.0 - _p_y(logits, targets))
+
+    def _weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        p_y = _p_y(logits, targets)
+        return 4.0 * p_y * (1.0 - p_y)
+
+
+class GCE(_Loss):
+    """Generalized cross-entropy (Zhang & Sabuncu 2018): L = (1 - p_y^q) / q."""
+
+    def __init__(self, q: float = 0.7) -> None:
+        super().__init__()
+        if not 0.0 < float(q) <= 1.0:
+            raise ValueError(f"GCE q must be in (0, 1], got {q}")
+        self.q = float(q)
+
+    def _per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_p_y = logits.log_softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
+        return (1.0 - torch.exp(self.q * log_p_y)) / self.q
+
+    def _weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        p_y = _p_y(logits, targets)
+        return p_y.pow(self.q) * 2.0 * (1.0 - p_y)
+
+
+class SCE(_Loss):
+    """Symmetric cross-entropy (Wang et al. 2019): alpha * CE + beta * RCE, RCE = -A (1 - p_y), A = log(1e-4).
+
+    A is the log of the clamped zero entries of the one-hot target, as in the authors' implementation.
+    """
+
+    A = math.log(1e-4)
+
+    def __init__(self, alpha: float = 0.1, beta: float = 1.0) -> None:
+        super().__init__()
+        if float(alpha) < 0 or float(beta) < 0:
+            raise ValueError(f"SCE alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def _per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_p_y = logits.log_softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
+        rce = -self.A * (1.0 - log_p_y.exp())
+        return self.alpha * (-log_p_y) + self.beta * rce
+
+    def _weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        p_y = _p_y(logits, targets)
+        return (self.alpha - self.beta * self.A * p_y) * 2.0 * (1.0 - p_y)
+
+
+class IMAE(_Loss):
+    """Improved MAE (Wang et al., arXiv 1903.12141): CCE's direction, weight w = exp(T p_y (1 - p_y)).
+
+    ``normalize="weight"`` divides the batch sum by the batch's total weight (only ratios between samples change
+    with T); ``normalize="mean"`` divides by the batch size.
+    """
+
+    def __init__(self, t: float = 8.0, normalize: str = "weight") -> None:
+        super().__init__()
+        if float(t) < 0 or not math.isfinite(float(t)):
+            raise ValueError(f"IMAE t must be a finite number >= 0, got {t}")
+        if normalize not in ("weight", "mean"):
+            raise ValueError(f"IMAE normalize must be 'weight' or 'mean', got {normalize!r}")
+        self.t, self.normalize = float(t), normalize
+
+    def _weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        p_y = _p_y(logits, targets)
+        return torch.exp(self.t * p_y * (1.0 - p_y))
+
+    def _surrogate(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self._weights(logits.detach(), targets)
+        z_y = logits.gather(1, targets[:, None]).squeeze(1)
+        others = logits.scatter(1, targets[:, None], float("-inf"))
+        return (w / 2.0) * (others.logsumexp(dim=1) - z_y), w
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = _prepare(logits, targets)
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        per_sample, w = self._surrogate(logits, targets)
+        denom = w.sum() if self.normalize == "weight" else logits.new_tensor(float(logits.shape[0]))
+        return per_sample.sum() / denom
+
+
+@register_loss("cce")
+def _cce(label_smoothing: float = 0.0) -> nn.Module:
+    return CCE(label_smoothing=label_smoothing)
+
+
+@register_loss("mae")
+def _mae() -> nn.Module:
+    return MAE()
+
+
+@register_loss("gce")
+def _gce(q: float = 0.7) -> nn.Module:
+    return GCE(q=q)
+
+
+@register_loss("sce")
+def _sce(alpha: float = 0.1, beta: float = 1.0) -> nn.Module:
+    return SCE(alpha=alpha, beta=beta)
+
+
+@register_loss("imae")
+def _imae(t: float = 8.0, normalize: str = "weight") -> nn.Module:
+    return IMAE(t=t, normalize=normalize)
+
+
+def weight_curves(p_y: torch.Tensor, ts: list[float]) -> dict[str, torch.Tensor]:
+    """Sample weight as a function of p_y for CCE, MAE and IMAE at each T (the paper's Figure 1)."""
+    curves = {"CCE": 2.0 * (1.0 - p_y), "MAE": 4.0 * p_y * (1.0 - p_y)}
+    for t in ts:
+        curves[f"IMAE T={t:g}"] = torch.exp(t * p_y * (1.0 - p_y))
+    return curves
