@@ -191,19 +191,42 @@ class IMAE(_Loss):
         p_y = _p_y(logits, targets)
         return torch.exp(self.t * p_y * (1.0 - p_y))
 
-    def _surrogate(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self._weights(logits.detach(), targets)
-        z_y = logits.gather(1, targets[:, None]).squeeze(1)
-        others = logits.scatter(1, targets[:, None], float("-inf"))
-        return (w / 2.0) * (others.logsumexp(dim=1) - z_y), w
-
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits, targets = _prepare(logits, targets)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
-        per_sample, w = self._surrogate(logits, targets)
-        denom = w.sum() if self.normalize == "weight" else logits.new_tensor(float(logits.shape[0]))
-        return per_sample.sum() / denom
+        return _IMAEFunction.apply(logits, targets, self.t, self.normalize == "weight")
+
+
+class _IMAEFunction(torch.autograd.Function):
+    """The stable surrogate ``sum_i (w_i / 2) (logsumexp_{j != y} z_j - z_y) / denom`` with a fused backward.
+
+    One masked copy of the logits serves both the weight and the gradient: with ``lse_o`` the log-sum-exp of the
+    non-target logits, ``p_y = sigmoid(z_y - lse_o)`` (exact, no cancellation as p_y -> 1) and the gradient is
+    ``(w_i / 2) (softmax_{j != y}(z) - e_y) / denom``. No division by 1 - p_y anywhere.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, t: float,  # noqa: ANN001 - autograd ctx
+                by_weight: bool) -> torch.Tensor:
+        idx = targets[:, None]
+        others = logits.scatter(1, idx, float("-inf"))
+        lse_o = others.logsumexp(dim=1)
+        margin = lse_o - logits.gather(1, idx).squeeze(1)
+        p_y = torch.sigmoid(-margin)
+        w = torch.exp(t * p_y * (1.0 - p_y))
+        denom = w.sum() if by_weight else logits.new_tensor(float(logits.shape[0]))
+        half_w = w / (2.0 * denom)
+        ctx.save_for_backward(others, lse_o, half_w, idx)
+        return (half_w * margin).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205 - autograd signature
+        others, lse_o, half_w, idx = ctx.saved_tensors
+        scale = half_w * grad_out
+        grad = torch.exp(others - lse_o[:, None]).mul_(scale[:, None])  # exp(-inf) = 0 at the target
+        grad.scatter_(1, idx, -scale[:, None])
+        return grad, None, None, None
 
 
 @register_loss("cce")
