@@ -1,0 +1,86 @@
+"""Static checks of the deployment files (no Docker engine runs here): a real compose implementation validates
+compose.yaml, every service runs a valid `vidret` command, and the images end as a non-root user with a health check."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker" / "compose.yaml"
+PROFILES = ["demo", "train", "index", "cpu"]
+
+
+def _compose_bin() -> str:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        if os.environ.get("VIDRET_SKIP_COMPOSE") == "1":
+            pytest.skip("VIDRET_SKIP_COMPOSE=1")
+        pytest.fail("docker-compose is not installed (Debian package docker-compose; .ci/run installs it)")
+    return exe
+
+
+def _config(*profiles: str) -> dict:
+    args = [_compose_bin(), "-f", str(COMPOSE)]
+    for p in profiles:
+        args += ["--profile", p]
+    res = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)
+
+
+def test_compose_validates_with_and_without_profiles() -> None:
+    assert set(_config()["services"]) == {"api"}
+    services = _config(*PROFILES)["services"]
+    assert set(services) == {"api", "synth", "train", "train-cpu", "embed", "embed-cpu", "index"}
+    api = services["api"]
+    assert api["healthcheck"]["test"] and api["restart"] == "unless-stopped"
+    assert any(v["target"] == "/data" for v in api["volumes"])
+    assert "VIDRET_API_KEY" in api["environment"]
+    for name in ("train", "embed"):  # GPU jobs reserve GPUs and enough shared memory for DataLoader workers
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+        assert services[name]["shm_size"]
+    for name in ("train-cpu", "embed-cpu"):
+        assert "deploy" not in services[name]
+
+
+def _subcommand(argv: list[str]) -> list[str]:
+    sub = []
+    for tok in argv[1:]:
+        if tok.startswith("-"):
+            break
+        sub.append(tok)
+        if tok not in ("data", "index", "plot", "bench"):
+            break
+    return sub
+
+
+def test_every_service_command_is_a_valid_vidret_invocation() -> None:
+    for name, svc in _config(*PROFILES)["services"].items():
+        argv = svc["command"]
+        assert argv[0] == "vidret", name
+        sub = _subcommand(argv)
+        res = subprocess.run([sys.executable, "-m", "service.cli", *sub, "--help"], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "COLUMNS": "200"})
+        assert res.returncode == 0, (name, res.stderr)
+        for flag in (tok for tok in argv[1:] if tok.startswith("--")):
+            assert flag in res.stdout, f"service {name}: `vidret {' '.join(sub)}` has no option {flag}"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
+def test_dockerfiles_end_non_root_with_healthcheck(dockerfile: str) -> None:
+    text = (ROOT / "docker" / dockerfile).read_text()
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
+    assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
+    assert re.search(r"^HEALTHCHECK .*\n?.*?/health", text, flags=re.M)
+    # dependencies are installed before the source is copied (cache-friendly layers)
+    assert text.index("pip install '.[") < text.index("COPY training")
+    assert re.search(r"^CMD \[\"vidret\", \"serve\"", text, flags=re.M)
