@@ -29,4 +29,7 @@ def plot_weights_cmd(
 
 def register(app: typer.Typer) -> None:
     """Mount the training sub-commands on the root app."""
+    from training.data_cli import data_app
+
+    app.add_typer(data_app, name="data")
     app.add_typer(plot_app, name="plot")

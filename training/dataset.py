@@ -1,0 +1,150 @@
+"""The video Dataset: decode, clip-consistent transforms, normalisation, collate, and the bad-video policy.
+
+Every random choice of an item (frames, crop, flip) comes from a generator seeded by (seed, epoch, index), so the
+data a model sees depends only on the seed and the epoch: a resumed run sees exactly what an uninterrupted one did.
+
+Unreadable videos never raise inside a DataLoader worker: the item is marked bad, ``collate`` drops it and lists it
+in ``batch["skipped"]``, and the caller applies the policy (``fail``: stop naming the file and the decoder's reason;
+``skip``: count it and report all skipped files at the end).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from indexing.errors import UserError
+from training.manifest import VideoRow
+from training.video import ClipSpec, VideoDecodeError, read_clip, sample_indices
+
+MEAN = (0.43216, 0.394666, 0.37645)  # Kinetics-400, as torchvision's video models use
+STD = (0.22803, 0.22145, 0.216989)
+BAD_VIDEO_POLICIES = ("fail", "skip")
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """x: float (T, C, H, W)."""
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def clip_transform(clip: torch.Tensor, spec: ClipSpec, train: bool, rng: np.random.Generator | None = None,
+                   mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
+    """uint8 (T, H, W, C) -> normalised float (C, T, size, size); the same crop and flip for every frame.
+
+    train: random resized crop (scale 0.4-1, aspect 3/4-4/3) + horizontal flip; eval: resize the short side to
+    ``spec.decode_short_side`` and take the centre crop. Deterministic given ``rng``.
+    """
+    x = clip.permute(0, 3, 1, 2).float().div_(255.0)  # T, C, H, W
+    h, w = x.shape[-2:]
+    s = spec.size
+    if train:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        area = h * w
+        for _ in range(10):
+            target = area * rng.uniform(0.4, 1.0)
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                break
+        else:
+            ch = cw = min(h, w)
+        top = int(rng.integers(0, h - ch + 1))
+        left = int(rng.integers(0, w - cw + 1))
+        x = _resize(x[..., top:top + ch, left:left + cw], (s, s))
+        if rng.random() < 0.5:
+            x = x.flip(-1)
+    else:
+        short = spec.decode_short_side
+        if min(h, w) != short:
+            x = _resize(x, (max(s, round(h * short / min(h, w))), max(s, round(w * short / min(h, w)))))
+            h, w = x.shape[-2:]
+        top, left = (h - s) // 2, (w - s) // 2
+        x = x[..., top:top + s, left:left + s]
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    sd = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x - m) / sd).permute(1, 0, 2, 3).contiguous()
+
+
+class VideoDataset(Dataset):
+    """Clips of the videos of a manifest, with targets from ``class_to_idx`` (-1 where a row has no label)."""
+
+    def __init__(self, rows: Sequence[VideoRow], spec: ClipSpec, train: bool,
+                 class_to_idx: dict[str, int] | None = None, on_bad_video: str = "fail", seed: int = 0,
+                 cache: bool = False, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
+                 label_field: str = "label") -> None:
+        if on_bad_video not in BAD_VIDEO_POLICIES:
+            raise UserError(f"--on-bad-video must be one of {', '.join(BAD_VIDEO_POLICIES)}, got {on_bad_video!r}")
+        self.rows = list(rows)
+        self.spec, self.train, self.seed, self.epoch = spec, train, seed, 0
+        self.on_bad_video = on_bad_video
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self.targets = np.full(len(self.rows), -1, dtype=np.int64)
+        if class_to_idx is not None:
+            for i, r in enumerate(self.rows):
+                lab = getattr(r, label_field)
+                if lab is not None:
+                    if lab not in class_to_idx:
+                        raise UserError(f"row {r.row} ({r.id}): label {lab!r} is not a known class")
+                    self.targets[i] = class_to_idx[lab]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _decode(self, i: int, rng: np.random.Generator) -> torch.Tensor:
+        path = self.rows[i].path
+        if self.cache is None:
+            return read_clip(path, self.spec, self.train, rng)[0]
+        if i not in self.cache:  # decode every frame once, sample from memory afterwards
+            from training.video import num_frames
+
+            n = num_frames(path)
+            self.cache[i] = read_clip(path, ClipSpec(frames=n, size=self.spec.size, sampling="uniform"),
+                                      train=False, decode_short_side=self.spec.decode_short_side)[0]
+        frames = self.cache[i]
+        return frames[torch.from_numpy(sample_indices(frames.shape[0], self.spec, self.train, rng))]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        try:
+            clip = self._decode(i, rng)
+        except VideoDecodeError as exc:
+            return {"bad": (exc.path, exc.reason), "index": i}
+        return {"clip": clip_transform(clip, self.spec, self.train, rng, self.mean, self.std),
+                "target": int(self.targets[i]), "index": i}
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the good items; list the bad ones as ``skipped`` [(path, reason)]."""
+    good = [b for b in batch if "bad" not in b]
+    skipped = [b["bad"] for b in batch if "bad" in b]
+    if good:
+        clip = torch.stack([b["clip"] for b in good])
+    else:
+        clip = torch.empty(0)
+    return {"clip": clip, "target": torch.tensor([b["target"] for b in good], dtype=torch.long),
+            "index": torch.tensor([b["index"] for b in good], dtype=torch.long), "skipped": skipped}
+
+
+def apply_bad_video_policy(skipped: list[tuple[str, str]], policy: str, seen: dict[str, str]) -> None:
+    """Record skipped videos; under ``fail`` raise for the first one (file and the decoder's reason)."""
+    for path, reason in skipped:
+        if policy == "fail":
+            raise VideoDecodeError(path, f"{reason} (use --on-bad-video skip to train without it)")
+        seen.setdefault(path, reason)
+
+
+def worker_init(_: int) -> None:
+    """DataLoader worker: one intra-op thread per worker (the workers are the parallelism)."""
+    torch.set_num_threads(1)
