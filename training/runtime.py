@@ -1,0 +1,120 @@
+"""Small runtime helpers for training and inference: device and precision choice, DDP set-up, atomic checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from indexing.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def select_device(spec: str = "auto", local_rank: int = 0, cuda_available: bool | None = None) -> torch.device:
+    """``auto``: the GPU of this process's local rank when CUDA is available, else the CPU."""
+    if spec not in DEVICES and not spec.startswith("cuda:"):
+        raise UserError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {spec!r}")
+    has_cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if spec == "cpu" or (spec == "auto" and not has_cuda):
+        return torch.device("cpu")
+    if not has_cuda:
+        raise UserError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
+    return torch.device(spec if spec.startswith("cuda:") else f"cuda:{local_rank}")
+
+
+def resolve_precision(spec: str, device: torch.device, bf16_supported: bool | None = None) -> str:
+    """``auto``: bf16 on GPUs that support it, fp16 (with a gradient scaler) on other GPUs, fp32 on the CPU."""
+    if spec not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
+    if device.type != "cuda":
+        if spec == "fp16":
+            raise UserError("--precision fp16 needs a GPU (use fp32 or bf16 on the CPU)")
+        return "fp32" if spec == "auto" else spec
+    if spec != "auto":
+        return spec
+    supported = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+    return "bf16" if supported else "fp16"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_spec: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        use_nccl = device_spec != "cpu" and torch.cuda.is_available()
+        if use_nccl:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+    return info
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename: a kill leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """torch.load(weights_only=True) with clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip errors of many types
+        raise UserError(f"{path}: not a readable vidret checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "vidret-checkpoint":
+        raise UserError(f"{path}: not a vidret checkpoint")
+    return ckpt
