@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -9,6 +10,70 @@ import typer
 from indexing.errors import UserError
 
 plot_app = typer.Typer(help="Figures.", no_args_is_help=True)
+
+
+def train_cmd(
+    train: Path = typer.Option(..., help="Training manifest (CSV/JSONL with path, label; labels may be noisy)."),
+    out: Path = typer.Option(..., help="Run directory: config.json, metrics.csv, checkpoints/, plots/, tb/."),
+    val_query: Path | None = typer.Option(None, help="Validation query manifest (mAP/CMC every epoch)."),
+    val_gallery: Path | None = typer.Option(None, help="Validation gallery manifest."),
+    loss: str = typer.Option("imae", help="cce | mae | gce | sce | imae."),
+    imae_t: float = typer.Option(8.0, help="IMAE temperature T: weight exp(T p_y (1 - p_y)); more classes want more."),
+    imae_normalize: str = typer.Option("weight", help="IMAE batch reduction: weight (divide by total weight) | mean."),
+    gce_q: float = typer.Option(0.7, help="GCE q."),
+    sce_alpha: float = typer.Option(0.1, help="SCE alpha (CE term)."),
+    sce_beta: float = typer.Option(1.0, help="SCE beta (reverse CE term)."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cce loss."),
+    model: str = typer.Option("r2plus1d_18", help="Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, "
+                                                  "swin3d_t, resnet18-tap, resnet50-tap, tiny3d."),
+    embedding_dim: int = typer.Option(256, help="Embedding size D."),
+    scale: float = typer.Option(16.0, help="Cosine classifier scale s (logits bounded in [-s, s])."),
+    weights: Path | None = typer.Option(None, help="Local backbone weights file (state dict); nothing is downloaded."),
+    frames: int = typer.Option(16, help="Frames per clip."),
+    size: int = typer.Option(112, help="Crop size in pixels."),
+    sampling: str = typer.Option("segments", help="segments | uniform | random."),
+    stride: int = typer.Option(2, help="Frame stride of --sampling random."),
+    epochs: int = typer.Option(30),
+    batch_size: int = typer.Option(16, help="Global batch size (split across DDP processes)."),
+    optimizer: str = typer.Option("adamw", help="adamw | sgd."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (linear warm-up, then cosine decay)."),
+    weight_decay: float = typer.Option(1e-2),
+    warmup_epochs: float = typer.Option(1.0),
+    grad_clip: float = typer.Option(5.0, help="Gradient norm clipping (0: off)."),
+    workers: int = typer.Option(min(4, os.cpu_count() or 1), help="DataLoader worker processes."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (auto: the GPU when present)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPUs, fp32 on CPU)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt."),
+    seed: int = typer.Option(0),
+    on_bad_video: str = typer.Option("fail", help="fail | skip: what to do with a video that does not decode."),
+    cache: bool = typer.Option(False, "--cache", help="Keep decoded videos in memory (small datasets)."),
+) -> None:
+    """Train a video embedding model on noisy labels (IMAE by default). DDP: torchrun --no-python vidret train ..."""
+    from training.trainer import TrainConfig, fit
+
+    opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in ("fit", "TrainConfig")}
+    res = fit(TrainConfig(**opts))
+    if res.history:
+        last = res.history[-1]
+        typer.echo(f"done: {res.run_dir} (last epoch: loss {last['loss']:.4f}, train acc {last['train_acc']:.3f})")
+
+
+def embed_cmd(
+    checkpoint: Path = typer.Option(..., help="A vidret checkpoint (best.pt / last.pt)."),
+    manifest: Path = typer.Option(..., help="Videos to embed."),
+    out: Path = typer.Option(..., help="Embeddings .npz to write."),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(2),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    on_bad_video: str = typer.Option("fail", help="fail | skip."),
+) -> None:
+    """Embed a manifest's videos with a checkpoint (its eval transform) into an .npz."""
+    from training.embed import embed_manifest
+
+    emb = embed_manifest(checkpoint, manifest, out, batch_size=batch_size, workers=workers, device=device,
+                         on_bad_video=on_bad_video)
+    typer.echo(f"wrote {len(emb)} embeddings of dimension {emb.dim} to {out}")
 
 
 @plot_app.command("weights")
@@ -32,4 +97,6 @@ def register(app: typer.Typer) -> None:
     from training.data_cli import data_app
 
     app.add_typer(data_app, name="data")
+    app.command("train")(train_cmd)
+    app.command("embed")(embed_cmd)
     app.add_typer(plot_app, name="plot")

@@ -50,3 +50,50 @@ def plot_weights(out: str | Path, ts: list[float]) -> Path:
     path = save_figure(fig, out)
     plt.close(fig)
     return path
+
+
+def plot_training(history: list[dict[str, float]], weights, flipped, known, loss: str,  # noqa: ANN001 - arrays
+                  out_dir: str | Path) -> list[Path]:
+    """A run's curves (loss, train accuracy, val mAP/CMC-1) and its final sample-weight histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import math
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out_dir = Path(out_dir)
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [h["loss"] for h in history], marker="o")
+    axes[0].set(title="cross-entropy vs given labels", xlabel="epoch")
+    axes[1].plot(epochs, [h["train_acc"] for h in history], marker="o")
+    axes[1].set(title="train accuracy (given labels)", xlabel="epoch")
+    val = [(e, h["val_mAP"], h["val_cmc1"]) for e, h in zip(epochs, history, strict=True)
+           if not math.isnan(h.get("val_mAP", float("nan")))]
+    if val:
+        axes[2].plot([v[0] for v in val], [v[1] for v in val], marker="o", label="mAP")
+        axes[2].plot([v[0] for v in val], [v[2] for v in val], marker="s", label="CMC-1")
+        axes[2].legend()
+    axes[2].set(title="validation retrieval", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"loss: {loss}")
+    paths = [save_figure(fig, out_dir / "curves.png")]
+    plt.close(fig)
+    weights = np.asarray(weights)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    clean = np.asarray(known) & ~np.asarray(flipped)
+    noisy = np.asarray(known) & np.asarray(flipped)
+    bins = np.linspace(0, max(float(weights.max()), 1e-9), 31)
+    if clean.any() or noisy.any():
+        ax.hist(weights[clean], bins=bins, alpha=0.6, label=f"clean ({clean.sum()})")
+        ax.hist(weights[noisy], bins=bins, alpha=0.6, label=f"mislabelled ({noisy.sum()})")
+        ax.legend()
+    else:
+        ax.hist(weights, bins=bins, alpha=0.7, label="all samples")
+    ax.set(title=f"final-epoch sample weights ({loss})", xlabel="weight = |dL/dz|_1", ylabel="samples")
+    paths.append(save_figure(fig, out_dir / "sample_weights.png"))
+    plt.close(fig)
+    return paths
