@@ -1,9 +1,100 @@
-"""``vidret index`` and ``vidret evaluate``."""
+"""``vidret index build`` and ``vidret evaluate``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from indexing.errors import UserError
+
+index_app = typer.Typer(help="FAISS indexes of embeddings.", no_args_is_help=True)
+
+
+@index_app.command("build")
+def build_cmd(
+    embeddings: Path = typer.Option(..., help="Embeddings .npz (vidret embed)."),
+    out: Path = typer.Option(..., help="Index folder to create."),
+    type_: str = typer.Option("auto", "--type", help="auto | flat | ivf | ivfpq | hnsw."),
+    metric: str = typer.Option("cosine", help="cosine | l2."),
+    gpu: bool | None = typer.Option(None, "--gpu/--no-gpu", help="Build on the GPU (default: when available)."),
+    memory_budget_mb: float = typer.Option(4096, help="Memory budget that --type auto respects."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
+) -> None:
+    """Build an index folder: index.faiss, vectors, SQLite metadata, index.json."""
+    from indexing.embeddings import load_embeddings
+    from indexing.index import VideoIndex
+
+    emb = load_embeddings(embeddings)
+    ix = VideoIndex.build(emb, out, type=type_, metric=metric, gpu=gpu, checkpoint_sha256=emb.checkpoint_sha256,
+                          memory_budget_mb=memory_budget_mb, overwrite=overwrite)
+    params = ", ".join(f"{k}={v}" for k, v in ix.info.get("params", {}).items())
+    typer.echo(f"built {ix.type} index ({params or 'exact'}) of {ix.count} vectors, dim {ix.dim}, {ix.metric} -> {out}")
+    ix.close()
+
+
+def print_scores(scores, title: str) -> None:  # noqa: ANN001 - RetrievalScores
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("mAP", f"{scores.mAP * 100:.2f}%")
+    for k, v in sorted(scores.cmc.items()):
+        table.add_row(f"CMC@{k}", f"{v * 100:.2f}%")
+    table.add_row("queries evaluated", str(scores.num_queries))
+    table.add_row("queries skipped (no relevant item)", str(scores.skipped))
+    Console().print(table)
+
+
+def evaluate_cmd(
+    queries: Path = typer.Option(..., help="Query embeddings .npz."),
+    index: Path | None = typer.Option(None, help="Index folder: the gallery is what it holds."),
+    gallery: Path | None = typer.Option(None, help="Gallery embeddings .npz (instead of --index)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the scores as JSON."),
+    depth: int | None = typer.Option(None, help="Approximate: rank only the top K of the index's search."),
+    metric: str | None = typer.Option(None, help="cosine | l2 (default: the index's metric, else cosine)."),
+    ks: list[int] = typer.Option([1, 5, 10], "--k", help="CMC ranks (repeat the flag)."),
+) -> None:
+    """mAP and CMC with the re-ID protocol (self and same-label-same-camera gallery items removed)."""
+    from indexing.embeddings import load_embeddings
+    from indexing.metrics import evaluate_ranked_lists, evaluate_retrieval
+
+    if (index is None) == (gallery is None):
+        raise UserError("give exactly one of --index and --gallery")
+    if depth is not None and (index is None or depth < 1):
+        raise UserError("--depth K needs --index and K >= 1")
+    q = load_embeddings(queries)
+    if index is not None:
+        from indexing.index import VideoIndex
+
+        ix = VideoIndex.load(index, gpu=None)
+        metas, vecs = ix.snapshot()
+        g_ids, g_labels, g_cams = [m.id for m in metas], [m.label for m in metas], [m.camera for m in metas]
+        metric = metric or ix.metric
+        if depth is not None:
+            hits = ix.search(q.embeddings, depth)
+            res = evaluate_ranked_lists([[h.id for h in hs] for hs in hits], q.ids, q.labels, q.cameras, g_ids,
+                                        g_labels, g_cams, ks=ks)
+        ix.close()
+    else:
+        g = load_embeddings(gallery)
+        vecs, g_ids, g_labels, g_cams = g.embeddings, g.ids, g.labels, g.cameras
+    if depth is None:
+        if vecs.shape[1] != q.dim:
+            raise UserError(f"queries have dimension {q.dim}, the gallery {vecs.shape[1]}")
+        res = evaluate_retrieval(q.embeddings, q.ids, q.labels, q.cameras, vecs, g_ids, g_labels, g_cams, ks=ks,
+                                 metric=metric or "cosine")
+    print_scores(res, f"retrieval: {len(q)} queries vs {len(g_ids)} gallery videos"
+                      + (f" (top-{depth})" if depth else " (exact)"))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res.to_json(), indent=2) + "\n")
 
 
 def register(app: typer.Typer) -> None:
     """Mount the indexing sub-commands on the root app."""
+    app.add_typer(index_app, name="index")
+    app.command("evaluate")(evaluate_cmd)

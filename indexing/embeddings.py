@@ -21,6 +21,7 @@ class Embeddings:
     labels: np.ndarray
     cameras: np.ndarray
     paths: np.ndarray | None = None
+    checkpoint_sha256: str | None = None  # of the model that computed them, when known
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=str)
@@ -68,6 +69,8 @@ def save_embeddings(path: str | Path, emb: Embeddings) -> Path:
     arrays = {"ids": emb.ids, "embeddings": emb.embeddings, "labels": emb.labels, "cameras": emb.cameras}
     if emb.paths is not None:
         arrays["paths"] = emb.paths
+    if emb.checkpoint_sha256:
+        arrays["checkpoint_sha256"] = np.array(emb.checkpoint_sha256)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -90,7 +93,9 @@ def load_embeddings(path: str | Path, normalize_check: bool = True) -> Embedding
                 raise UserError(f"{path}: missing array(s) {', '.join(missing)} (expected ids, embeddings, labels, "
                                 f"cameras)")
             emb = Embeddings(ids=data["ids"], embeddings=data["embeddings"], labels=data["labels"],
-                             cameras=data["cameras"], paths=data["paths"] if "paths" in data.files else None)
+                             cameras=data["cameras"], paths=data["paths"] if "paths" in data.files else None,
+                             checkpoint_sha256=str(data["checkpoint_sha256"]) if "checkpoint_sha256" in data.files
+                             else None)
             if data["embeddings"].dtype != np.float32:
                 raise UserError(f"{path}: embeddings must be float32, got {data['embeddings'].dtype}")
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

@@ -135,6 +135,6 @@ def embed_manifest(checkpoint: str | Path, manifest: str | Path, out: str | Path
         print(f"skipped {path}: {reason}")
     kept = [rows[i] for i in kept_idx]
     emb = Embeddings(ids=[r.id for r in kept], embeddings=embs, labels=[r.label or "" for r in kept],
-                     cameras=[r.camera for r in kept], paths=[r.path for r in kept])
+                     cameras=[r.camera for r in kept], paths=[r.path for r in kept], checkpoint_sha256=loaded.sha256)
     save_embeddings(out, emb)
     return emb
