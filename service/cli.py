@@ -6,6 +6,7 @@ Heavy imports (torch, faiss, fastapi) happen inside the sub-commands, so ``vidre
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -23,6 +24,44 @@ app = typer.Typer(
 )
 register_training(app)
 register_indexing(app)
+
+
+@app.command("serve")
+def serve(
+    index: Path | None = typer.Option(None, help="Index folder [env VIDRET_INDEX]."),
+    checkpoint: Path | None = typer.Option(None, help="Checkpoint to embed uploads [env VIDRET_CHECKPOINT]."),
+    host: str | None = typer.Option(None, help="Bind address [env VIDRET_HOST, default 127.0.0.1]."),
+    port: int | None = typer.Option(None, help="Port [env VIDRET_PORT, default 8000]."),
+    api_key: str | None = typer.Option(None, help="Bearer key for adds/deletes [env VIDRET_API_KEY]."),
+    max_upload_mb: float | None = typer.Option(None, help="Upload size limit [env VIDRET_MAX_UPLOAD_MB, 64]."),
+    max_k: int | None = typer.Option(None, help="Largest k [env VIDRET_MAX_K, 100]."),
+    max_frames: int | None = typer.Option(None, help="Longest upload in frames [env VIDRET_MAX_FRAMES, 3000]."),
+    device: str | None = typer.Option(None, help="Model device auto|cpu|cuda [env VIDRET_DEVICE]."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve the search API and web page (GET / ; GET /docs for the API)."""
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in {"index": index, "checkpoint": checkpoint, "host": host, "port": port,
+                                   "api_key": api_key, "max_upload_mb": max_upload_mb, "max_k": max_k,
+                                   "max_frames": max_frames, "device": device}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(f"setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    if not (settings.index / "index.json").is_file():
+        raise UserError(f"{settings.index}: not an index folder (build one with `vidret index build`)")
+    if settings.checkpoint is not None and not settings.checkpoint.is_file():
+        raise UserError(f"--checkpoint {settings.checkpoint}: file not found")
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
+                timeout_graceful_shutdown=5)
 
 
 # Options that take several values after one flag (``--t 1 2 4``), as the CLI contract writes them.

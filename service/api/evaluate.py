@@ -1,0 +1,37 @@
+"""POST /v1/evaluate: mAP/CMC over the indexed gallery with the re-ID protocol and the stored labels."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.concurrency import run_in_threadpool
+
+from service.deps import ready_state
+from service.schemas import EvaluateRequest, EvaluateResponse
+from service.state import ServiceState
+
+router = APIRouter(prefix="/v1", tags=["evaluate"])
+
+
+def _evaluate(state: ServiceState, req: EvaluateRequest) -> EvaluateResponse:
+    from indexing.metrics import evaluate_retrieval
+
+    metas, vecs = state.index.snapshot()
+    pos = {m.id: i for i, m in enumerate(metas)}
+    if req.all:
+        q_idx = list(range(len(metas)))
+    else:
+        unknown = [q for q in req.query_ids if q not in pos]
+        if unknown:
+            raise HTTPException(404, f"unknown query id {unknown[0]!r}")
+        q_idx = [pos[q] for q in req.query_ids]
+    ids, labels, cams = [m.id for m in metas], [m.label for m in metas], [m.camera for m in metas]
+    res = evaluate_retrieval(vecs[q_idx], [ids[i] for i in q_idx], [labels[i] for i in q_idx],
+                             [cams[i] for i in q_idx], vecs, ids, labels, cams, ks=req.ks, metric=state.index.metric)
+    return EvaluateResponse(**res.to_json())
+
+
+@router.post("/evaluate", response_model=EvaluateResponse, responses={404: {}, 422: {}, 503: {}})
+async def evaluate(req: EvaluateRequest, state: ServiceState = Depends(ready_state)) -> EvaluateResponse:
+    if state.index.count == 0:
+        raise HTTPException(422, "the index is empty")
+    return await run_in_threadpool(_evaluate, state, req)

@@ -1,0 +1,35 @@
+"""/health, /ready, /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+
+from service.deps import get_state
+from service.schemas import Status
+from service.state import ServiceState
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Status)
+def health() -> Status:
+    return Status(status="ok")
+
+
+@router.get("/ready", response_model=Status, responses={503: {"description": "not loaded yet"}})
+def ready(state: ServiceState = Depends(get_state)) -> Response | Status:
+    if state.ready:
+        return Status(status="ready")
+    detail = "loading" if state.load_error is None else f"the index failed to load: {state.load_error}"
+    return JSONResponse({"detail": detail}, status_code=503)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(state: ServiceState = Depends(get_state)) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = state.metrics
+    if state.ready:
+        registry.index_size.set(state.index.count)
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

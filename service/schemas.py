@@ -1,0 +1,103 @@
+"""Request and response models of the REST API (SPEC §7)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, description="An indexed video id.")
+    embedding: list[float] | None = Field(None, description="A query vector of the index's dimension.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Query:
+        if (self.id is None) == (self.embedding is None):
+            raise ValueError("give exactly one of 'id' and 'embedding'")
+        return self
+
+
+class SearchRequest(Query):
+    k: int = Field(10, ge=1)
+    exclude_self: bool = True
+
+
+class BatchSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[Query] = Field(..., min_length=1)
+    k: int = Field(10, ge=1)
+    exclude_self: bool = True
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    label: str
+    camera: str
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    took_ms: float
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[list[Hit]]
+    took_ms: float
+
+
+class ModelInfo(BaseModel):
+    checkpoint: str
+    sha256: str
+
+
+class IndexInfo(BaseModel):
+    count: int
+    dim: int
+    type: str
+    metric: str
+    model: ModelInfo | None
+    created: str
+
+
+class VideoInfo(BaseModel):
+    id: str
+    label: str
+    camera: str
+    path: str
+    added_at: float
+
+
+class VideoList(BaseModel):
+    videos: list[VideoInfo]
+    total: int
+
+
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query_ids: list[str] | None = Field(None, min_length=1)
+    all: bool = False
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EvaluateRequest:
+        if (self.query_ids is None) == (not self.all):
+            raise ValueError("give either 'query_ids' or 'all': true")
+        if any(k < 1 for k in self.ks):
+            raise ValueError("ks must be >= 1")
+        return self
+
+
+class EvaluateResponse(BaseModel):
+    mAP: float
+    cmc: dict[str, float]
+    num_queries: int
+    skipped: int
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,25 @@
+"""Service settings: environment variables prefixed ``VIDRET_`` (and the same as ``vidret serve`` flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDRET_", extra="ignore")
+
+    index: Path = Field(Path("index"), description="Index folder (vidret index build).")
+    checkpoint: Path | None = Field(None, description="Checkpoint that embeds uploaded videos.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = Field(None, description="When set, adding and deleting videos need 'Bearer <key>'.")
+    max_upload_mb: float = Field(64.0, gt=0)
+    max_k: int = Field(100, ge=1)
+    max_frames: int = Field(3000, ge=1, description="Frames an upload may have (longer videos are refused).")
+    max_batch: int = Field(256, ge=1, description="Queries per batch search.")
+    device: str = "auto"
+    snapshot_every: int = Field(200, ge=1, description="Compact the journal into a snapshot after this many writes.")
+    batch_window_ms: float = Field(5.0, ge=0, description="How long inference waits to batch concurrent uploads.")
