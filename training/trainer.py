@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from indexing.errors import UserError
 from training.dataset import VideoDataset, apply_bad_video_policy, collate, worker_init
 from training.losses import build_loss, list_losses
-from training.manifest import VideoRow, class_map, read_manifest
+from training.manifest import class_map, read_manifest
 from training.models import build_model
 from training.runtime import (
     DistInfo,
@@ -153,17 +153,17 @@ def _write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
     os.replace(tmp, path)
 
 
-def _validate(model: torch.nn.Module, cfg: TrainConfig, spec: ClipSpec, device: torch.device,
-              val: tuple[list[VideoRow], list[VideoRow]]) -> dict[str, float]:
+def _validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
+              val: tuple[VideoDataset, VideoDataset]) -> dict[str, float]:
     from indexing.metrics import evaluate_retrieval
-    from training.dataset import MEAN, STD
-    from training.embed import eval_loader, run_inference
+    from training.embed import run_inference
 
     out = []
-    for rows in val:
-        loader = eval_loader(rows, spec, cfg.batch_size, cfg.workers, MEAN, STD, on_bad_video=cfg.on_bad_video)
+    for ds in val:
+        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0 if cfg.cache else cfg.workers,
+                            collate_fn=collate, worker_init_fn=worker_init if cfg.workers and not cfg.cache else None)
         emb, _, kept, _ = run_inference(model, loader, device)
-        out.append((emb, [rows[i] for i in kept]))
+        out.append((emb, [ds.rows[i] for i in kept]))
     (qe, qr), (ge, gr) = out
     res = evaluate_retrieval(qe, [r.id for r in qr], [r.label for r in qr], [r.camera for r in qr],
                              ge, [r.id for r in gr], [r.label for r in gr], [r.camera for r in gr], ks=(1, 5, 10))
@@ -213,10 +213,12 @@ def fit(cfg: TrainConfig) -> FitResult:
     rows = read_manifest(cfg.train, require_label=True)
     cmap = class_map(r.label for r in rows)
     classes = sorted(cmap, key=cmap.get)
-    val = None
-    if cfg.val_query:
-        val = (read_manifest(cfg.val_query, require_label=True), read_manifest(cfg.val_gallery, require_label=True))
     spec = ClipSpec(frames=cfg.frames, size=cfg.size, sampling=cfg.sampling, stride=cfg.stride)
+    val = None
+    if cfg.val_query:  # with --cache, validation clips are decoded once (in this process) and reused
+        val = tuple(VideoDataset(read_manifest(m, require_label=True), spec, train=False,
+                                 on_bad_video=cfg.on_bad_video, cache=cfg.cache)
+                    for m in (cfg.val_query, cfg.val_gallery))
     flipped = np.array([r.clean_label is not None and r.clean_label != r.label for r in rows])
     known = np.array([r.clean_label is not None for r in rows])
     train_ds = VideoDataset(rows, spec, train=True, class_to_idx=cmap, on_bad_video=cfg.on_bad_video,
@@ -365,7 +367,7 @@ def fit(cfg: TrainConfig) -> FitResult:
             "epoch_seconds": time.perf_counter() - t_epoch, "skipped_videos": len(skipped)}
         if info.is_main:
             if val is not None:
-                row.update(_validate(core, cfg, spec, device, val))
+                row.update(_validate(core, cfg, device, val))
             history.append(row)
             improved = val is None or row["val_mAP"] > best
             best = row["val_mAP"] if (val is not None and improved) else best
