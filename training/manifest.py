@@ -93,7 +93,7 @@ def read_manifest(path: str | Path, require_label: bool = False) -> list[VideoRo
         if vid in seen:
             raise UserError(f"{path}, row {i}: duplicate id {vid!r} (first at row {seen[vid]})")
         seen[vid] = i
-        resolved = Path(raw) if os.path.isabs(raw) else base / raw
+        resolved = Path(os.path.normpath(raw if os.path.isabs(raw) else base / raw))
         reason = _check_path_kind(resolved)
         if reason:
             raise UserError(f"{path}, row {i}: {raw}: {reason}")

@@ -4,7 +4,7 @@ A clip is a uint8 tensor (T, H, W, C) plus the frame indices it was sampled at.
 
 Sources:
 * a video file (anything decord opens: mp4, avi, mkv, webm, mov);
-* a folder of frame images (jpg/png), ordered by file name;
+* a folder of frame images (jpg/png, read with Pillow), ordered by file name;
 * a frame-list file ``*.frames``: one image path per line, relative to the file's folder (how a MARS tracklet,
   a run of frames inside a person's folder, is pointed at without copying images).
 
@@ -13,7 +13,8 @@ centre at evaluation), ``uniform`` (N evenly spaced frames), ``random`` (a conti
 ``stride``, at a random start for training, centred at evaluation). Videos shorter than the clip loop.
 
 decord readers are opened inside the call that reads (so inside DataLoader workers, never inherited from the
-parent), with a bounded number of decoding threads, and resize at decode time.
+parent), with a bounded number of decoding threads, and resize at decode time. Frame images are read with Pillow:
+torchvision 0.29's image decoding is deprecated and failed on valid PNG files here.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _frame_files(path: Path) -> list[Path]:
 
 
 def _read_images(files: list[Path], idx: np.ndarray, short: int | None) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from PIL import Image, UnidentifiedImageError
 
     cache: dict[int, torch.Tensor] = {}
     out = []
@@ -115,15 +116,16 @@ def _read_images(files: list[Path], idx: np.ndarray, short: int | None) -> torch
         if i not in cache:
             f = files[i]
             try:
-                img = decode_image(read_file(str(f)), mode=ImageReadMode.RGB)
-            except (RuntimeError, OSError, ValueError) as exc:
+                with Image.open(f) as im:
+                    img = im.convert("RGB")
+                    size = size or _resized_hw(img.height, img.width, short)
+                    if (img.height, img.width) != size:
+                        img = img.resize((size[1], size[0]), Image.BILINEAR)
+                    cache[i] = torch.from_numpy(np.asarray(img).copy())
+            except FileNotFoundError:
+                raise VideoDecodeError(f, "frame image not found") from None
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
                 raise VideoDecodeError(f, f"unreadable image ({str(exc).splitlines()[0][:120]})") from None
-            size = size or _resized_hw(img.shape[1], img.shape[2], short)
-            if img.shape[1:] != size:
-                img = torch.nn.functional.interpolate(img[None].float(), size=size, mode="bilinear",
-                                                      antialias=True, align_corners=False)[0]
-                img = img.round().clamp(0, 255).to(torch.uint8)
-            cache[i] = img.permute(1, 2, 0)
         out.append(cache[i])
     return torch.stack(out)
 
@@ -231,9 +233,13 @@ def _decode_frames(decord, path: str, indices: list[int], size: tuple[int, int] 
 
 def middle_frame_jpeg(path: str | Path, short_side: int = 192, quality: int = 85) -> bytes:
     """The middle frame of a video (or frame folder / list) as JPEG bytes, for thumbnails."""
-    from torchvision.io import encode_jpeg
+    import io
+
+    from PIL import Image
 
     # the centre frame of a 3-frame uniform clip is the video's middle frame
     clip, _ = read_clip(path, ClipSpec(frames=3, size=8, sampling="uniform"), train=False,
                         decode_short_side=short_side)
-    return bytes(encode_jpeg(clip[1].permute(2, 0, 1).contiguous(), quality=quality).numpy().tobytes())
+    buf = io.BytesIO()
+    Image.fromarray(clip[1].numpy()).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
