@@ -48,6 +48,8 @@ def train_cmd(
     seed: int = typer.Option(0),
     on_bad_video: str = typer.Option("fail", help="fail | skip: what to do with a video that does not decode."),
     cache: bool = typer.Option(False, "--cache", help="Keep decoded videos in memory (small datasets)."),
+    stop_after_epoch: int | None = typer.Option(None, help="Stop after this epoch (time-boxed jobs); continue "
+                                                           "later with --resume."),
 ) -> None:
     """Train a video embedding model on noisy labels (IMAE by default). DDP: torchrun --no-python vidret train ..."""
     from training.trainer import TrainConfig, fit

@@ -51,6 +51,8 @@ def _tv_video(builder: str, head_attr: str) -> tuple[nn.Module, int]:
     else:
         raise TypeError(f"unexpected head {type(head).__name__} in {builder}")
     setattr(model, head_attr, nn.Identity())
+    if builder == "s3d":  # its fixed (2, 7, 7) pooling only fits 16 x 224 x 224 clips
+        model.avgpool = nn.AdaptiveAvgPool3d(1)
     return model, dim
 
 

@@ -83,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     on_bad_video: str = "fail"
     cache: bool = False
+    stop_after_epoch: int | None = None
     quiet: bool = False
 
     def loss_kwargs(self) -> dict[str, Any]:
@@ -385,6 +386,9 @@ def fit(cfg: TrainConfig) -> FitResult:
                 f"{row['clips_per_s']:.1f} clips/s, data wait {row['data_wait_share']:.0%}")
         if info.enabled:
             dist.barrier()
+        if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch and epoch + 1 < cfg.epochs:
+            say(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
+            break
 
     # ---- wrap up ------------------------------------------------------------------------------------------------
     if info.is_main:

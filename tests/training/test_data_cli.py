@@ -77,7 +77,8 @@ def test_noise_and_manifest_commands(synth_dir: Path, tmp_path: Path) -> None:
         (tree / label).mkdir(parents=True)
         shutil.copy(synth_dir / _rows(synth_dir / "gallery.csv")[0]["path"], tree / label / "clip.mp4")
     res = run_cli("data", "manifest", tree)
-    assert res.stdout.splitlines() == ["path,id,label", "cat/clip.mp4,cat/clip.mp4,cat", "dog/clip.mp4,dog/clip.mp4,dog"]
+    assert res.stdout.splitlines() == ["path,id,label", "cat/clip.mp4,cat/clip.mp4,cat",
+                                       "dog/clip.mp4,dog/clip.mp4,dog"]
 
 
 def test_import_mars_fabricated_tree(tmp_path: Path) -> None:

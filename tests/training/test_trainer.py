@@ -1,0 +1,154 @@
+"""Training through the real CLI: files of SPEC §4, exact resume, DDP with torchrun, bad videos, bad flags, NaN."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from indexing.errors import UserError
+from tests.conftest import TRAIN_ARGS, run_cli
+from training.runtime import resolve_precision, select_device
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _train(synth_dir: Path, out: Path, *extra: str):  # noqa: ANN202
+    return run_cli("train", "--train", synth_dir / "train.csv", "--out", out, *TRAIN_ARGS, *extra)
+
+
+def test_run_directory_and_checkpoint_follow_the_contract(trained_run: Path) -> None:
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["model"] == "tiny3d" and cfg["loss"] == "imae" and cfg["resolved_device"] == "cpu"
+    rows = _metrics(trained_run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for col in ("loss", "train_acc", "val_mAP", "val_cmc1", "lr", "clips_per_s", "data_wait_share",
+                "weight_mean_clean", "weight_mean_noisy"):
+        assert rows[-1][col] != "", col
+    assert 0.0 <= float(rows[-1]["val_mAP"]) <= 1.0
+    assert list((trained_run / "tb").glob("events.out.tfevents.*"))
+    assert (trained_run / "plots" / "curves.png").stat().st_size > 1000
+    ck = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=True)  # plain tensors and primitives
+    assert ck["arch"]["name"] == "tiny3d" and ck["embedding_dim"] == 32 and ck["epoch"] == 2
+    assert ck["input"] == {"frames": 4, "size": 24, "sampling": "segments", "stride": 2, "mean": ck["input"]["mean"],
+                           "std": ck["input"]["std"]}
+    assert len(ck["classes"]) == 6 and {"optimizer", "scheduler", "scaler", "rng"} <= set(ck)
+    assert (trained_run / "checkpoints" / "best.pt").exists()
+
+
+def test_loss_falls(tmp_path: Path) -> None:
+    from training.synth import SynthConfig, generate
+
+    generate(tmp_path / "data", SynthConfig(identities=16, cameras=2, clips_per_camera=3, frames=8, size=32), workers=1)
+    res = run_cli("train", "--train", tmp_path / "data" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
+                  "--epochs", "2", "--loss", "cce", "--lr", "1e-3", "--warmup-epochs", "0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    losses = [float(r["loss"]) for r in _metrics(tmp_path / "run")]
+    assert losses[1] < 0.9 * losses[0]
+
+
+def test_resume_reproduces_the_uninterrupted_run(synth_dir: Path, trained_run: Path, tmp_path: Path) -> None:
+    val = ("--val-query", synth_dir / "query.csv", "--val-gallery", synth_dir / "gallery.csv")
+    res = _train(synth_dir, tmp_path / "run", "--epochs", "2", "--stop-after-epoch", "1", *val)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(_metrics(tmp_path / "run")) == 1
+    res = _train(synth_dir, tmp_path / "run", "--epochs", "2")
+    assert res.returncode == 1 and "--resume" in res.stderr  # never silently overwrites a run
+    res = _train(synth_dir, tmp_path / "run", "--epochs", "2", "--resume", *val)
+    assert res.returncode == 0, res.stderr[-2000:]
+    resumed, straight = _metrics(tmp_path / "run"), _metrics(trained_run)
+    assert len(resumed) == 2
+    for col in ("loss", "train_acc", "val_mAP"):
+        assert float(resumed[1][col]) == pytest.approx(float(straight[1][col]), rel=1e-6, abs=1e-9), col
+
+
+def test_torchrun_two_processes_write_one_run(synth_dir: Path, tmp_path: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    cmd = [str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--no-python", "vidret", "train", "--train",
+           str(synth_dir / "train.csv"), "--out", str(tmp_path / "ddp"), "--epochs", "2", *TRAIN_ARGS]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+    assert [r["epoch"] for r in _metrics(tmp_path / "ddp")] == ["1", "2"]
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_bad_video_policy(synth_dir: Path, tmp_path: Path) -> None:
+    lines = (synth_dir / "train.csv").read_text().splitlines()
+    lines = [lines[0]] + [ln.replace("videos/", f"{synth_dir}/videos/") for ln in lines[1:]]
+    lines.append(f"{tmp_path / 'broken.mp4'},broken,id0000,c1,id0000")
+    (tmp_path / "broken.mp4").write_text("not a video")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    args = ("train", "--train", tmp_path / "train.csv", *TRAIN_ARGS, "--epochs", "1")
+    res = run_cli(*args, "--out", tmp_path / "fail")
+    assert res.returncode == 1 and "broken.mp4: cannot decode video" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli(*args, "--out", tmp_path / "skip", "--on-bad-video", "skip")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "broken.mp4" in (tmp_path / "skip" / "skipped.txt").read_text()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (("--loss", "focal"), "--loss must be one of"),
+    (("--epochs", "0"), "--epochs: invalid value 0"),
+    (("--device", "cuda"), "CUDA is not available"),
+    (("--sampling", "dense"), "--sampling must be one of"),
+    (("--model", "resnet9000"), "unknown model 'resnet9000'"),
+    (("--imae-normalize", "sum"), "normalize must be"),
+])
+def test_bad_flags_give_one_line_errors(synth_dir: Path, tmp_path: Path, flags: tuple, needle: str) -> None:
+    res = _train(synth_dir, tmp_path / "run", "--epochs", "1", *flags)
+    assert res.returncode == 1 and needle in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(synth_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import training.trainer as trainer
+    from training.losses import build_loss
+
+    calls = {"n": 0}
+
+    class NanAfterFirstEpoch(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = build_loss("cce")
+            self.sample_weights = self.inner.sample_weights
+
+        def forward(self, logits, targets):  # noqa: ANN001, ANN201
+            calls["n"] += 1
+            out = self.inner(logits, targets)
+            return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setattr(trainer, "build_loss", lambda *a, **k: NanAfterFirstEpoch())
+    cfg = trainer.TrainConfig(train=str(synth_dir / "train.csv"), out=str(tmp_path / "run"), model="tiny3d",
+                              frames=4, size=24, batch_size=8, workers=0, epochs=3, quiet=True, loss="cce")
+    with pytest.raises(trainer.TrainingDiverged, match="epoch 2.*last good checkpoint"):
+        trainer.fit(cfg)
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_device_and_precision_selection() -> None:
+    assert select_device("auto", cuda_available=False).type == "cpu"
+    assert select_device("auto", local_rank=1, cuda_available=True) == torch.device("cuda:1")
+    assert select_device("cpu", cuda_available=True).type == "cpu"
+    with pytest.raises(UserError, match="CUDA is not available"):
+        select_device("cuda", cuda_available=False)
+    with pytest.raises(UserError, match="--device must be"):
+        select_device("tpu")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", gpu, bf16_supported=True) == "bf16"
+    assert resolve_precision("auto", gpu, bf16_supported=False) == "fp16"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", cpu)
