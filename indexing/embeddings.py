@@ -49,10 +49,10 @@ class Embeddings:
                 raise UserError(f"{source}: '{name}' has {arr.shape[0] if arr.ndim else 0} entries for {n} embeddings")
         if not np.isfinite(e).all():
             bad = int(np.nonzero(~np.isfinite(e).all(1))[0][0])
-            raise UserError(f"{source}: embedding of id {self.ids[bad]!r} (row {bad}) has NaN or inf values")
+            raise UserError(f"{source}: embedding of id {str(self.ids[bad])!r} (row {bad}) has NaN or inf values")
         uniq, counts = np.unique(self.ids, return_counts=True)
         if (counts > 1).any():
-            raise UserError(f"{source}: duplicate id {uniq[counts > 1][0]!r}")
+            raise UserError(f"{source}: duplicate id {str(uniq[counts > 1][0])!r}")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

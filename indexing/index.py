@@ -36,6 +36,9 @@ TARGET_RECALL = 0.95
 FILES = ("index.faiss", "vectors.npy", "rows.npy", "metadata.sqlite", "index.json")
 
 
+_GPU_RESOURCES: list[Any] = []
+
+
 class DuplicateIdError(UserError):
     pass
 
@@ -53,17 +56,18 @@ class Hit:
 
 
 class RWLock:
-    """Many readers or one writer."""
+    """Many readers or one writer; a waiting writer goes before readers that arrive after it (no starvation)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer:
+            while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -76,8 +80,10 @@ class RWLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
+            self._writers_waiting += 1
             while self._writer or self._readers:
                 self._cond.wait()
+            self._writers_waiting -= 1
             self._writer = True
         try:
             yield
@@ -144,7 +150,7 @@ def _new_index(kind: str, dim: int, metric: str, n: int) -> tuple[Any, dict[str,
 
 def _apply_params(index: Any, params: dict[str, int]) -> None:
     faiss = _faiss()
-    base = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    base = faiss.downcast_index(index.index) if hasattr(index, "index") else faiss.downcast_index(index)
     if "nprobe" in params and hasattr(base, "nprobe"):
         base.nprobe = int(params["nprobe"])
     if "efSearch" in params and hasattr(base, "hnsw"):
@@ -174,13 +180,15 @@ def _tune(index: Any, kind: str, params: dict[str, int], vectors: np.ndarray, ro
     else:
         nlist = params["nlist"]
         grid, key = sorted({min(nlist, 2**i) for i in range(0, 16)}), "nprobe"
-    chosen = grid[-1]
+    chosen, recall = grid[-1], 0.0
     for value in grid:
         _apply_params(index, {key: value})
-        if _recall_at_10(index, sample, truth) >= TARGET_RECALL + 0.02:  # margin for unseen queries
+        recall = _recall_at_10(index, sample, truth)
+        if recall >= TARGET_RECALL + 0.02:  # margin for unseen queries
             chosen = value
             break
-    params = {**params, key: chosen}
+    # IVF-PQ's recall is bounded by its compression: the reached recall is recorded either way
+    params = {**params, key: chosen, "tuned_recall_at_10": round(recall, 4)}
     _apply_params(index, params)
     return params
 
@@ -352,10 +360,9 @@ class VideoIndex:
     @staticmethod
     def _to_gpu(index: Any) -> Any:
         faiss = _faiss()
-        res = faiss.StandardGpuResources()
-        gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
-        gpu_index.referenced_resources = res  # keep the resources alive with the index
-        return gpu_index
+        if not _GPU_RESOURCES:  # one set of GPU resources per process, kept alive for the indexes using it
+            _GPU_RESOURCES.append(faiss.StandardGpuResources())
+        return faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, index)
 
     @staticmethod
     def _to_cpu(index: Any) -> Any:
