@@ -23,8 +23,8 @@ def _emb(n: int, dim: int = 16, seed: int = 0, clusters: int = 0) -> Embeddings:
         x = centres[rng.integers(0, clusters, n)] + 0.25 * rng.normal(size=(n, dim))
     else:
         x = rng.normal(size=(n, dim))
-    return Embeddings(ids=[f"v{i}" for i in range(n)], embeddings=l2_normalize(x), labels=[f"p{i % 7}" for i in range(n)],
-                      cameras=[f"c{i % 3}" for i in range(n)], paths=[f"/videos/{i}.mp4" for i in range(n)])
+    return Embeddings(ids=[f"v{i}" for i in range(n)], embeddings=l2_normalize(x),
+                      labels=[f"p{i % 7}" for i in range(n)], cameras=[f"c{i % 3}" for i in range(n)], paths=[f"/videos/{i}.mp4" for i in range(n)])
 
 
 def _exact_top(x: np.ndarray, q: np.ndarray, k: int) -> list[list[int]]:
