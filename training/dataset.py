@@ -10,7 +10,6 @@ in ``batch["skipped"]``, and the caller applies the policy (``fail``: stop namin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,26 +38,23 @@ def clip_transform(clip: torch.Tensor, spec: ClipSpec, train: bool, rng: np.rand
                    mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
     """uint8 (T, H, W, C) -> normalised float (C, T, size, size); the same crop and flip for every frame.
 
-    train: random resized crop (scale 0.4-1, aspect 3/4-4/3) + horizontal flip; eval: resize the short side to
-    ``spec.decode_short_side`` and take the centre crop. Deterministic given ``rng``.
+    Frames arrive with their short side at ``spec.decode_short_side`` (8/7 of the crop, resized at decode time, as
+    torchvision's video references resize 128 -> crop 112). train: a random crop + horizontal flip; eval: the centre
+    crop. Scale is kept: for re-identification an identity's size is part of what a camera sees. Deterministic
+    given ``rng``.
     """
     x = clip.permute(0, 3, 1, 2).float().div_(255.0)  # T, C, H, W
     h, w = x.shape[-2:]
     s = spec.size
     if train:
         rng = rng if rng is not None else np.random.default_rng(0)
-        area = h * w
-        for _ in range(10):
-            target = area * rng.uniform(0.4, 1.0)
-            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-            cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
-            if 0 < cw <= w and 0 < ch <= h:
-                break
-        else:
-            ch = cw = min(h, w)
-        top = int(rng.integers(0, h - ch + 1))
-        left = int(rng.integers(0, w - cw + 1))
-        x = _resize(x[..., top:top + ch, left:left + cw], (s, s))
+        if min(h, w) != spec.decode_short_side:  # frames not resized at decode time (e.g. tiny videos)
+            short = spec.decode_short_side
+            x = _resize(x, (max(s, round(h * short / min(h, w))), max(s, round(w * short / min(h, w)))))
+            h, w = x.shape[-2:]
+        top = int(rng.integers(0, h - s + 1))
+        left = int(rng.integers(0, w - s + 1))
+        x = x[..., top:top + s, left:left + s]
         if rng.random() < 0.5:
             x = x.flip(-1)
     else:

@@ -1,0 +1,77 @@
+"""The CLI end to end on real files: embed -> index -> evaluate; the label audit; the noise benchmark (--quick)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from indexing.embeddings import load_embeddings
+from tests.conftest import TRAIN_ARGS, run_cli
+from training.synth import SynthConfig, generate
+
+
+def test_embed_index_evaluate(embeddings: dict[str, Path], synth_dir: Path, tmp_path: Path) -> None:
+    g = load_embeddings(embeddings["gallery"])
+    assert len(g) == 18 and np.allclose(np.linalg.norm(g.embeddings, axis=1), 1, atol=1e-5)
+    assert list(g.cameras[:2]) == ["c1", "c1"] and g.checkpoint_sha256
+    res = run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", tmp_path / "ix")
+    assert res.returncode == 0, res.stderr
+    info = json.loads((tmp_path / "ix" / "index.json").read_text())
+    assert info["count"] == 18 and info["checkpoint_sha256"] == g.checkpoint_sha256
+    res = run_cli("evaluate", "--index", tmp_path / "ix", "--queries", embeddings["query"], "--json", tmp_path / "a.json")
+    assert res.returncode == 0 and "mAP" in res.stdout and "CMC@10" in res.stdout
+    res = run_cli("evaluate", "--gallery", embeddings["gallery"], "--queries", embeddings["query"], "--json",
+                  tmp_path / "b.json")
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a == b and set(a) == {"mAP", "cmc", "num_queries", "skipped"} and 0 <= a["mAP"] <= 1
+    assert a["num_queries"] == 6 and set(a["cmc"]) == {"1", "5", "10"}
+    res = run_cli("evaluate", "--index", tmp_path / "ix", "--gallery", embeddings["gallery"], "--queries",
+                  embeddings["query"])
+    assert res.returncode == 1 and "exactly one of --index and --gallery" in res.stderr
+
+
+def test_same_video_twice_gives_the_same_vector(checkpoint: Path, synth_dir: Path, tmp_path: Path) -> None:
+    video = synth_dir / "videos" / "id0006" / "c1_s0.mp4"
+    (tmp_path / "m.csv").write_text(f"path,id\n{video},a\n{video},b\n")
+    res = run_cli("embed", "--checkpoint", checkpoint, "--manifest", tmp_path / "m.csv", "--out", tmp_path / "e.npz")
+    assert res.returncode == 0, res.stderr
+    e = load_embeddings(tmp_path / "e.npz")
+    assert np.array_equal(e.embeddings[0], e.embeddings[1])
+    res = run_cli("embed", "--checkpoint", tmp_path / "m.csv", "--manifest", tmp_path / "m.csv", "--out", tmp_path / "x")
+    assert res.returncode == 1 and "not a readable vidret checkpoint" in res.stderr
+
+
+def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
+    generate(tmp_path / "d", SynthConfig(identities=16, cameras=2, clips_per_camera=4, frames=8, size=32, noise=0.3,
+                                         seed=2), workers=1)
+    res = run_cli("train", "--train", tmp_path / "d" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
+                  "--epochs", "12", "--loss", "imae", "--lr", "2e-3", "--cache")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_cli("audit", "--checkpoint", tmp_path / "run" / "checkpoints" / "last.pt", "--manifest",
+                  tmp_path / "d" / "train.csv", "--out", tmp_path / "audit.csv", "--workers", "0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(tmp_path / "audit.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["id", "label", "p_label", "predicted", "p_predicted", "suspicion"] and len(rows) == 64
+    assert [float(r["suspicion"]) for r in rows] == sorted((float(r["suspicion"]) for r in rows), reverse=True)
+    auroc = float(res.stdout.split("AUROC of the suspicion score ")[1].split()[0])
+    assert auroc > 0.7, res.stdout  # chance is 0.5
+
+
+def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
+    res = run_cli("bench", "noise", tmp_path / "b", "--quick")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "b"
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["loss", "noise_rate", "seed", "final_mAP", "best_mAP", "final_cmc1", "best_cmc1",
+                             "train_acc_clean", "train_acc_noisy"]
+    assert {(r["loss"], float(r["noise_rate"])) for r in rows} == {(a, b) for a in ("cce", "imae") for b in (0, 0.4)}
+    assert all(float(r["best_mAP"]) >= float(r["final_mAP"]) for r in rows)
+    assert "best-epoch mAP" in (out / "results.md").read_text()
+    for plot in ("map_vs_noise.png", "curves_noise0.4.png", "weights_noise0.4.png"):
+        assert (out / "plots" / plot).stat().st_size > 5000, plot
+    assert json.loads((out / "t_selection" / "selection.json").read_text())["chosen"] in (4.0, 16.0)

@@ -1,0 +1,211 @@
+"""Every route of SPEC §7 against create_app: status codes, error bodies, auth, limits; never a 5xx."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import run_cli
+
+KEY = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def index_dir(embeddings: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("svc") / "index"
+    res = run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", out)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture()
+def fresh_index(index_dir: Path, tmp_path: Path) -> Path:
+    shutil.copytree(index_dir, tmp_path / "index")
+    return tmp_path / "index"
+
+
+def _client(index: Path, checkpoint: Path | None, **kw) -> TestClient:
+    settings = Settings(index=index, checkpoint=checkpoint, device="cpu", **kw)
+    return TestClient(create_app(settings, load_in_background=False), raise_server_exceptions=False)
+
+
+@pytest.fixture()
+def client(fresh_index: Path, checkpoint: Path):  # noqa: ANN201
+    with _client(fresh_index, checkpoint, api_key=KEY, max_upload_mb=1, max_k=50) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def video(synth_dir: Path) -> Path:
+    return synth_dir / "videos" / "id0008" / "c2_s1.mp4"
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_health_ready_index_metrics(client: TestClient, checkpoint: Path) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").status_code == 200
+    info = client.get("/v1/index").json()
+    assert info["count"] == 18 and info["dim"] == 32 and info["type"] == "flat" and info["metric"] == "cosine"
+    assert len(info["model"]["sha256"]) == 64 and info["created"]
+    client.post("/v1/search", json={"id": "nope"})
+    text = client.get("/metrics").text
+    assert 'vidret_requests_total{method="POST",route="/v1/search",status="404"} 1.0' in text
+    assert "vidret_request_seconds_bucket" in text and "vidret_index_size 18.0" in text
+
+
+def test_not_ready_answers_503(tmp_path: Path) -> None:
+    app = create_app(Settings(index=tmp_path / "missing"), load_in_background=False)
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 200
+        r = c.get("/ready")
+        assert r.status_code == 503 and "failed to load" in r.json()["detail"]
+        assert c.post("/v1/search", json={"id": "x"}).status_code == 503
+
+
+def test_search_by_id_embedding_and_batch(client: TestClient) -> None:
+    ids = [v["id"] for v in client.get("/v1/videos").json()["videos"]]
+    r = client.post("/v1/search", json={"id": ids[0], "k": 5})
+    assert r.status_code == 200
+    hits = r.json()["results"]
+    assert len(hits) == 5 and ids[0] not in [h["id"] for h in hits] and r.json()["took_ms"] >= 0
+    assert hits == sorted(hits, key=lambda h: -h["score"])
+    assert client.post("/v1/search", json={"id": ids[0], "k": 3, "exclude_self": False}).json()["results"][0]["id"] == ids[0]
+    vec = np.random.default_rng(0).normal(size=32).tolist()
+    assert len(client.post("/v1/search", json={"embedding": vec, "k": 4}).json()["results"]) == 4
+    batch = client.post("/v1/search/batch", json={"queries": [{"id": ids[1]}, {"embedding": vec}], "k": 2}).json()
+    assert [len(r) for r in batch["results"]] == [2, 2]
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"id": "nope"}, 404, "unknown video id 'nope'"),
+    ({"embedding": [0.1, 0.2]}, 422, "2 values, the index has dimension 32"),
+    ({"embedding": [0.0] * 32}, 422, "non-zero"),
+    ({"id": "x", "embedding": [1.0]}, 422, "exactly one of"),
+    ({}, 422, "exactly one of"),
+    ({"id": "x", "k": 0}, 422, "k"),
+    ({"id": "x", "k": 51}, 422, "VIDRET_MAX_K=50"),
+    ({"id": "x", "colour": "red"}, 422, "colour"),
+])
+def test_search_errors(client: TestClient, body: dict, status: int, needle: str) -> None:
+    r = client.post("/v1/search", json=body)
+    assert r.status_code == status and needle in r.json()["detail"]
+
+
+def test_malformed_json_and_wrong_types_are_4xx(client: TestClient) -> None:
+    r = client.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+    assert client.post("/v1/search", json=[1, 2]).status_code == 422
+    assert client.post("/v1/search/batch", json={"queries": []}).status_code == 422
+    assert client.post("/v1/evaluate", json={"ks": [0], "all": True}).status_code == 422
+
+
+def test_upload_search_matches_vidret_embed(client: TestClient, video: Path, embeddings: dict[str, Path]) -> None:
+    with open(video, "rb") as fh:
+        r = client.post("/v1/search/video", files={"file": ("clip.mp4", fh, "video/mp4")}, data={"k": "3"})
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]
+    assert top["id"] == "id0008_c2_s1" and top["score"] == pytest.approx(1.0, abs=1e-5)  # the same vector
+
+
+def test_add_get_thumbnail_delete_with_auth(client: TestClient, video: Path) -> None:
+    def add(headers: dict, vid: str = "added1"):  # noqa: ANN202
+        with open(video, "rb") as fh:
+            return client.post("/v1/videos", files={"file": ("a.mp4", fh, "video/mp4")},
+                               data={"id": vid, "label": "p", "camera": "c9"}, headers=headers)
+
+    assert add({}).status_code == 401
+    assert add({"Authorization": "Bearer wrong"}).status_code == 403
+    r = add(AUTH)
+    assert r.status_code == 201 and r.json()["label"] == "p" and r.json()["camera"] == "c9"
+    assert add(AUTH).status_code == 409
+    assert client.get("/v1/videos/added1").json()["id"] == "added1"
+    thumb = client.get("/v1/videos/added1/thumbnail")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
+    hits = client.post("/v1/search", json={"id": "id0008_c2_s1", "k": 1}).json()["results"]
+    assert hits[0]["id"] == "added1"
+    assert client.delete("/v1/videos/added1").status_code == 401
+    assert client.delete("/v1/videos/added1", headers={"Authorization": "Bearer x"}).status_code == 403
+    assert client.delete("/v1/videos/added1", headers=AUTH).status_code == 204
+    assert client.delete("/v1/videos/added1", headers=AUTH).status_code == 404
+    assert client.get("/v1/videos/added1").status_code == 404
+    assert client.get("/v1/videos/added1/thumbnail").status_code == 404
+
+
+def test_upload_limits_and_non_videos(client: TestClient, tmp_path: Path) -> None:
+    (tmp_path / "big.mp4").write_bytes(b"\x00\x00\x00\x18ftyp" + b"0" * (2 << 20))
+    with open(tmp_path / "big.mp4", "rb") as fh:
+        r = client.post("/v1/search/video", files={"file": ("big.mp4", fh, "video/mp4")})
+    assert r.status_code == 413 and "VIDRET_MAX_UPLOAD_MB" in r.json()["detail"]
+    r = client.post("/v1/search/video", files={"file": ("notes.mp4", b"hello, I am text", "video/mp4")})
+    assert r.status_code == 415
+    r = client.post("/v1/search/video", files={"file": ("trunc.mp4", b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64)})
+    assert r.status_code == 415 and "cannot be decoded" in r.json()["detail"]
+    r = client.post("/v1/videos", files={"file": ("x.txt", b"text")}, data={"id": "z"}, headers=AUTH)
+    assert r.status_code == 415
+    assert client.post("/v1/search/video", data={"k": "3"}).status_code == 422
+
+
+def test_uploads_need_a_checkpoint(fresh_index: Path, video: Path) -> None:
+    with _client(fresh_index, None) as c:
+        with open(video, "rb") as fh:
+            r = c.post("/v1/search/video", files={"file": ("a.mp4", fh, "video/mp4")})
+        assert r.status_code == 409 and "--checkpoint" in r.json()["detail"]
+        assert c.get("/v1/index").json()["model"] is None
+
+
+def test_evaluate_over_the_indexed_gallery(client: TestClient, embeddings: dict[str, Path]) -> None:
+    from indexing.embeddings import load_embeddings
+    from indexing.metrics import evaluate_retrieval
+
+    g = load_embeddings(embeddings["gallery"])
+    expected = evaluate_retrieval(g.embeddings, g.ids, g.labels, g.cameras, g.embeddings, g.ids, g.labels, g.cameras)
+    r = client.post("/v1/evaluate", json={"all": True})
+    body, want = r.json(), expected.to_json()
+    assert r.status_code == 200 and body["mAP"] == pytest.approx(want["mAP"])
+    assert body["cmc"] == pytest.approx(want["cmc"]) and body["num_queries"] == want["num_queries"] == 18
+    r = client.post("/v1/evaluate", json={"query_ids": [str(g.ids[0])], "ks": [1, 3]})
+    assert set(r.json()["cmc"]) == {"1", "3"} and r.json()["num_queries"] + r.json()["skipped"] == 1
+    assert client.post("/v1/evaluate", json={"query_ids": ["nope"]}).status_code == 404
+    assert client.post("/v1/evaluate", json={}).status_code == 422
+
+
+def test_searches_stay_consistent_during_adds_and_deletes(client: TestClient, video: Path) -> None:
+    ids = [v["id"] for v in client.get("/v1/videos").json()["videos"]]
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        while not stop.is_set():
+            r = client.post("/v1/search", json={"id": ids[0], "k": 5})
+            if r.status_code != 200 or len({h["id"] for h in r.json()["results"]}) != 5:
+                errors.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    data = video.read_bytes()
+    for i in range(6):
+        r = client.post("/v1/videos", files={"file": ("a.mp4", data, "video/mp4")}, data={"id": f"c{i}"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        if i % 2:
+            assert client.delete(f"/v1/videos/c{i - 1}", headers=AUTH).status_code == 204
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert client.get("/v1/index").json()["count"] == 18 + 3
+
+
+def test_web_page(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "/v1/search/video" in r.text and "/thumbnail" in r.text
