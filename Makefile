@@ -5,7 +5,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
+# The demo: a synthetic noisy dataset -> IMAE training -> embeddings -> FAISS index -> evaluation -> the API.
+DEMO ?= demo_data
+DEMO_MODEL ?= tiny3d
+DEMO_EPOCHS ?= 10
+DEMO_PORT ?= 8000
+VIDRET := $(VENV)/bin/vidret
+
 .PHONY: setup test lint bench demo clean
+.PRECIOUS: $(DEMO)/%.npz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +34,27 @@ lint: setup
 bench: setup
 	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
-demo: setup
-	$(PY) -m service.demo
+$(DEMO)/dataset/synth.json: | $(STAMP)
+	$(VIDRET) data synth $(DEMO)/dataset --identities 160 --cameras 4 --clips-per-camera 2 --frames 16 --size 64 \
+		--noise 0.4 --seed 0
+
+$(DEMO)/run/checkpoints/best.pt: $(DEMO)/dataset/synth.json
+	$(VIDRET) train --train $(DEMO)/dataset/train.csv --val-query $(DEMO)/dataset/query.csv \
+		--val-gallery $(DEMO)/dataset/gallery.csv --out $(DEMO)/run --resume --loss imae --imae-t 8 \
+		--model $(DEMO_MODEL) --frames 8 --size 48 --epochs $(DEMO_EPOCHS) --batch-size 32 --lr 1e-3 --workers 0 \
+		--cache --device auto
+
+$(DEMO)/%.npz: $(DEMO)/run/checkpoints/best.pt
+	$(VIDRET) embed --checkpoint $< --manifest $(DEMO)/dataset/$*.csv --out $@ --workers 0
+
+$(DEMO)/index/index.json: $(DEMO)/gallery.npz
+	rm -rf $(DEMO)/index
+	$(VIDRET) index build --embeddings $< --out $(DEMO)/index
+
+demo: setup $(DEMO)/index/index.json $(DEMO)/query.npz
+	$(VIDRET) evaluate --index $(DEMO)/index --queries $(DEMO)/query.npz --json $(DEMO)/evaluation.json
+	@echo "serving http://127.0.0.1:$(DEMO_PORT)/ (API docs at /docs); Ctrl-C to stop"
+	$(VIDRET) serve --index $(DEMO)/index --checkpoint $(DEMO)/run/checkpoints/best.pt --port $(DEMO_PORT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info $(DEMO)

@@ -58,7 +58,7 @@ def _camera_codes(q_cams, g_cams, nq: int, ng: int) -> tuple[np.ndarray, np.ndar
 
 
 def _block_size(ng: int, budget_bytes: int) -> int:
-    return int(max(1, min(4096, budget_bytes // max(1, ng * 24))))
+    return int(max(1, min(4096, budget_bytes // max(1, ng * 160))))  # temporaries per (query, item), measured
 
 
 def evaluate_retrieval(q_emb: np.ndarray, q_ids: Sequence[str], q_labels: Sequence[str],
@@ -112,11 +112,12 @@ def evaluate_retrieval(q_emb: np.ndarray, q_ids: Sequence[str], q_labels: Sequen
         rel_u, rel_idx = rel_u.gather(1, order), rel_idx.gather(1, order)
         # position of every non-relevant valid item among the relevant ones
         pos = torch.searchsorted(rel_u.contiguous(), u.contiguous(), right=False)
-        pos_right = torch.searchsorted(rel_u.contiguous(), u.contiguous(), right=True)
-        tied = (pos_right > pos) & ~relevant & ~junk
+        at = rel_u.gather(1, pos.clamp(max=r_max - 1))
+        tied = (pos < r_max) & (at == u) & ~relevant & ~junk
         if bool(tied.any()):  # equal scores: relevant items with a smaller gallery index come first
             for row, col in tied.nonzero().tolist():
-                lo, hi = int(pos[row, col]), int(pos_right[row, col])
+                lo = int(pos[row, col])
+                hi = int(torch.searchsorted(rel_u[row], u[row, col], right=True))
                 pos[row, col] = lo + int((rel_idx[row, lo:hi] < g_index[col]).sum())
         dump = r_max + 1
         pos = torch.where(relevant | junk, torch.full_like(pos, dump), pos)

@@ -16,7 +16,7 @@ from training.synth import SynthConfig, generate
 def test_embed_index_evaluate(embeddings: dict[str, Path], synth_dir: Path, tmp_path: Path) -> None:
     g = load_embeddings(embeddings["gallery"])
     assert len(g) == 18 and np.allclose(np.linalg.norm(g.embeddings, axis=1), 1, atol=1e-5)
-    assert list(g.cameras[:2]) == ["c1", "c1"] and g.checkpoint_sha256
+    assert set(g.cameras) == {"c1", "c2"} and g.checkpoint_sha256
     res = run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", tmp_path / "ix")
     assert res.returncode == 0, res.stderr
     info = json.loads((tmp_path / "ix" / "index.json").read_text())
@@ -45,17 +45,17 @@ def test_same_video_twice_gives_the_same_vector(checkpoint: Path, synth_dir: Pat
 
 
 def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
-    generate(tmp_path / "d", SynthConfig(identities=16, cameras=2, clips_per_camera=4, frames=8, size=32, noise=0.3,
-                                         seed=2), workers=1)
+    generate(tmp_path / "d", SynthConfig(identities=8, cameras=4, clips_per_camera=6, frames=8, size=32, noise=0.25,
+                                         seed=3), workers=1)
     res = run_cli("train", "--train", tmp_path / "d" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
-                  "--epochs", "12", "--loss", "imae", "--lr", "2e-3", "--cache")
+                  "--epochs", "15", "--loss", "imae", "--cache")
     assert res.returncode == 0, res.stderr[-2000:]
     res = run_cli("audit", "--checkpoint", tmp_path / "run" / "checkpoints" / "last.pt", "--manifest",
                   tmp_path / "d" / "train.csv", "--out", tmp_path / "audit.csv", "--workers", "0")
     assert res.returncode == 0, res.stderr[-2000:]
     with open(tmp_path / "audit.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["id", "label", "p_label", "predicted", "p_predicted", "suspicion"] and len(rows) == 64
+    assert list(rows[0]) == ["id", "label", "p_label", "predicted", "p_predicted", "suspicion"] and len(rows) == 96
     assert [float(r["suspicion"]) for r in rows] == sorted((float(r["suspicion"]) for r in rows), reverse=True)
     auroc = float(res.stdout.split("AUROC of the suspicion score ")[1].split()[0])
     assert auroc > 0.7, res.stdout  # chance is 0.5

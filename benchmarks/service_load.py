@@ -1,0 +1,109 @@
+"""The same index queried in-process through FAISS and over HTTP (/v1/search, N concurrent keep-alive clients),
+side by side in one run: queries/s, p50/p99 latency, errors.
+
+    python benchmarks/service_load.py                      # 100k x 256 flat index, N = 8, 60 s per side
+    python benchmarks/service_load.py --quick              # 20k x 256, 10 s per side
+Targets: HTTP >= 0.5x in-process queries/s at N = 8; p99 <= 3x p50; zero errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import numpy as np
+
+from indexing.embeddings import Embeddings, l2_normalize
+from indexing.index import VideoIndex
+
+
+def run_clients(n: int, seconds: float, call) -> tuple[list[float], int]:  # noqa: ANN001
+    lat: list[list[float]] = [[] for _ in range(n)]
+    errors = [0] * n
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        rng = np.random.default_rng(i)
+        state = call.setup() if hasattr(call, "setup") else None
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            ok = call(rng, state)
+            lat[i].append(time.perf_counter() - t0)
+            errors[i] += 0 if ok else 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for part in lat for x in part], sum(errors)
+
+
+def summary(name: str, lat: list[float], errors: int, seconds: float) -> float:
+    a = np.asarray(lat) * 1e3
+    qps = len(a) / seconds
+    print(f"{name:>10}: {qps:8.0f} q/s, p50 {np.percentile(a, 50):6.2f} ms, p99 {np.percentile(a, 99):6.2f} ms, "
+          f"p99/p50 {np.percentile(a, 99) / np.percentile(a, 50):.1f}, errors {errors}")
+    return qps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--duration", type=float, default=None)
+    args = ap.parse_args()
+    n, dim = (20_000, 256) if args.quick else (100_000, 256)
+    seconds = args.duration or (10.0 if args.quick else 60.0)
+    rng = np.random.default_rng(0)
+    x = l2_normalize(rng.normal(size=(n, dim)))
+    emb = Embeddings(ids=[f"v{i}" for i in range(n)], embeddings=x, labels=["a"] * n, cameras=[""] * n)
+    with tempfile.TemporaryDirectory() as tmp:
+        ix = VideoIndex.build(emb, f"{tmp}/ix", type="flat")
+
+        def local(r, _state) -> bool:  # noqa: ANN001
+            return len(ix.search(r.normal(size=(1, dim)).astype(np.float32), 10)[0]) == 10
+
+        lat, err = run_clients(args.clients, seconds, local)
+        q_local = summary("in-process", lat, err, seconds)
+        ix.close()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--index", f"{tmp}/ix", "--port",
+                                   str(port), "--log-level", "warning"], env={**os.environ})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    if httpx.get(f"{url}/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+
+            class Http:
+                def setup(self) -> httpx.Client:
+                    return httpx.Client(base_url=url, timeout=30)  # keep-alive per client
+
+                def __call__(self, r, client: httpx.Client) -> bool:  # noqa: ANN001
+                    body = {"embedding": r.normal(size=dim).tolist(), "k": 10}
+                    resp = client.post("/v1/search", json=body)
+                    return resp.status_code == 200 and len(resp.json()["results"]) == 10
+
+            lat, err = run_clients(args.clients, seconds, Http())
+            q_http = summary("HTTP", lat, err, seconds)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print(f"HTTP / in-process throughput at N = {args.clients}: {q_http / q_local:.2f}x (target >= 0.5x)")
+
+
+if __name__ == "__main__":
+    main()
