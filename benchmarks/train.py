@@ -38,9 +38,10 @@ def main() -> None:
         for model, frames, size in cases:
             real = epoch2(data, Path(tmp) / f"{model}_real", model, frames, size, cache=False, workers=args.workers)
             mem = epoch2(data, Path(tmp) / f"{model}_mem", model, frames, size, cache=True, workers=0)
+            ratio = real["clips_per_s"] / mem["clips_per_s"]
             print(f"{model} {frames}x{size}: real pipeline {real['clips_per_s']:.1f} clips/s, data wait "
                   f"{real['data_wait_share']:.0%} of step time; clips in memory {mem['clips_per_s']:.1f} clips/s "
-                  f"(wait {mem['data_wait_share']:.0%}) -> real/in-memory {real['clips_per_s'] / mem['clips_per_s']:.2f}"
+                  f"(wait {mem['data_wait_share']:.0%}) -> real/in-memory {ratio:.2f}"
                   + ("  (target: wait <= 10%)" if model == "tiny3d" else ""))
 
 
