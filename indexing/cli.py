@@ -90,8 +90,9 @@ def evaluate_cmd(
     print_scores(res, f"retrieval: {len(q)} queries vs {len(g_ids)} gallery videos"
                       + (f" (top-{depth})" if depth else " (exact)"))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(res.to_json(), indent=2) + "\n")
+        from indexing.atomic import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(res.to_json(), indent=2) + "\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
 
 
@@ -77,12 +76,7 @@ def audit(checkpoint: str | Path, manifest: str | Path, out: str | Path, batch_s
     w.writeheader()
     for rec in records:
         w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in rec.items()})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, out)
+    atomic_write_text(out, buf.getvalue())
     if not rows or any(r.clean_label is None for r in rows):
         return AuditResult(records, None, {}, None)
     wrong = np.array([r.clean_label != r.label for r in rows])

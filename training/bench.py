@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
 from training.bench_report import (
     RunResult,
@@ -225,7 +226,7 @@ def run_noise_bench(cfg: NoiseBenchConfig, log=print) -> list[RunResult]:  # noq
     header = (f"# Noise benchmark\n\n{cfg.model}, {cfg.epochs} epochs, {cfg.identities // 2} train identities, "
               f"{cfg.noise_type} noise, {cfg.seeds} seed(s); IMAE T = {t:g}; test = clean query/gallery of unseen "
               f"identities.\n")
-    (out / "results.md").write_text(results_markdown(results, header))
+    atomic_write_text(out / "results.md", results_markdown(results, header))
     plots = out / "plots"
     plot_map_vs_noise(results, plots / "map_vs_noise.png")
     for (rate, seed), hists in curves.items():

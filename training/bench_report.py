@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexing.atomic import atomic_write_text
 from training.plots import save_figure
 
 
@@ -32,14 +31,6 @@ class RunResult:
 
 
 RESULT_COLUMNS = [f.name for f in fields(RunResult)]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def write_results_csv(path: Path, results: Sequence[RunResult]) -> None:

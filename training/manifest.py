@@ -12,11 +12,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -116,12 +116,7 @@ def write_manifest(path: str | Path, rows: Sequence[VideoRow], relative_to: str 
         p = os.path.relpath(r.path, base) if os.path.isabs(r.path) else r.path
         values = {"path": p, "id": r.id, "label": r.label or "", "camera": r.camera, "clean_label": r.clean_label or ""}
         writer.writerow([values[c] for c in cols])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, buf.getvalue())
 
 
 def class_map(labels: Iterable[str | None]) -> dict[str, int]:

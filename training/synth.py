@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
 from training.noise import NOISE_TYPES, inject_noise
 
@@ -167,10 +167,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     w.writerows(rows)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def generate(out_dir: str | Path, cfg: SynthConfig, workers: int | None = None,
@@ -223,5 +220,5 @@ def generate(out_dir: str | Path, cfg: SynthConfig, workers: int | None = None,
     summary = {"config": asdict(cfg), "train_identities": n_train, "test_identities": cfg.identities - n_train,
                "train_videos": len(train), "query_videos": len(query), "gallery_videos": len(gallery),
                "realised_noise_rate": noisy.rate}
-    (out / "synth.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "synth.json", json.dumps(summary, indent=2))
     return summary

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
+from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
 from training.dataset import VideoDataset, apply_bad_video_policy, collate, worker_init
 from training.losses import build_loss, list_losses
@@ -149,9 +150,7 @@ def _write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
     w.writeheader()
     for h in history:
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in h.items()})
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
@@ -277,7 +276,7 @@ def fit(cfg: TrainConfig) -> FitResult:
         resolved = {**asdict(cfg), "resolved_device": str(device), "resolved_precision": precision,
                     "world_size": info.world_size, "num_classes": len(classes), "num_train_videos": len(rows),
                     "mislabelled_known": int(known.sum()), "mislabelled": int(flipped.sum())}
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2))
+        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
         say(f"training {cfg.model} with {cfg.loss} on {len(rows)} videos, {len(classes)} classes, device {device}, "
             f"{precision}, {info.world_size} process(es)")
 
