@@ -44,7 +44,7 @@ def test_compose_validates_with_and_without_profiles() -> None:
     assert services["train"]["profiles"] == ["train"] and "cpu" in services["index"]["profiles"]
     api = services["api"]
     assert api["healthcheck"]["test"] and api["restart"] == "unless-stopped"
-    assert any(v["target"] == "/data" for v in api["volumes"])
+    assert any((v["target"] if isinstance(v, dict) else v.split(":")[1]) == "/data" for v in api["volumes"])
     assert "VIDRET_API_KEY" in api["environment"]
     for name in ("train", "embed"):  # GPU jobs reserve GPUs and enough shared memory for DataLoader workers
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
