@@ -45,17 +45,17 @@ def test_same_video_twice_gives_the_same_vector(checkpoint: Path, synth_dir: Pat
 
 
 def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
-    generate(tmp_path / "d", SynthConfig(identities=8, cameras=4, clips_per_camera=6, frames=8, size=32, noise=0.25,
+    generate(tmp_path / "d", SynthConfig(identities=8, cameras=4, clips_per_camera=8, frames=8, size=32, noise=0.25,
                                          seed=3), workers=1)
     res = run_cli("train", "--train", tmp_path / "d" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
-                  "--epochs", "15", "--loss", "imae", "--cache")
+                  "--epochs", "10", "--batch-size", "16", "--loss", "imae", "--cache")
     assert res.returncode == 0, res.stderr[-2000:]
     res = run_cli("audit", "--checkpoint", tmp_path / "run" / "checkpoints" / "last.pt", "--manifest",
                   tmp_path / "d" / "train.csv", "--out", tmp_path / "audit.csv", "--workers", "0")
     assert res.returncode == 0, res.stderr[-2000:]
     with open(tmp_path / "audit.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["id", "label", "p_label", "predicted", "p_predicted", "suspicion"] and len(rows) == 96
+    assert list(rows[0]) == ["id", "label", "p_label", "predicted", "p_predicted", "suspicion"] and len(rows) == 128
     assert [float(r["suspicion"]) for r in rows] == sorted((float(r["suspicion"]) for r in rows), reverse=True)
     auroc = float(res.stdout.split("AUROC of the suspicion score ")[1].split()[0])
     assert auroc > 0.7, res.stdout  # chance is 0.5
