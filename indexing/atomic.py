@@ -6,6 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
+FILE_MODE = 0o644  # mkstemp creates 0600 files; what we publish is readable like any other file
+
+
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` so that readers see the old file or the new one, never a part."""
@@ -17,6 +20,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexing.atomic import FILE_MODE
 from indexing.errors import UserError
 
 
@@ -75,6 +76,7 @@ def save_embeddings(path: str | Path, emb: Embeddings) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from indexing.atomic import FILE_MODE
+
 
 def save_figure(fig, out: str | Path) -> Path:  # noqa: ANN001 - matplotlib Figure
     """Write a matplotlib figure atomically (temp file in the same folder, then rename)."""
@@ -15,6 +17,7 @@ def save_figure(fig, out: str | Path) -> Path:  # noqa: ANN001 - matplotlib Figu
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

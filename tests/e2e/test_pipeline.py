@@ -48,7 +48,7 @@ def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
     generate(tmp_path / "d", SynthConfig(identities=8, cameras=4, clips_per_camera=8, frames=8, size=32, noise=0.25,
                                          seed=3), workers=1)
     res = run_cli("train", "--train", tmp_path / "d" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
-                  "--epochs", "10", "--batch-size", "16", "--loss", "imae", "--cache")
+                  "--epochs", "16", "--batch-size", "16", "--loss", "imae", "--cache")
     assert res.returncode == 0, res.stderr[-2000:]
     res = run_cli("audit", "--checkpoint", tmp_path / "run" / "checkpoints" / "last.pt", "--manifest",
                   tmp_path / "d" / "train.csv", "--out", tmp_path / "audit.csv", "--workers", "0")

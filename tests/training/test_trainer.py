@@ -43,6 +43,8 @@ def test_run_directory_and_checkpoint_follow_the_contract(trained_run: Path) -> 
                            "std": ck["input"]["std"]}
     assert len(ck["classes"]) == 6 and {"optimizer", "scheduler", "scaler", "rng"} <= set(ck)
     assert (trained_run / "checkpoints" / "best.pt").exists()
+    for written in ("checkpoints/last.pt", "metrics.csv", "config.json", "plots/curves.png"):  # atomic, not 0600
+        assert (trained_run / written).stat().st_mode & 0o777 == 0o644, written
 
 
 def test_loss_falls(tmp_path: Path) -> None:
