@@ -7,11 +7,14 @@ AP is the mean over the relevant items of the precision at each one's rank; mAP 
 with at least one relevant item (the others are counted as ``skipped``); CMC@k is the share of those queries with
 a relevant item in the top k. Ties break by gallery order.
 
-Exact without sorting the gallery: AP needs only the rank of each relevant item. For a block of queries the
-relevant items' scores (a handful per query) are sorted, every other valid gallery item is located among them
-with a binary search (``searchsorted``), and a histogram of those positions gives, for the m-th relevant item,
-the number of non-relevant items ranked above it: rank_m = m + that count. Cost per query O(G log R) instead of
-O(G log G), memory bounded by the block size.
+Exact without sorting the gallery: AP needs only the rank of each relevant item. The gallery is grouped by
+label once, so a query's same-label items (relevant, or junk: itself / same camera) are gathered without comparing
+labels across the whole gallery. For a block of queries the relevant items' scores (a handful per query) are
+sorted, every gallery item is located among them with one binary search (``searchsorted``), and a histogram of
+those positions, minus the query's own same-label and self items, gives for the m-th relevant item the number of
+other items ranked above it: rank_m = m + that count. Exact ties with a relevant item's score (rare with float
+embeddings) are found by one comparison pass and resolved by gallery order. Cost per query O(G log R) instead of
+O(G log G); memory bounded by the block size (about 24 bytes per query x gallery item).
 """
 
 from __future__ import annotations
@@ -57,8 +60,23 @@ def _camera_codes(q_cams, g_cams, nq: int, ng: int) -> tuple[np.ndarray, np.ndar
     return qc, gc
 
 
-def _block_size(ng: int, budget_bytes: int) -> int:
-    return int(max(1, min(4096, budget_bytes // max(1, ng * 160))))  # temporaries per (query, item), measured
+def _members(g_codes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gallery indices sorted by code (ascending index within a code) and the codes in that order."""
+    order = np.argsort(g_codes, kind="stable")
+    return torch.from_numpy(order), torch.from_numpy(g_codes[order])
+
+
+def _group_block(order: torch.Tensor, sorted_codes: torch.Tensor, q_codes: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+    """(B, W) gallery indices sharing each query's code, ascending, and the validity mask (padding: index 0)."""
+    lo = torch.searchsorted(sorted_codes, q_codes, right=False)
+    cnt = torch.searchsorted(sorted_codes, q_codes, right=True) - lo
+    width = max(1, int(cnt.max())) if cnt.numel() else 1
+    offs = torch.arange(width)
+    valid = offs[None, :] < cnt[:, None]
+    idx = order[(lo[:, None] + offs[None, :]).clamp(max=max(0, order.numel() - 1))] if order.numel() else \
+        torch.zeros(len(q_codes), width, dtype=torch.int64)
+    return torch.where(valid, idx, torch.zeros_like(idx)), valid
 
 
 def evaluate_retrieval(q_emb: np.ndarray, q_ids: Sequence[str], q_labels: Sequence[str],
@@ -78,55 +96,62 @@ def evaluate_retrieval(q_emb: np.ndarray, q_ids: Sequence[str], q_labels: Sequen
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise UserError(f"CMC ranks must be >= 1, got {ks}")
-    qi, gi = (torch.from_numpy(a) for a in _codes(q_ids, g_ids))
-    ql, gl = (torch.from_numpy(a) for a in _codes(q_labels, g_labels))
+    qi_np, gi_np = _codes(q_ids, g_ids)
+    ql_np, gl_np = _codes(q_labels, g_labels)
+    qi, gi, ql, gl = (torch.from_numpy(a) for a in (qi_np, gi_np, ql_np, gl_np))
     qc, gc = (torch.from_numpy(a) for a in _camera_codes(q_cams, g_cams, nq, ng))
-    g_sq = (g * g).sum(1) if metric == "l2" else None
-    g_index = torch.arange(ng)
+    by_label, by_id = _members(gl_np), _members(gi_np)
+    # rank order = ascending u, ties by gallery index; u = -score
+    if metric == "l2":
+        gt, g_bias = (-2 * g).T.contiguous(), (g * g).sum(1)  # ||q-g||^2 - ||q||^2
+    else:
+        gt, g_bias = (-g).T.contiguous(), None
     aps: list[torch.Tensor] = []
     first_ranks: list[torch.Tensor] = []
     skipped = 0
-    bs = _block_size(ng, memory_budget_mb << 20)
+    bs = int(max(1, min(8192, (memory_budget_mb << 20) // max(1, ng * 24))))
     for s in range(0, nq, bs):
-        qb = q[s:s + bs]
-        scores = qb @ g.T
-        if g_sq is not None:
-            scores = 2 * scores - g_sq[None, :]  # -||q - g||^2 up to a per-query constant: same ranking
-        u = -scores  # rank order = ascending u, ties by gallery index
-        same_label = ql[s:s + bs, None] == gl[None, :]
-        junk = (qi[s:s + bs, None] == gi[None, :]) | (same_label & (qc[s:s + bs, None] == gc[None, :]))
-        relevant = same_label & ~junk
-        n_rel = relevant.sum(1)
+        e = min(nq, s + bs)
+        cand, cvalid = _group_block(*by_label, ql[s:e])  # same label: relevant, or junk (self / same camera)
+        cjunk = (gc[cand] == qc[s:e, None]) | (gi[cand] == qi[s:e, None])
+        crel = cvalid & ~cjunk
+        n_rel = crel.sum(1)
         has = n_rel > 0
         skipped += int((~has).sum())
         if not bool(has.any()):
             continue
-        u, relevant, junk, n_rel = u[has], relevant[has], junk[has], n_rel[has]
+        rows = has.nonzero().squeeze(1) + s
+        cand, cvalid, crel, n_rel = cand[has], cvalid[has], crel[has], n_rel[has]
+        selfs, svalid = _group_block(*by_id, qi[rows])  # the query itself under another label: junk too
+        svalid &= gl[selfs] != ql[rows, None]
+        u = q[rows] @ gt
+        if g_bias is not None:
+            u += g_bias
+        cu, su = u.gather(1, cand), u.gather(1, selfs)
         r_max = int(n_rel.max())
-        # the relevant items of each query, ordered by (u, gallery index); padding = +inf
-        key = torch.where(relevant, u, torch.full_like(u, float("inf")))
-        rel_u, rel_idx = torch.topk(key, r_max, dim=1, largest=False, sorted=True)
-        order = torch.argsort(rel_idx, dim=1, stable=True)  # ties among relevant items: by gallery index
-        rel_u, rel_idx = rel_u.gather(1, order), rel_idx.gather(1, order)
-        order = torch.argsort(rel_u, dim=1, stable=True)
-        rel_u, rel_idx = rel_u.gather(1, order), rel_idx.gather(1, order)
-        # position of every non-relevant valid item among the relevant ones
-        pos = torch.searchsorted(rel_u.contiguous(), u.contiguous(), right=False)
-        at = rel_u.gather(1, pos.clamp(max=r_max - 1))
-        tied = (pos < r_max) & (at == u) & ~relevant & ~junk
-        if bool(tied.any()):  # equal scores: relevant items with a smaller gallery index come first
-            for row, col in tied.nonzero().tolist():
+        key, order = torch.sort(torch.where(crel, cu, torch.full_like(cu, float("inf"))), dim=1, stable=True)
+        rel_u, rel_idx = key[:, :r_max].contiguous(), cand.gather(1, order)[:, :r_max]
+        pos = torch.searchsorted(rel_u, u)  # relevant items with a strictly smaller u
+        hist = torch.zeros(len(rows), r_max + 1, dtype=torch.int64)
+        hist.scatter_add_(1, pos, torch.ones(1, 1, dtype=torch.int64).expand_as(pos))
+        for items, ok in ((cu, cvalid), (su, svalid)):  # relevant and junk items are not "other" items
+            hist.scatter_add_(1, torch.searchsorted(rel_u, items.contiguous()), -ok.long())
+        line = torch.arange(len(rows))[:, None]
+        for items, ok in ((cand, cvalid), (selfs, svalid)):  # NaN equals nothing: only other items can tie
+            u[line.expand_as(items)[ok], items[ok]] = float("nan")
+        rel_ext = torch.cat([rel_u, torch.full((len(rows), 1), float("nan"))], 1)
+        tied = rel_ext.gather(1, pos) == u  # another item with exactly a relevant item's score
+        for row in (tied.any(1).nonzero().squeeze(1).tolist() if bool(tied.any()) else []):
+            for col in tied[row].nonzero().squeeze(1).tolist():
                 lo = int(pos[row, col])
                 hi = int(torch.searchsorted(rel_u[row], u[row, col], right=True))
-                pos[row, col] = lo + int((rel_idx[row, lo:hi] < g_index[col]).sum())
-        dump = r_max + 1
-        pos = torch.where(relevant | junk, torch.full_like(pos, dump), pos)
-        hist = torch.zeros(pos.shape[0], r_max + 2, dtype=torch.int64).scatter_add_(1, pos, torch.ones_like(pos))
-        before = hist.cumsum(1)[:, :r_max]  # non-relevant items ranked above the m-th relevant item (b <= m-1)
+                at = lo + int((rel_idx[row, lo:hi] < col).sum())  # ties: smaller gallery index first
+                hist[row, lo] -= 1
+                hist[row, at] += 1
+        before = hist.cumsum(1)[:, :r_max]
         m = torch.arange(1, r_max + 1, dtype=torch.float64)[None, :]
         ranks = m + before.double()
-        valid_m = m <= n_rel[:, None]
-        aps.append(torch.where(valid_m, m / ranks, torch.zeros_like(ranks)).sum(1) / n_rel.double())
+        aps.append(torch.where(m <= n_rel[:, None], m / ranks, torch.zeros_like(ranks)).sum(1) / n_rel.double())
         first_ranks.append(ranks[:, 0])
     if not aps:
         return RetrievalScores(mAP=0.0, cmc={k: 0.0 for k in ks}, num_queries=0, skipped=skipped)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score
 
 from indexing.metrics import evaluate_ranked_lists, evaluate_retrieval
 
 
-def brute_force(q, qi, ql, qc, g, gi, gl, gc, ks=(1, 5, 10)):
+def brute_force(q, qi, ql, qc, g, gi, gl, gc, ks=(1, 5, 10), scores=None):
     """Per query: rank by (-score, gallery index), drop self and same label+camera, walk the list."""
     aps, firsts, skipped = [], [], 0
     for a in range(len(q)):
-        s = g @ q[a]
+        s = g @ q[a] if scores is None else scores[a]
         order = sorted(range(len(g)), key=lambda j: (-s[j], j))
         keep = [j for j in order if gi[j] != qi[a] and not (qc[a] and gl[j] == ql[a] and gc[j] == qc[a])]
         rel = [gl[j] == ql[a] for j in keep]
@@ -91,3 +92,34 @@ def test_perfect_and_l2_metric() -> None:
                              None, metric="l2")
     assert res.mAP == 1.0 and res.cmc[1] == 1.0
     assert res.to_json() == {"mAP": 1.0, "cmc": {"1": 1.0, "5": 1.0, "10": 1.0}, "num_queries": 3, "skipped": 0}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_query_ids_in_the_gallery_under_another_label_are_excluded(seed: int) -> None:
+    """A query whose id is in the gallery with a different label: that item is the query itself, not a hit."""
+    q, qi, ql, qc, g, gi, gl, gc = _data(seed)
+    gl = list(gl)
+    for j in range(0, len(gl), 7):  # relabel some gallery copies of the queries
+        gl[j] = "other"
+    ref_map, ref_cmc, ref_skipped = brute_force(q, qi, ql, qc, g, gi, gl, gc)
+    res = evaluate_retrieval(q, qi, ql, qc, g, gi, gl, gc, memory_budget_mb=1)
+    assert (res.mAP, res.cmc, res.skipped) == (pytest.approx(ref_map, abs=1e-12), pytest.approx(ref_cmc), ref_skipped)
+
+
+def test_duplicate_gallery_vectors_rank_by_gallery_order() -> None:
+    """Float embeddings with exact duplicates: ties between relevant and other items break by gallery index."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(40, 8)).astype(np.float32)
+    g = np.concatenate([base, base[::-1], base[:10]])  # every vector two or three times
+    gl = [f"p{x}" for x in rng.integers(0, 6, len(g))]
+    gc = [f"c{x}" for x in rng.integers(0, 3, len(g))]
+    gi = [f"g{j}" for j in range(len(g))]
+    q = rng.normal(size=(15, 8)).astype(np.float32)
+    qi, ql, qc = [f"q{i}" for i in range(15)], [f"p{x}" for x in rng.integers(0, 6, 15)], ["c0"] * 15
+    # the reference ranks the scores of one matrix product (numpy's matrix-vector products can round exact
+    # duplicates differently depending on memory alignment, which would un-tie them)
+    scores = (torch.from_numpy(q) @ torch.from_numpy(g).T).numpy()
+    assert (scores[:, :40] == scores[:, 40:80][:, ::-1]).all()  # the duplicates really tie
+    ref_map, ref_cmc, _ = brute_force(q, qi, ql, qc, g, gi, gl, gc, scores=scores)
+    res = evaluate_retrieval(q, qi, ql, qc, g, gi, gl, gc)
+    assert res.mAP == pytest.approx(ref_map, abs=1e-12) and res.cmc == pytest.approx(ref_cmc, abs=1e-12)
