@@ -23,3 +23,5 @@ class Settings(BaseSettings):
     device: str = "auto"
     snapshot_every: int = Field(200, ge=1, description="Compact the journal into a snapshot after this many writes.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long inference waits to batch concurrent uploads.")
+    search_coalesce: int = Field(64, ge=1, description="Concurrent searches answered by one index call, at most "
+                                 "(1: every request searches on its own).")

@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,27 +18,28 @@ from service.settings import Settings
 log = logging.getLogger("vidret.service")
 
 
-class EmbedBatcher:
-    """Runs the model in one thread; requests arriving within ``window_ms`` of each other share a forward pass."""
+class MicroBatcher:
+    """Runs ``fn(items) -> results`` in one worker thread; requests that wait while it is busy, or arrive within
+    ``window_ms`` of the first, share one call (e.g. one forward pass, one FAISS search). With a window of 0 it
+    takes only what is already queued, so an idle service adds no latency."""
 
-    def __init__(self, loaded: Any, window_ms: float, max_batch: int = 16) -> None:
-        self.loaded, self.window, self.max_batch = loaded, window_ms / 1000.0, max_batch
+    def __init__(self, fn: Callable[[list], list], window_ms: float, max_batch: int, name: str) -> None:
+        self.fn, self.window, self.max_batch = fn, window_ms / 1000.0, max_batch
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="vidret-embed", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self.batches = 0
+        self.items = 0
 
-    def embed(self, clip: Any) -> np.ndarray:
+    def submit(self, item: Any) -> Any:
         fut: Future = Future()
-        self._queue.put((clip, fut))
+        self._queue.put((item, fut))
         return fut.result()
 
     def close(self) -> None:
         self._queue.put(None)
 
     def _run(self) -> None:
-        from training.embed import embed_clips
-
         while True:
             item = self._queue.get()
             if item is None:
@@ -47,7 +49,7 @@ class EmbedBatcher:
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
-                    nxt = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -55,13 +57,39 @@ class EmbedBatcher:
                     break
                 batch.append(nxt)
             try:
-                vectors = embed_clips(self.loaded, [c for c, _ in batch])
+                results = self.fn([x for x, _ in batch])
                 self.batches += 1
-                for (_, fut), v in zip(batch, vectors, strict=True):
-                    fut.set_result(v)
+                self.items += len(batch)
+                for (_, fut), r in zip(batch, results, strict=True):
+                    fut.set_result(r)
             except Exception as exc:  # handed to every waiting request
                 for _, fut in batch:
                     fut.set_exception(exc)
+
+
+def embed_batch(loaded: Any) -> Callable[[list], list]:
+    def run(clips: list) -> list:
+        from training.embed import embed_clips
+
+        return list(embed_clips(loaded, clips))
+
+    return run
+
+
+def search_batch(index: Any) -> Callable[[list], list]:
+    """Concurrent searches as one index call: items are (vectors (n, d), k, exclude ids or None)."""
+
+    def run(items: list) -> list:
+        vecs = np.concatenate([v for v, _, _ in items])
+        excl = [e for v, _, ex in items for e in (ex if ex is not None else [None] * len(v))]
+        hits = index.search(vecs, max(k for _, k, _ in items), exclude_ids=excl if any(excl) else None)
+        out, at = [], 0
+        for v, k, _ in items:
+            out.append([h[:k] for h in hits[at:at + len(v)]])
+            at += len(v)
+        return out
+
+    return run
 
 
 @dataclass
@@ -69,7 +97,8 @@ class ServiceState:
     settings: Settings
     index: Any = None
     model: Any = None
-    batcher: EmbedBatcher | None = None
+    batcher: MicroBatcher | None = None
+    searcher: MicroBatcher | None = None
     ready: bool = False
     load_error: str | None = None
     writes_since_snapshot: int = 0
@@ -89,7 +118,11 @@ class ServiceState:
                 if self.model.embedding_dim != self.index.dim:
                     raise ValueError(f"the checkpoint embeds to {self.model.embedding_dim} dimensions, the index "
                                      f"holds {self.index.dim}")
-                self.batcher = EmbedBatcher(self.model, self.settings.batch_window_ms)
+                self.batcher = MicroBatcher(embed_batch(self.model), self.settings.batch_window_ms, max_batch=16,
+                                            name="vidret-embed")
+            if self.settings.search_coalesce > 1:
+                self.searcher = MicroBatcher(search_batch(self.index), 0.0, self.settings.search_coalesce,
+                                             name="vidret-search")
             self.ready = True
             log.info("ready: %d videos, model %s", self.index.count, self.settings.checkpoint)
         except Exception as exc:  # reported by /ready; the process stays up for inspection
@@ -104,9 +137,16 @@ class ServiceState:
                 self.index.save()
                 self.writes_since_snapshot = 0
 
+    def search(self, vectors: np.ndarray, k: int, exclude_ids: list[str | None] | None = None) -> list:
+        """Index search; concurrent requests are coalesced into one index call when the searcher runs."""
+        if self.searcher is None:
+            return self.index.search(vectors, k, exclude_ids=exclude_ids)
+        return self.searcher.submit((np.atleast_2d(vectors), k, exclude_ids))
+
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
+        for b in (self.batcher, self.searcher):
+            if b is not None:
+                b.close()
         if self.index is not None and self.ready:
             try:
                 if self.writes_since_snapshot:

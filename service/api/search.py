@@ -59,7 +59,7 @@ def hits_json(hits: list) -> list[Hit]:
 
 def run_search(state: ServiceState, queries: list[Query], k: int, exclude_self: bool) -> list[list[Hit]]:
     vecs, excl = zip(*(query_vector(state, q) for q in queries), strict=True)
-    results = state.index.search(np.stack(vecs), k, exclude_ids=list(excl) if exclude_self else None)
+    results = state.search(np.stack(vecs), k, exclude_ids=list(excl) if exclude_self else None)
     return [hits_json(r) for r in results]
 
 
@@ -94,7 +94,7 @@ def embed_upload(state: ServiceState, path: str) -> np.ndarray:
         clip, _ = read_clip(path, state.model.spec, train=False)
     except UserError as exc:
         raise HTTPException(415, f"the upload cannot be decoded as a video: {getattr(exc, 'reason', exc)}") from None
-    return state.batcher.embed(clip)
+    return state.batcher.submit(clip)
 
 
 def require_model(state: ServiceState) -> None:
@@ -112,7 +112,7 @@ async def search_video(file: UploadFile = File(...), k: int = Form(10),
     path = await save_upload(file, state.settings)
     try:
         vec = await run_in_threadpool(embed_upload, state, str(path))
-        hits = await run_in_threadpool(state.index.search, vec[None, :], k)
+        hits = await run_in_threadpool(state.search, vec[None, :], k)
     finally:
         os.unlink(path)
     return SearchResponse(results=hits_json(hits[0]), took_ms=(time.perf_counter() - t0) * 1e3)

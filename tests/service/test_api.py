@@ -209,3 +209,36 @@ def test_web_page(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     assert "/v1/search/video" in r.text and "/thumbnail" in r.text
+
+
+def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusion(fresh_index: Path) -> None:
+    """Searches waiting while the index is busy share one index call; every request still gets exactly its own
+    answer (its k, its self-exclusion) -- the same as with coalescing switched off."""
+    with _client(fresh_index, None, search_coalesce=1) as direct:
+        ids = [v["id"] for v in direct.get("/v1/videos").json()["videos"]]
+        bodies = [{"id": ids[i % len(ids)], "k": 1 + i % 7, "exclude_self": i % 3 != 0} for i in range(48)]
+        expected = [direct.post("/v1/search", json=b).json() for b in bodies]
+        assert direct.app.state.vidret.searcher is None
+    with _client(fresh_index, None) as c:
+        state = c.app.state.vidret
+        original = state.index.search
+
+        def slow_search(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 -- a busy index lets requests queue up
+            threading.Event().wait(0.02)
+            return original(*args, **kwargs)
+
+        state.index.search = slow_search
+        got: list = [None] * len(bodies)
+
+        def ask(i: int) -> None:
+            got[i] = c.post("/v1/search", json=bodies[i]).json()
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for g, e in zip(got, expected, strict=True):  # a batched index call may round scores differently
+            assert [h["id"] for h in g["results"]] == [h["id"] for h in e["results"]]
+            assert [h["score"] for h in g["results"]] == pytest.approx([h["score"] for h in e["results"]], abs=1e-5)
+        assert state.searcher.items == len(bodies) and state.searcher.batches < len(bodies) / 2
