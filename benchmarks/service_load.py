@@ -1,6 +1,10 @@
 """The same index queried in-process through FAISS and over HTTP (/v1/search, N concurrent keep-alive clients),
 side by side in one run: queries/s, p50/p99 latency, errors.
 
+In-process: N threads calling ``VideoIndex.search`` (batch 1). HTTP: N client processes, each one keep-alive
+connection (stdlib ``http.client``, request bodies encoded before the clock starts, so the load generator spends
+as little of the shared CPU as it can) against ``vidret serve`` in its own process.
+
     python benchmarks/service_load.py                      # 100k x 256 flat index, N = 8, 60 s per side
     python benchmarks/service_load.py --quick              # 20k x 256, 10 s per side
 Targets: HTTP >= 0.5x in-process queries/s at N = 8; p99 <= 3x p50; zero errors.
@@ -9,6 +13,9 @@ Targets: HTTP >= 0.5x in-process queries/s at N = 8; p99 <= 3x p50; zero errors.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
+import multiprocessing as mp
 import os
 import socket
 import subprocess
@@ -31,10 +38,9 @@ def run_clients(n: int, seconds: float, call) -> tuple[list[float], int]:  # noq
 
     def worker(i: int) -> None:
         rng = np.random.default_rng(i)
-        state = call.setup() if hasattr(call, "setup") else None
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            ok = call(rng, state)
+            ok = call(rng)
             lat[i].append(time.perf_counter() - t0)
             errors[i] += 0 if ok else 1
 
@@ -44,6 +50,31 @@ def run_clients(n: int, seconds: float, call) -> tuple[list[float], int]:  # noq
     for t in threads:
         t.join()
     return [x for part in lat for x in part], sum(errors)
+
+
+def http_client(port: int, start: float, seconds: float, dim: int, seed: int, out: mp.Queue) -> None:
+    """One keep-alive connection sending /v1/search requests back to back from ``start`` (time.monotonic, shared by
+    all client processes) for ``seconds``; puts (latencies, errors) on ``out``."""
+    rng = np.random.default_rng(seed)
+    bodies = [json.dumps({"embedding": rng.normal(size=dim).round(6).tolist(), "k": 10}).encode() for _ in range(64)]
+    headers = {"Content-Type": "application/json"}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    lat, errors, i = [], 0, 0
+    time.sleep(max(0.0, start - time.monotonic()))
+    while time.monotonic() < start + seconds:
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/v1/search", body=bodies[i % len(bodies)], headers=headers)
+            resp = conn.getresponse()
+            ok = resp.status == 200 and len(json.loads(resp.read())["results"]) == 10
+        except (OSError, http.client.HTTPException, ValueError, KeyError):
+            ok = False
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        lat.append(time.perf_counter() - t0)
+        errors += 0 if ok else 1
+        i += 1
+    out.put((lat, errors))
 
 
 def summary(name: str, lat: list[float], errors: int, seconds: float) -> float:
@@ -68,8 +99,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ix = VideoIndex.build(emb, f"{tmp}/ix", type="flat")
 
-        def local(r, _state) -> bool:  # noqa: ANN001
-            return len(ix.search(r.normal(size=(1, dim)).astype(np.float32), 10)[0]) == 10
+        queries = rng.normal(size=(64, dim)).astype(np.float32)
+
+        def local(r) -> bool:  # noqa: ANN001
+            return len(ix.search(queries[r.integers(64)][None, :], 10)[0]) == 10
 
         lat, err = run_clients(args.clients, seconds, local)
         q_local = summary("in-process", lat, err, seconds)
@@ -88,16 +121,17 @@ def main() -> None:
                 except httpx.HTTPError:
                     time.sleep(0.2)
 
-            class Http:
-                def setup(self) -> httpx.Client:
-                    return httpx.Client(base_url=url, timeout=30)  # keep-alive per client
-
-                def __call__(self, r, client: httpx.Client) -> bool:  # noqa: ANN001
-                    body = {"embedding": r.normal(size=dim).tolist(), "k": 10}
-                    resp = client.post("/v1/search", json=body)
-                    return resp.status_code == 200 and len(resp.json()["results"]) == 10
-
-            lat, err = run_clients(args.clients, seconds, Http())
+            ctx = mp.get_context("fork")
+            out: mp.Queue = ctx.Queue()
+            start = time.monotonic() + 1.0
+            procs = [ctx.Process(target=http_client, args=(port, start, seconds, dim, i, out))
+                     for i in range(args.clients)]
+            for p in procs:
+                p.start()
+            parts = [out.get() for _ in procs]
+            for p in procs:
+                p.join()
+            lat, err = [x for part, _ in parts for x in part], sum(e for _, e in parts)
             q_http = summary("HTTP", lat, err, seconds)
         finally:
             server.terminate()

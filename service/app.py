@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexing.errors import UserError
 from service.api import evaluate, health, search, videos
@@ -33,6 +34,34 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                                  registry=self.registry)
         self.index_size = Gauge("vidret_index_size", "videos in the index", registry=self.registry)
+
+
+class RecordMetrics:
+    """Counts and times every request by route template (a plain ASGI middleware: Starlette's BaseHTTPMiddleware
+    costs a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], name, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], name).observe(time.perf_counter() - t0)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -78,18 +107,6 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     async def user_error(_: Request, exc: UserError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    @app.middleware("http")
-    async def record(request: Request, call_next):  # noqa: ANN001, ANN202
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            name = getattr(route, "path", "unmatched")
-            state.metrics.requests.labels(request.method, name, str(status)).inc()
-            state.metrics.latency.labels(request.method, name).observe(time.perf_counter() - t0)
+    app.add_middleware(RecordMetrics, metrics=state.metrics)
 
     return app

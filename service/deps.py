@@ -1,4 +1,5 @@
-"""Dependencies shared by the routers: the state, readiness, auth, upload limits."""
+"""Dependencies shared by the routers: the state, readiness, auth, upload limits. They never block, so they are
+``async``: FastAPI runs them on the event loop instead of handing each to a worker thread."""
 
 from __future__ import annotations
 
@@ -18,22 +19,22 @@ VIDEO_SIGNATURES = (  # (offset, bytes): mp4/mov/m4v (ISO BMFF), mkv/webm (EBML)
 UPLOAD_CHUNK = 1 << 20
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.vidret
 
 
-def ready_state(state: ServiceState = Depends(get_state)) -> ServiceState:
+async def ready_state(state: ServiceState = Depends(get_state)) -> ServiceState:
     if not state.ready:
         raise HTTPException(503, "the index is not loaded yet" if state.load_error is None
                             else f"the index failed to load: {state.load_error}")
     return state
 
 
-def get_settings(state: ServiceState = Depends(get_state)) -> Settings:
+async def get_settings(state: ServiceState = Depends(get_state)) -> Settings:
     return state.settings
 
 
-def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
+async def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
     if not settings.api_key:
         return
     header = request.headers.get("authorization", "")
@@ -44,7 +45,7 @@ def require_api_key(request: Request, settings: Settings = Depends(get_settings)
         raise HTTPException(403, "wrong API key")
 
 
-def check_content_length(request: Request, settings: Settings = Depends(get_settings)) -> None:
+async def check_content_length(request: Request, settings: Settings = Depends(get_settings)) -> None:
     """Refuse an oversized upload from its declared length, before the body is parsed."""
     length = request.headers.get("content-length")
     limit = settings.max_upload_mb * 2**20

@@ -25,3 +25,5 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(5.0, ge=0, description="How long inference waits to batch concurrent uploads.")
     search_coalesce: int = Field(64, ge=1, description="Concurrent searches answered by one index call, at most "
                                  "(1: every request searches on its own).")
+    search_threads: int = Field(0, ge=0, description="FAISS threads of the coalescing search thread (0: half the "
+                                "CPU cores, at least 1).")

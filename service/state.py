@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -23,8 +24,9 @@ class MicroBatcher:
     ``window_ms`` of the first, share one call (e.g. one forward pass, one FAISS search). With a window of 0 it
     takes only what is already queued, so an idle service adds no latency."""
 
-    def __init__(self, fn: Callable[[list], list], window_ms: float, max_batch: int, name: str) -> None:
-        self.fn, self.window, self.max_batch = fn, window_ms / 1000.0, max_batch
+    def __init__(self, fn: Callable[[list], list], window_ms: float, max_batch: int, name: str,
+                 init: Callable[[], None] | None = None) -> None:
+        self.fn, self.window, self.max_batch, self.init = fn, window_ms / 1000.0, max_batch, init
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -40,6 +42,8 @@ class MicroBatcher:
         self._queue.put(None)
 
     def _run(self) -> None:
+        if self.init is not None:
+            self.init()
         while True:
             item = self._queue.get()
             if item is None:
@@ -122,7 +126,7 @@ class ServiceState:
                                             name="vidret-embed")
             if self.settings.search_coalesce > 1:
                 self.searcher = MicroBatcher(search_batch(self.index), 0.0, self.settings.search_coalesce,
-                                             name="vidret-search")
+                                             name="vidret-search", init=self._search_thread_init)
             self.ready = True
             log.info("ready: %d videos, model %s", self.index.count, self.settings.checkpoint)
         except Exception as exc:  # reported by /ready; the process stays up for inspection
@@ -136,6 +140,13 @@ class ServiceState:
             if self.writes_since_snapshot >= self.settings.snapshot_every:
                 self.index.save()
                 self.writes_since_snapshot = 0
+
+    def _search_thread_init(self) -> None:
+        """FAISS's OpenMP team size for the coalescing thread only (OpenMP keeps it per calling thread); leaving
+        cores to the event loop matters: an OpenMP team on busy cores spins at its barriers."""
+        import faiss
+
+        faiss.omp_set_num_threads(self.settings.search_threads or max(1, (os.cpu_count() or 2) // 2))
 
     def search(self, vectors: np.ndarray, k: int, exclude_ids: list[str | None] | None = None) -> list:
         """Index search; concurrent requests are coalesced into one index call when the searcher runs."""
