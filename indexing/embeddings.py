@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from indexing.atomic import FILE_MODE
+from indexing.atomic import atomic_write
 from indexing.errors import UserError
 
 
@@ -72,16 +70,7 @@ def save_embeddings(path: str | Path, emb: Embeddings) -> Path:
         arrays["paths"] = emb.paths
     if emb.checkpoint_sha256:
         arrays["checkpoint_sha256"] = np.array(emb.checkpoint_sha256)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays), suffix=".npz")
 
 
 def load_embeddings(path: str | Path, normalize_check: bool = True) -> Embeddings:

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from indexing.atomic import FILE_MODE
+from indexing.atomic import atomic_write
 
 
 def save_figure(fig, out: str | Path) -> Path:  # noqa: ANN001 - matplotlib Figure
-    """Write a matplotlib figure atomically (temp file in the same folder, then rename)."""
+    """Write a matplotlib figure atomically (indexing/atomic.py), in the format its extension names."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
+    return atomic_write(out, lambda fh: fig.savefig(fh, format=out.suffix.lstrip(".") or "png", dpi=120,
+                                                    bbox_inches="tight"), suffix=out.suffix)
 
 def plot_weights(out: str | Path, ts: list[float]) -> Path:
     """Sample weight against p_y for CCE, MAE and IMAE at each T."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from indexing.atomic import FILE_MODE
+from indexing.atomic import atomic_write
 from indexing.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -83,22 +82,8 @@ def init_distributed(device_spec: str) -> DistInfo:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename: a kill leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
+    """torch.save atomically (indexing/atomic.py): a kill leaves the old file intact."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
