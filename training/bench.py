@@ -11,7 +11,8 @@
    the final sample weights.
 4. results.csv, results.md, plots/.
 
-Runs already finished (a ``done.json`` in their folder) are reused, so an interrupted benchmark continues.
+Runs already finished with the same settings (a ``done.json`` in their folder records them) are reused, so an
+interrupted benchmark continues.
 """
 
 from __future__ import annotations
@@ -56,12 +57,12 @@ class NoiseBenchConfig:
     model: str = "tiny3d"
     frames: int = 8
     size: int = 40
-    epochs: int = 8
+    epochs: int = 20
     batch_size: int = 32
     lr: float = 2e-3
     workers: int = 0
     imae_t: float | None = None
-    t_candidates: list[float] = field(default_factory=lambda: [8.0, 16.0, 32.0])
+    t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
     select_rate: float = 0.4
     val_fraction: float = 0.2
 
@@ -133,16 +134,19 @@ def _train(cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, q_csv: P
            seed: int) -> list[dict]:
     from training.trainer import TrainConfig, fit
 
+    tcfg = TrainConfig(train=str(train_csv), out=str(run), val_query=str(q_csv), val_gallery=str(g_csv), loss=loss,
+                       imae_t=t, model=cfg.model, frames=cfg.frames, size=cfg.size, epochs=cfg.epochs,
+                       batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.workers, seed=seed, cache=True, quiet=True,
+                       warmup_epochs=min(1.0, cfg.epochs / 4))
     done = run / "done.json"
     if done.exists():
-        return json.loads(done.read_text())["history"]
+        record = json.loads(done.read_text())
+        if record.get("config") == asdict(tcfg):  # a finished run of these settings: reuse it
+            return record["history"]
     if run.exists():
         shutil.rmtree(run)
-    res = fit(TrainConfig(train=str(train_csv), out=str(run), val_query=str(q_csv), val_gallery=str(g_csv),
-                          loss=loss, imae_t=t, model=cfg.model, frames=cfg.frames, size=cfg.size, epochs=cfg.epochs,
-                          batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.workers, seed=seed, cache=True,
-                          quiet=True, warmup_epochs=min(1.0, cfg.epochs / 4)))
-    done.write_text(json.dumps({"history": res.history}))
+    res = fit(tcfg)
+    atomic_write_text(done, json.dumps({"config": asdict(tcfg), "history": res.history}))
     return res.history
 
 

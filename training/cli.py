@@ -104,7 +104,7 @@ def bench_noise_cmd(
     rates: list[float] = typer.Option([0.0, 0.2, 0.4, 0.6], "--rates", help="Training label-noise rates."),
     noise_type: str = typer.Option("symmetric", help="symmetric | pairflip."),
     seeds: int = typer.Option(2, help="Seeds per (loss, rate)."),
-    epochs: int | None = typer.Option(None, help="Epochs per run (default 8; --quick 2)."),
+    epochs: int | None = typer.Option(None, help="Epochs per run (default 20; --quick 2)."),
     identities: int | None = typer.Option(None, help="Identities in the synthetic data (default 200)."),
     imae_t: float | None = typer.Option(None, help="IMAE T; default: chosen on a validation split of the training "
                                                    "identities."),
