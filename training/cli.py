@@ -18,7 +18,8 @@ def train_cmd(
     val_query: Path | None = typer.Option(None, help="Validation query manifest (mAP/CMC every epoch)."),
     val_gallery: Path | None = typer.Option(None, help="Validation gallery manifest."),
     loss: str = typer.Option("imae", help="cce | mae | gce | sce | imae."),
-    imae_t: float = typer.Option(8.0, help="IMAE temperature T: weight exp(T p_y (1 - p_y)); more classes want more."),
+    imae_t: float = typer.Option(8.0, help="IMAE temperature T: weight exp(T p_y (1 - p_y)); choose it on a "
+                                       "validation split (2-4 did best from scratch; README, Does IMAE help?)."),
     imae_normalize: str = typer.Option("weight", help="IMAE batch reduction: weight (divide by total weight) | mean."),
     gce_q: float = typer.Option(0.7, help="GCE q."),
     sce_alpha: float = typer.Option(0.1, help="SCE alpha (CE term)."),
