@@ -201,9 +201,9 @@ class IMAE(_Loss):
 class _IMAEFunction(torch.autograd.Function):
     """The stable surrogate ``sum_i (w_i / 2) (logsumexp_{j != y} z_j - z_y) / denom`` with a fused backward.
 
-    One masked copy of the logits serves both the weight and the gradient: with ``lse_o`` the log-sum-exp of the
-    non-target logits, ``p_y = sigmoid(z_y - lse_o)`` (exact, no cancellation as p_y -> 1) and the gradient is
-    ``(w_i / 2) (softmax_{j != y}(z) - e_y) / denom``. No division by 1 - p_y anywhere.
+    One masked copy of the logits, exponentiated once, serves the weight and the gradient: with ``lse_o`` the
+    log-sum-exp of the non-target logits, ``p_y = sigmoid(z_y - lse_o)`` (exact, no cancellation as p_y -> 1) and the
+    gradient is ``(w_i / 2) (softmax_{j != y}(z) - e_y) / denom``. No division by 1 - p_y anywhere.
     """
 
     @staticmethod
@@ -211,20 +211,22 @@ class _IMAEFunction(torch.autograd.Function):
                 by_weight: bool) -> torch.Tensor:
         idx = targets[:, None]
         others = logits.scatter(1, idx, float("-inf"))
-        lse_o = others.logsumexp(dim=1)
-        margin = lse_o - logits.gather(1, idx).squeeze(1)
+        top = others.amax(dim=1, keepdim=True)  # finite: there are at least 2 classes
+        exp_o = others.sub_(top).exp_()  # exp(-inf) = 0 at the target
+        sum_o = exp_o.sum(dim=1)
+        margin = top.squeeze(1) + sum_o.log() - logits.gather(1, idx).squeeze(1)  # logsumexp_{j != y} z_j - z_y
         p_y = torch.sigmoid(-margin)
         w = torch.exp(t * p_y * (1.0 - p_y))
         denom = w.sum() if by_weight else logits.new_tensor(float(logits.shape[0]))
         half_w = w / (2.0 * denom)
-        ctx.save_for_backward(others, lse_o, half_w, idx)
+        ctx.save_for_backward(exp_o, sum_o, half_w, idx)
         return (half_w * margin).sum()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205 - autograd signature
-        others, lse_o, half_w, idx = ctx.saved_tensors
+        exp_o, sum_o, half_w, idx = ctx.saved_tensors
         scale = half_w * grad_out
-        grad = torch.exp(others - lse_o[:, None]).mul_(scale[:, None])  # exp(-inf) = 0 at the target
+        grad = exp_o * (scale / sum_o)[:, None]  # (w/2) softmax over the non-target logits
         grad.scatter_(1, idx, -scale[:, None])
         return grad, None, None, None
 
