@@ -211,7 +211,7 @@ class _IMAEFunction(torch.autograd.Function):
                 by_weight: bool) -> torch.Tensor:
         idx = targets[:, None]
         others = logits.scatter(1, idx, float("-inf"))
-        top = others.amax(dim=1, keepdim=True)  # finite: there are at least 2 classes
+        top = others.amax(dim=1, keepdim=True)  # finite for finite logits: there are at least 2 classes
         exp_o = others.sub_(top).exp_()  # exp(-inf) = 0 at the target
         sum_o = exp_o.sum(dim=1)
         margin = top.squeeze(1) + sum_o.log() - logits.gather(1, idx).squeeze(1)  # logsumexp_{j != y} z_j - z_y
