@@ -148,7 +148,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 12) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast"}
+        # Bit-reproducible output: x264's rate control (crf) gave different bitstreams for the same frames now and
+        # then, most often across processes (even single-threaded, aq off); constant QP on one thread never did.
+        stream.options = {"qp": "20", "preset": "veryfast", "threads": "1"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

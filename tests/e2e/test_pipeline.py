@@ -45,7 +45,9 @@ def test_same_video_twice_gives_the_same_vector(checkpoint: Path, synth_dir: Pat
 
 
 def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
-    generate(tmp_path / "d", SynthConfig(identities=8, cameras=4, clips_per_camera=8, frames=8, size=32, noise=0.25,
+    # 4 training identities x 64 clips: with 32 clips an identity, runs that differed only in a few encoded pixels
+    # gave AUROC 0.46-0.96; with 64, training seeds 0-5 gave 0.96-0.99
+    generate(tmp_path / "d", SynthConfig(identities=8, cameras=4, clips_per_camera=16, frames=8, size=32, noise=0.25,
                                          seed=3), workers=1)
     res = run_cli("train", "--train", tmp_path / "d" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
                   "--epochs", "16", "--batch-size", "16", "--loss", "imae", "--cache")
@@ -55,10 +57,10 @@ def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     with open(tmp_path / "audit.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["id", "label", "p_label", "predicted", "p_predicted", "suspicion"] and len(rows) == 128
+    assert list(rows[0]) == ["id", "label", "p_label", "predicted", "p_predicted", "suspicion"] and len(rows) == 256
     assert [float(r["suspicion"]) for r in rows] == sorted((float(r["suspicion"]) for r in rows), reverse=True)
     auroc = float(res.stdout.split("AUROC of the suspicion score ")[1].split()[0])
-    assert auroc > 0.7, res.stdout  # chance is 0.5
+    assert auroc > 0.8, res.stdout  # chance is 0.5
 
 
 def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
