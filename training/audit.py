@@ -40,8 +40,10 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def predict(checkpoint: str | Path, manifest: str | Path, batch_size: int = 16, workers: int = 2,
-            device: str = "auto") -> tuple[list, np.ndarray, np.ndarray, list[str]]:
-    """Rows that decoded, their class probabilities, the given labels' class indices, the class names."""
+            device: str = "auto", cache: bool = False) -> tuple[list, np.ndarray, np.ndarray, list[str]]:
+    """Rows that decoded, their class probabilities, the given labels' class indices, the class names.
+
+    ``cache`` keeps decoded videos in memory (inside ``shared_frame_cache()``, shared with other datasets)."""
     from training.embed import eval_loader, load_checkpoint, run_inference
     from training.manifest import read_manifest
 
@@ -53,7 +55,7 @@ def predict(checkpoint: str | Path, manifest: str | Path, batch_size: int = 16, 
             raise UserError(f"{manifest}, row {r.row}: label {r.label!r} is not a class of the checkpoint "
                             f"(audit the manifest the model was trained on)")
     loader = eval_loader(rows, loaded.spec, batch_size, workers, loaded.mean, loaded.std, class_to_idx=cmap,
-                         on_bad_video="skip")
+                         on_bad_video="skip", cache=cache)
     _, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True, progress="auditing")
     kept_rows = [rows[i] for i in kept]
     z = logits - logits.max(1, keepdims=True)

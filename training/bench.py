@@ -159,7 +159,7 @@ def _train_fit(cfg: NoiseBenchConfig, run: Path, train_csv: Path, loss: str, t: 
     from training.losses import build_loss
 
     rows, probs, given, _ = predict(run / "checkpoints" / "last.pt", train_csv,
-                                    batch_size=cfg.batch_size, workers=cfg.workers, device="auto")
+                                    batch_size=cfg.batch_size, workers=cfg.workers, device="auto", cache=True)
     flipped = np.array([r.clean_label != r.label for r in rows])
     correct = probs.argmax(1) == given
     kwargs = {"t": t} if loss == "imae" else {}
@@ -189,7 +189,15 @@ def select_t(cfg: NoiseBenchConfig, rows: list[VideoRow], out: Path, log) -> flo
 
 
 def run_noise_bench(cfg: NoiseBenchConfig, log=print) -> list[RunResult]:  # noqa: ANN001
+    """The whole grid. Every run trains on and is tested on the same videos: they are decoded once, in memory."""
+    from training.dataset import shared_frame_cache
+
     cfg.validate()
+    with shared_frame_cache():
+        return _run_grid(cfg, log)
+
+
+def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:  # noqa: ANN001
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"

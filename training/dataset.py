@@ -10,7 +10,9 @@ in ``batch["skipped"]``, and the caller applies the policy (``fail``: stop namin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,22 @@ def clip_transform(clip: torch.Tensor, spec: ClipSpec, train: bool, rng: np.rand
     return ((x - m) / sd).permute(1, 0, 2, 3).contiguous()
 
 
+_shared_frames: dict[tuple, torch.Tensor] | None = None
+
+
+@contextmanager
+def shared_frame_cache() -> Iterator[dict[tuple, torch.Tensor]]:
+    """Inside this block every cached VideoDataset of this process shares decoded videos (by path and size), so a
+    benchmark that trains and audits many models on the same videos decodes each video once."""
+    global _shared_frames
+    outer = _shared_frames
+    _shared_frames = {} if outer is None else outer
+    try:
+        yield _shared_frames
+    finally:
+        _shared_frames = outer
+
+
 class VideoDataset(Dataset):
     """Clips of the videos of a manifest, with targets from ``class_to_idx`` (-1 where a row has no label)."""
 
@@ -103,11 +121,18 @@ class VideoDataset(Dataset):
         if self.cache is None:
             return read_clip(path, self.spec, self.train, rng)[0]
         if i not in self.cache:  # decode every frame once, sample from memory afterwards
-            from training.video import num_frames
+            key = (os.path.realpath(path), self.spec.size, self.spec.decode_short_side)
+            shared = _shared_frames
+            if shared is not None and key in shared:
+                self.cache[i] = shared[key]
+            else:
+                from training.video import num_frames
 
-            n = num_frames(path)
-            self.cache[i] = read_clip(path, ClipSpec(frames=n, size=self.spec.size, sampling="uniform"),
-                                      train=False, decode_short_side=self.spec.decode_short_side)[0]
+                n = num_frames(path)
+                self.cache[i] = read_clip(path, ClipSpec(frames=n, size=self.spec.size, sampling="uniform"),
+                                          train=False, decode_short_side=self.spec.decode_short_side)[0]
+                if shared is not None:
+                    shared[key] = self.cache[i]
         frames = self.cache[i]
         return frames[torch.from_numpy(sample_indices(frames.shape[0], self.spec, self.train, rng))]
 

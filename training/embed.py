@@ -54,9 +54,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "auto") -> Lo
 
 def eval_loader(rows: Sequence[VideoRow], spec: ClipSpec, batch_size: int, workers: int,
                 mean: Sequence[float], std: Sequence[float], class_to_idx: dict[str, int] | None = None,
-                on_bad_video: str = "fail") -> DataLoader:
+                on_bad_video: str = "fail", cache: bool = False) -> DataLoader:
     ds = VideoDataset(rows, spec, train=False, class_to_idx=class_to_idx, on_bad_video=on_bad_video, mean=mean,
-                      std=std)
+                      std=std, cache=cache)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                       worker_init_fn=worker_init if workers else None, persistent_workers=False)
 

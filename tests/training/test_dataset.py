@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from indexing.errors import UserError
-from training.dataset import VideoDataset, apply_bad_video_policy, clip_transform, collate
+from training import dataset as dataset_module
+from training.dataset import VideoDataset, apply_bad_video_policy, clip_transform, collate, shared_frame_cache
 from training.manifest import class_map, read_manifest
 from training.video import ClipSpec, VideoDecodeError
 
@@ -48,6 +49,25 @@ def test_items_depend_only_on_seed_epoch_index(synth_dir: Path) -> None:
     cached = VideoDataset(rows, SPEC, train=True, class_to_idx=cmap, seed=7, cache=True)
     assert torch.equal(first, cached[1]["clip"])  # the in-memory cache changes nothing
     assert ds[1]["target"] == cmap[rows[1].label]
+
+
+def test_shared_frame_cache_decodes_each_video_once(synth_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = read_manifest(synth_dir / "train.csv", require_label=True)[:3]
+    cmap = class_map(r.label for r in rows)
+    plain = [VideoDataset(rows, SPEC, train=train, class_to_idx=cmap, seed=7)[i]["clip"]
+             for train in (True, False) for i in range(3)]
+    decodes: list[str] = []
+    real = dataset_module.read_clip
+    monkeypatch.setattr(dataset_module, "read_clip", lambda path, *a, **k: decodes.append(path) or real(path, *a, **k))
+    with shared_frame_cache() as frames:
+        got = [VideoDataset(rows, SPEC, train=train, class_to_idx=cmap, seed=7, cache=True)[i]["clip"]
+               for train in (True, False) for i in range(3)]  # a training and an evaluation dataset: 2 x 3 items
+        assert len(decodes) == 3 and len(frames) == 3  # each video decoded once, for both datasets
+        VideoDataset(rows, replace(SPEC, size=32), train=False, cache=True)[0]
+        assert len(decodes) == 4  # another size is another entry
+    assert all(torch.equal(a, b) for a, b in zip(plain, got, strict=True))  # sharing changes no clip
+    VideoDataset(rows, SPEC, train=False, cache=True)[0]
+    assert len(decodes) == 5  # outside the block nothing is shared
 
 
 def test_bad_videos_are_reported_not_raised_in_workers(synth_dir: Path, tmp_path: Path) -> None:
