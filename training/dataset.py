@@ -121,18 +121,17 @@ class VideoDataset(Dataset):
         if self.cache is None:
             return read_clip(path, self.spec, self.train, rng)[0]
         if i not in self.cache:  # decode every frame once, sample from memory afterwards
-            key = (os.path.realpath(path), self.spec.size, self.spec.decode_short_side)
             shared = _shared_frames
-            if shared is not None and key in shared:
-                self.cache[i] = shared[key]
-            else:
+            key = (os.path.realpath(path), self.spec.size, self.spec.decode_short_side) if shared is not None else None
+            frames = shared.get(key) if key is not None else None
+            if frames is None:
                 from training.video import num_frames
 
-                n = num_frames(path)
-                self.cache[i] = read_clip(path, ClipSpec(frames=n, size=self.spec.size, sampling="uniform"),
-                                          train=False, decode_short_side=self.spec.decode_short_side)[0]
-                if shared is not None:
-                    shared[key] = self.cache[i]
+                frames = read_clip(path, ClipSpec(frames=num_frames(path), size=self.spec.size, sampling="uniform"),
+                                   train=False, decode_short_side=self.spec.decode_short_side)[0]
+                if key is not None:
+                    shared[key] = frames
+            self.cache[i] = frames
         frames = self.cache[i]
         return frames[torch.from_numpy(sample_indices(frames.shape[0], self.spec, self.train, rng))]
 

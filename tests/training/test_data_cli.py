@@ -30,7 +30,7 @@ def test_synth_writes_real_videos_with_disjoint_identities_and_noise(synth_dir: 
 
 
 def test_synth_is_deterministic(tmp_path: Path) -> None:
-    # 128 clips, serial and in a process pool: x264's threads and adaptive quantisation once changed a few in 256
+    # 128 clips, serial and in a process pool: x264's rate control (crf) once changed a few clips, most across processes
     for name, workers in (("a", "1"), ("b", "2")):
         res = run_cli("data", "synth", tmp_path / name, "--identities", "8", "--cameras", "4", "--clips-per-camera",
                       "4", "--frames", "8", "--size", "32", "--noise", "0.5", "--seed", "3", "--workers", workers)
