@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from training.dataset import VideoDataset, collate, worker_init
-from training.manifest import VideoRow
-from training.synth import write_mp4
-from training.video import ClipSpec, read_clip, sample_indices
+from training.data.dataset import VideoDataset, collate, worker_init
+from training.data.manifest import VideoRow
+from training.data.synth import write_mp4
+from training.data.video import ClipSpec, read_clip, sample_indices
 
 
 def make_video(path: Path, seconds: int, w: int, h: int, seed: int) -> None:

@@ -13,7 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from training.synth import SynthConfig, generate
+from training.config import default_workers
+from training.data.synth import SynthConfig, generate
 from training.trainer import TrainConfig, fit
 
 
@@ -27,7 +28,7 @@ def epoch2(data: Path, out: Path, model: str, frames: int, size: int, cache: boo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--workers", type=int, default=TrainConfig.__dataclass_fields__["workers"].default_factory())
+    ap.add_argument("--workers", type=int, default=default_workers())
     args = ap.parse_args()
     cases = [("tiny3d", 8, 64)] if args.quick else [("tiny3d", 16, 112), ("r2plus1d_18", 8, 112)]
     with tempfile.TemporaryDirectory() as tmp:

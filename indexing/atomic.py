@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the same folder, flushed to disk, then renamed over the target."""
+"""Atomic, durable file writes: a temporary file in the same folder, flushed to disk, renamed over the target, and
+the folder flushed so that the rename itself survives a power cut."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from typing import BinaryIO
 FILE_MODE = 0o644  # mkstemp creates 0600 files; what we publish is readable like any other file
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries to disk: files created, renamed or removed in it stay so after a crash."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], suffix: str = ".tmp") -> Path:
-    """Call ``write(binary file)`` on a temporary file next to ``path``, flush it to disk, then rename it over
-    ``path``: readers see the old file or the new one, never a part. ``suffix`` keeps the extension for writers
-    that look at it."""
+    """Call ``write(binary file)`` on a temporary file next to ``path``, flush it to disk, rename it over ``path``,
+    then flush the folder: readers see the old file or the new one, never a part, and once this returns the new
+    one survives a crash. ``suffix`` keeps the extension for writers that look at it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -29,6 +38,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], suffix: 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    fsync_dir(path.parent)
     return path
 
 

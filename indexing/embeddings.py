@@ -1,4 +1,4 @@
-"""The embeddings file (SPEC §4): ``.npz`` with ``ids`` (str), ``embeddings`` (float32, N x D, L2-normalised),
+"""The embeddings file (docs/formats.md): ``.npz`` with ``ids`` (str), ``embeddings`` (float32, N x D, L2-normalised),
 ``labels`` (str), ``cameras`` (str, may be empty) and optionally ``paths`` (str)."""
 
 from __future__ import annotations

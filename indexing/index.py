@@ -1,31 +1,46 @@
-"""FAISS indexes of video embeddings, with string ids, metadata, durable adds/removes and atomic snapshots.
+"""FAISS indexes of video embeddings, with string ids, metadata, durable adds/removes and crash-atomic snapshots.
 
-An index directory holds ``index.faiss`` (the FAISS index, int64 ids), ``vectors.npy`` + ``rows.npy`` (the raw
-embeddings and their int64 ids, for exact evaluation and rebuilds), ``metadata.sqlite`` (id, label, camera,
-path, added_at, and the journal of adds/removes — see indexing/store.py) and ``index.json`` (type, metric, dim,
-count, the checkpoint's sha256, created, search parameters, and the journal position of the snapshot).
+An index folder holds::
 
-Types: ``flat`` (exact), ``ivf`` (IVF-Flat), ``ivfpq`` (IVF-PQ), ``hnsw``; ``auto`` picks by collection size and a
-memory budget and tunes nprobe / efSearch on a held-out sample so that recall@10 against exact search is >= 0.95.
-Searches run concurrently; an add or remove takes the write side of a readers-writer lock.
+    index.json          the published snapshot: type, metric, dim, count, the checkpoint's sha256, created, search
+                        parameters, ``generation`` (which gen-<n>/ holds the snapshot) and ``snapshot_seq`` (the
+                        journal position the snapshot holds)
+    gen-<n>/            one snapshot: index.faiss (the FAISS index, int64 ids), vectors.npy + rows.npy (the raw
+                        embeddings and their int64 ids, for exact evaluation and rebuilds)
+    metadata.sqlite     id, label, camera, path, added_at, and the journal of adds/removes (see indexing/store.py)
+
+A snapshot is written as a new generation: its files are written and fsynced, then its folder, and it is published
+by replacing ``index.json`` atomically (the one rename that matters). Only then is the journal trimmed and the
+previous generation removed, so a crash at any moment leaves the previous snapshot or the new one, each with the
+journal entries that follow it. Folders of the first layout (the snapshot's files next to ``index.json``, no
+``generation``) still load; the next save moves them to a generation.
+
+Types: ``flat`` (exact), ``ivf`` (IVF-Flat), ``ivfpq`` (IVF-PQ), ``hnsw``, made by ``faiss.index_factory`` from the
+string that ``factory_string`` gives (recorded in index.json as ``factory``); ``auto`` picks by collection size and a
+memory budget. IVF and HNSW indexes have nprobe / efSearch tuned on a held-out sample so that recall@10 against
+exact search is >= 0.95; they are set with FAISS's ParameterSpace.
+Searches run concurrently (one at a time on a GPU index: FAISS GPU indexes are not thread-safe); an add or remove
+takes the write side of a readers-writer lock; a snapshot holds the read side only while it copies the index.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from indexing.atomic import atomic_write, atomic_write_text, fsync_dir
 from indexing.embeddings import Embeddings
 from indexing.errors import UserError
 from indexing.store import MetadataStore, VideoMeta
@@ -33,7 +48,14 @@ from indexing.store import MetadataStore, VideoMeta
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 FLAT_MAX = 20_000  # below this, exact search is fast enough
 TARGET_RECALL = 0.95
-FILES = ("index.faiss", "vectors.npy", "rows.npy", "metadata.sqlite", "index.json")
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
+PQ_BITS = 8
+SEARCH_PARAMS = ("nprobe", "efSearch")  # the entries of index.json's params that are FAISS search parameters
+POINTER = "index.json"  # the published snapshot: replaced atomically, last
+STORE = "metadata.sqlite"
+SNAPSHOT_FILES = ("vectors.npy", "rows.npy", "index.faiss")  # inside gen-<n>/ (at the top in the first layout)
+LAYOUT_VERSION = 2  # 1: the snapshot's files next to index.json
+_GEN = re.compile(r"gen-(\d+)")
 
 
 _GPU_RESOURCES: list[Any] = []
@@ -128,33 +150,62 @@ def _pq_m(dim: int) -> int:
     return 1
 
 
-def _new_index(kind: str, dim: int, metric: str, n: int) -> tuple[Any, dict[str, int]]:
+def _nlist(n: int) -> int:
+    return int(max(1, min(n // 39, 4 * np.sqrt(max(n, 1)))))
+
+
+def _faiss_metric(metric: str) -> int:
+    """The one mapping of a metric name to FAISS's: cosine (of L2-normalised vectors) is the inner product."""
     faiss = _faiss()
-    mt = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+
+
+def factory_string(kind: str, dim: int, n: int) -> str:
+    """The ``faiss.index_factory`` string of a ``kind`` index for ``n`` vectors of dimension ``dim``.
+
+    Flat and HNSW sit in an IDMap2 (int64 ids); IVF indexes store int64 ids natively (and an id map over them would
+    break on remove_ids). IVF-PQ's ``np`` turns off polysemous training, which the factory would otherwise turn on
+    (IndexIVFPQ's own default is off): it only renumbers the codes, and it makes training many times slower."""
     if kind == "flat":
-        base = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
-        return faiss.IndexIDMap2(base), {}
+        return "IDMap2,Flat"
     if kind == "hnsw":
-        base = faiss.IndexHNSWFlat(dim, 32, mt)
-        base.hnsw.efConstruction = 80
-        return faiss.IndexIDMap2(base), {"efSearch": 64}
-    nlist = int(max(1, min(n // 39, 4 * np.sqrt(max(n, 1)))))
-    quantizer = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
-    # IVF indexes store arbitrary int64 ids natively (and an id map over them would break on remove_ids)
+        return f"IDMap2,HNSW{HNSW_M}"
     if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, mt)
-    else:
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, _pq_m(dim), 8, mt)
-    return index, {"nlist": nlist, "nprobe": 1}
+        return f"IVF{_nlist(n)},Flat"
+    if kind == "ivfpq":
+        return f"IVF{_nlist(n)},PQ{_pq_m(dim)}x{PQ_BITS}np"
+    raise ValueError(f"unknown index type {kind!r}")
 
 
-def _apply_params(index: Any, params: dict[str, int]) -> None:
+def _new_index(kind: str, dim: int, metric: str, n: int) -> tuple[Any, str, dict[str, int]]:
+    """An empty index of ``kind`` (IVF ones untrained), its factory string, and its initial params."""
     faiss = _faiss()
-    base = faiss.downcast_index(index.index) if hasattr(index, "index") else faiss.downcast_index(index)
-    if "nprobe" in params and hasattr(base, "nprobe"):
-        base.nprobe = int(params["nprobe"])
-    if "efSearch" in params and hasattr(base, "hnsw"):
-        base.hnsw.efSearch = int(params["efSearch"])
+    factory = factory_string(kind, dim, n)
+    index = faiss.index_factory(dim, factory, _faiss_metric(metric))
+    if kind == "hnsw":  # efConstruction is not part of a factory string
+        _set_parameter(index, "efConstruction", HNSW_EF_CONSTRUCTION)
+        return index, factory, {"efSearch": HNSW_EF_SEARCH}
+    if kind == "flat":
+        return index, factory, {}
+    return index, factory, {"nlist": int(faiss.extract_index_ivf(index).nlist), "nprobe": 1}
+
+
+def _set_parameter(index: Any, name: str, value: float) -> None:
+    """Set a FAISS parameter (it reaches through IDMap2); a GPU index (faiss-gpu) needs GpuParameterSpace."""
+    faiss = _faiss()
+    on_gpu = isinstance(index, getattr(faiss, "GpuIndex", ()))
+    (faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()).set_index_parameter(index, name, value)
+
+
+def _apply_params(index: Any, params: dict[str, Any]) -> None:
+    """Set the search parameters (nprobe, efSearch) that ``params`` (index.json's) holds; the other entries are
+    records (nlist, the tuned recall), and a search parameter that the index lacks is skipped, as before."""
+    for name in SEARCH_PARAMS:
+        if name in params:
+            try:
+                _set_parameter(index, name, int(params[name]))
+            except RuntimeError:  # FAISS: "could not set parameter" (e.g. nprobe of an HNSW index)
+                pass
 
 
 def _recall_at_10(index: Any, queries: np.ndarray, truth: np.ndarray) -> float:
@@ -167,11 +218,9 @@ def _tune(index: Any, kind: str, params: dict[str, int], vectors: np.ndarray, ro
     """Smallest nprobe / efSearch reaching the target recall@10 vs exact search on a sample of the data."""
     if kind == "flat" or len(vectors) < 20:
         return params
-    faiss = _faiss()
     rng = np.random.default_rng(seed)
     sample = vectors[rng.choice(len(vectors), size=min(500, len(vectors)), replace=False)]
-    exact = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]) if metric == "cosine"
-                              else faiss.IndexFlatL2(vectors.shape[1]))
+    exact, _, _ = _new_index("flat", vectors.shape[1], metric, len(vectors))
     exact.add_with_ids(vectors, rows)
     k = min(10, len(vectors))
     _, truth = exact.search(sample, k)
@@ -193,6 +242,82 @@ def _tune(index: Any, kind: str, params: dict[str, int], vectors: np.ndarray, ro
     return params
 
 
+@dataclass(frozen=True)
+class _Copy:
+    """An index's contents at one journal position, to be written without holding its lock."""
+    seq: int
+    vectors: np.ndarray
+    rows: np.ndarray
+    faiss_data: np.ndarray  # faiss.serialize_index
+
+
+def _gen_dir(root: Path, gen: int) -> Path:
+    return root / f"gen-{gen}"
+
+
+def _generations(root: Path) -> list[int]:
+    return sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _GEN.fullmatch(p.name)))
+
+
+def _write_generation(root: Path, gen: int, vectors: np.ndarray, rows: np.ndarray, faiss_data: np.ndarray,
+                      info: dict[str, Any]) -> None:
+    """Write gen-<gen>/ (each file fsynced, then the folders) and publish it by replacing index.json: before that
+    rename readers see the previous snapshot, after it this one."""
+    folder = _gen_dir(root, gen)
+    folder.mkdir()  # a new name: a generation is never written over
+    atomic_write(folder / "vectors.npy", lambda fh: np.save(fh, vectors, allow_pickle=False))
+    atomic_write(folder / "rows.npy", lambda fh: np.save(fh, rows, allow_pickle=False))
+    atomic_write(folder / "index.faiss", lambda fh: fh.write(memoryview(faiss_data)))
+    fsync_dir(root)  # the folder's own entry, before the pointer that names it
+    atomic_write_text(root / POINTER, json.dumps({**info, "generation": gen}, indent=2))
+
+
+def _remove_unpublished(root: Path, published: int) -> None:
+    """Remove the generations other than the published one (older ones, and any a crash left half-written), the
+    snapshot files of the first layout, and temporaries of interrupted writes."""
+    for gen in _generations(root):
+        if gen != published:
+            shutil.rmtree(_gen_dir(root, gen))
+    for name in SNAPSHOT_FILES:
+        (root / name).unlink(missing_ok=True)
+    for tmp in (t for name in (*SNAPSHOT_FILES, POINTER) for t in root.glob(f".{name}.*")):
+        tmp.unlink(missing_ok=True)
+    fsync_dir(root)
+
+
+def _new_dir(parent: Path, prefix: str) -> Path:
+    """A new folder ``parent/<prefix><random>``, mode 0755 less the umask (tempfile.mkdtemp's are 0700: a web
+    server or container user of another uid could not read the index published from it)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(mode=0o755)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free name for {prefix}*")
+
+
+def _move_into_place(new: Path, out: Path) -> None:
+    """Rename the folder ``new`` to ``out``. An existing ``out`` is first renamed aside (``.<name>.old-<random>``)
+    and deleted only once ``new`` is in place, so a crash never leaves a half-deleted index: ``out`` holds the old
+    index or the new one (or, between the two renames, the old one is whole under its aside name). If the second
+    rename fails, the old one is put back."""
+    aside = None
+    if out.exists():
+        aside = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+        os.rename(out, aside)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, out)
+        raise
+    fsync_dir(out.parent)
+    if aside is not None:
+        shutil.rmtree(aside)
+
+
 class VideoIndex:
     """A FAISS index with string ids and metadata; use ``build`` or ``load``."""
 
@@ -204,8 +329,10 @@ class VideoIndex:
         self._by_id: dict[str, VideoMeta] = {m.id: m for m in metas}
         self._by_row: dict[int, VideoMeta] = {m.row: m for m in metas}
         self._vec_by_row: dict[int, np.ndarray] = dict(zip(rows.tolist(), vectors, strict=True))
-        self._tombstones: set[int] = set()  # HNSW cannot remove: filtered at search time until the next rebuild
+        self._tombstones: set[int] = set()  # HNSW cannot remove: filtered at search time until the next save
         self._search_index = self._to_gpu(index) if gpu else index
+        self._save_lock = threading.Lock()  # one snapshot at a time
+        self._gpu_search_lock = threading.Lock()  # FAISS GPU indexes are not thread-safe, even for search
 
     # ---- properties -------------------------------------------------------------------------------------------
     @property
@@ -250,7 +377,7 @@ class VideoIndex:
         kind = choose_type(n, dim, memory_budget_mb) if type == "auto" else type
         vectors = np.ascontiguousarray(emb.embeddings, dtype=np.float32)
         rows = np.arange(n, dtype=np.int64)
-        index, params = _new_index(kind, dim, metric, n)
+        index, factory, params = _new_index(kind, dim, metric, n)
         if not index.is_trained:
             train_index = cls._to_gpu(index) if on_gpu else index
             sample = vectors[np.random.default_rng(0).choice(n, size=min(n, 256 * params.get("nlist", 1)),
@@ -264,65 +391,69 @@ class VideoIndex:
         metas = [VideoMeta(str(i), int(r), str(lab), str(cam), str(p), now)
                  for i, r, lab, cam, p in zip(emb.ids, rows, emb.labels, emb.cameras, paths, strict=True)]
         info = {"type": kind, "metric": metric, "dim": dim, "count": n, "checkpoint_sha256": checkpoint_sha256,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "params": params,
-                "snapshot_seq": 0, "format": "vidret-index", "version": 1}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "factory": factory,
+                "params": params, "snapshot_seq": 0, "format": "vidret-index", "version": LAYOUT_VERSION}
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        tmp = _new_dir(out.parent, f".{out.name}.")
         try:
-            store = MetadataStore(tmp / "metadata.sqlite", create=True)
+            store = MetadataStore(tmp / STORE, create=True)
             store.insert_initial(metas)
             store.close()
-            cls._write_snapshot(tmp, index, vectors, rows, info)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            _write_generation(tmp, 1, vectors, rows, _faiss().serialize_index(index), info)
+            _move_into_place(tmp, out)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
         return cls.load(out, gpu=gpu)
 
     @staticmethod
-    def _write_snapshot(folder: Path, index: Any, vectors: np.ndarray, rows: np.ndarray, info: dict) -> None:
-        """Each file to a temporary name, then renamed; index.json last: it names the journal position the
-        snapshot holds (replaying from an older position is harmless: replay is idempotent)."""
-        faiss = _faiss()
-        writers = {"vectors.npy": lambda p: np.save(p, vectors), "rows.npy": lambda p: np.save(p, rows),
-                   "index.faiss": lambda p: faiss.write_index(index, p),
-                   "index.json": lambda p: Path(p).write_text(json.dumps(info, indent=2))}
-        for name, write in writers.items():
-            tmp = folder / f".{name}.tmp"
-            write(str(tmp))
-            if name.endswith(".npy") and not tmp.exists():  # np.save appends .npy to names without it
-                os.replace(f"{tmp}.npy", tmp)
-            os.replace(tmp, folder / name)
+    def _published(path: Path) -> tuple[dict[str, Any], Path]:
+        """index.json and the folder holding the snapshot it names (the index folder itself in the first layout)."""
+        if not (path / POINTER).is_file():
+            raise UserError(f"{path}: not a vidret index (missing {POINTER})")
+        try:
+            info = json.loads((path / POINTER).read_text())
+            int(info["dim"])
+            gen = info.get("generation")
+            if gen is not None and (isinstance(gen, bool) or not isinstance(gen, int) or gen < 1):
+                raise ValueError(f"generation {gen!r} is not a positive integer")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path / POINTER}: corrupt ({exc})") from None
+        return info, path if gen is None else _gen_dir(path, gen)
+
+    @staticmethod
+    def _missing(path: Path, folder: Path) -> list[str]:
+        names = [(folder / f).relative_to(path).as_posix() for f in SNAPSHOT_FILES if not (folder / f).is_file()]
+        return names + ([STORE] if not (path / STORE).is_file() else [])
 
     @classmethod
     def load(cls, index_dir: str | Path, gpu: bool | None = None) -> VideoIndex:
         path = Path(index_dir)
         if not path.is_dir():
             raise UserError(f"{path}: index folder not found")
-        missing = [f for f in FILES if not (path / f).is_file()]
+        info, folder = cls._published(path)
+        missing = cls._missing(path, folder)
+        if missing:  # another process may have published a newer generation and removed this one meanwhile
+            info, folder = cls._published(path)
+            missing = cls._missing(path, folder)
         if missing:
             raise UserError(f"{path}: not a vidret index (missing {', '.join(missing)})")
-        try:
-            info = json.loads((path / "index.json").read_text())
-            dim = int(info["dim"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path / 'index.json'}: corrupt ({exc})") from None
+        dim = int(info["dim"])
         faiss = _faiss()
         try:
-            index = faiss.read_index(str(path / "index.faiss"))
+            index = faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as exc:
-            raise UserError(f"{path / 'index.faiss'}: corrupt FAISS index ({str(exc).splitlines()[0][:120]})") from None
+            raise UserError(f"{folder / 'index.faiss'}: corrupt FAISS index ({str(exc).splitlines()[0][:120]})"
+                            ) from None
         try:
-            vectors = np.load(path / "vectors.npy", allow_pickle=False)
-            rows = np.load(path / "rows.npy", allow_pickle=False)
+            vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+            rows = np.load(folder / "rows.npy", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"{path}: corrupt vectors.npy / rows.npy ({exc})") from None
+            raise UserError(f"{folder}: corrupt vectors.npy / rows.npy ({exc})") from None
         if index.d != dim or vectors.ndim != 2 or vectors.shape[1] != dim or len(rows) != len(vectors):
-            raise UserError(f"{path}: index.faiss, vectors.npy and index.json disagree on the shape")
+            raise UserError(f"{folder}: index.faiss, vectors.npy and index.json disagree on the shape")
         _apply_params(index, info.get("params", {}))
-        store = MetadataStore(path / "metadata.sqlite")
+        store = MetadataStore(path / STORE)
         obj = cls(path, index, info, store, [], vectors, rows, gpu=False)
         for e in store.journal_since(int(info.get("snapshot_seq", 0)), dim):  # replay (idempotent)
             if e.op == "add":
@@ -340,21 +471,45 @@ class VideoIndex:
         obj._search_index = cls._to_gpu(obj._index) if obj._gpu else obj._index
         return obj
 
+    @property
+    def dirty(self) -> bool:
+        """Whether adds or removes were made since the published snapshot (they are in the journal)."""
+        return self.store.last_seq() > int(self.info.get("snapshot_seq", 0))
+
     def save(self) -> None:
-        """Compact: write a fresh snapshot (atomic file by file, index.json last) and trim the journal."""
-        with self._lock.write():
-            rows = np.array(sorted(self._vec_by_row), dtype=np.int64)
-            vectors = np.stack([self._vec_by_row[r] for r in rows]) if len(rows) else np.zeros((0, self.dim),
-                                                                                                np.float32)
-            if self._tombstones:
-                self._rebuild(vectors, rows)
+        """Compact: write a snapshot as a new generation, publish it (index.json), then trim the journal and remove
+        the previous generation. One save at a time; the index's lock is held (read side) only while its contents
+        are copied, so searches and writes go on while the files are written. When a write fails this raises and
+        the previous snapshot stays published, with the journal entries after it."""
+        with self._save_lock:
+            copy = self._copy()
+            gen = max([int(self.info.get("generation") or 0), *_generations(self.path)]) + 1
+            info = {k: v for k, v in self.info.items() if k != "generation"}
+            info.update(count=len(copy.rows), snapshot_seq=copy.seq, version=LAYOUT_VERSION)
+            _write_generation(self.path, gen, copy.vectors, copy.rows, copy.faiss_data, info)
+            self.info.update(info, generation=gen)
+            self.store.truncate_journal(copy.seq)  # only now: the published snapshot holds these entries
+            _remove_unpublished(self.path, gen)
+
+    def _copy(self) -> _Copy:
+        """The contents at one journal position: every write committed up to ``seq`` and none after it."""
+        faiss = _faiss()
+        with self._lock.read():  # no write is half-applied while this is held
             seq = self.store.last_seq()
-            self.info.update(count=len(rows), snapshot_seq=seq)
-            self._write_snapshot(self.path, self._index, vectors, rows, self.info)
-            self.store.truncate_journal(seq)
+            rows = np.array(sorted(self._vec_by_row), dtype=np.int64)
+            vectors = (np.stack([self._vec_by_row[r] for r in rows.tolist()]) if len(rows)
+                       else np.zeros((0, self.dim), np.float32))
+            stale = bool(self._tombstones)
+            data = None if stale else faiss.serialize_index(self._index)
+        if stale:  # HNSW cannot remove: a fresh index of the copy, built without the lock, replaces the live one
+            index = self._fresh_index(vectors, rows)
+            data = faiss.serialize_index(index)
+            self._swap_in(index, rows)
+        return _Copy(seq, vectors, rows, data)
 
     def close(self) -> None:
-        self.store.close()
+        with self._save_lock:  # a save in progress finishes first
+            self.store.close()
 
     # ---- GPU -----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -395,7 +550,8 @@ class VideoIndex:
         with self._lock.read():
             extra = len(self._tombstones) + (1 if exclude_ids is not None else 0)
             kk = min(k + extra, max(1, self._index.ntotal))
-            scores, found = self._search_index.search(q, kk)
+            with self._gpu_search_lock if self._gpu else nullcontext():
+                scores, found = self._search_index.search(q, kk)
             out = []
             for qi in range(len(q)):
                 skip = exclude_ids[qi] if exclude_ids is not None else None
@@ -461,11 +617,24 @@ class VideoIndex:
                 self._by_id.pop(m.id, None)
             self._vec_by_row.pop(r, None)
 
-    def _rebuild(self, vectors: np.ndarray, rows: np.ndarray) -> None:
-        index, _ = _new_index(self.type, self.dim, self.metric, len(rows))
+    def _fresh_index(self, vectors: np.ndarray, rows: np.ndarray) -> Any:
+        """A new index of this type holding exactly ``vectors`` (for HNSW, which cannot remove)."""
+        index, _, _ = _new_index(self.type, self.dim, self.metric, len(rows))
         _apply_params(index, self.info.get("params", {}))
         if len(rows):
             index.add_with_ids(vectors, rows)
-        self._index = index
-        self._search_index = self._to_gpu(index) if self._gpu else index
-        self._tombstones.clear()
+        return index
+
+    def _swap_in(self, index: Any, rows: np.ndarray) -> None:
+        """Make ``index`` (built from a copy holding ``rows``) the live index, with the writes made since the copy."""
+        with self._lock.write():
+            had = set(rows.tolist())
+            added = [r for r in self._vec_by_row if r not in had]
+            if added:
+                index.add_with_ids(np.stack([self._vec_by_row[r] for r in added]), np.array(added, dtype=np.int64))
+            gone = had - self._vec_by_row.keys()
+            if gone and self.type != "hnsw":
+                index.remove_ids(np.array(sorted(gone), dtype=np.int64))
+            self._index = index
+            self._search_index = self._to_gpu(index) if self._gpu else index
+            self._tombstones = gone if self.type == "hnsw" else set()

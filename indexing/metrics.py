@@ -1,6 +1,6 @@
 """Retrieval metrics with the re-identification protocol: AP, mAP and CMC, exact and blockwise.
 
-Protocol (SPEC §5, as Market-1501 / MARS): for each query the gallery is ranked by similarity (cosine = inner
+Protocol (docs/evaluation.md, as Market-1501 / MARS): for each query the gallery is ranked by similarity (cosine = inner
 product of L2-normalised embeddings, or negative L2 distance); removed from the ranking are the query itself (same
 id) and, where cameras are known, gallery items with the query's label AND camera. Relevant = same label.
 AP is the mean over the relevant items of the precision at each one's rank; mAP averages AP over the queries

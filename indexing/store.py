@@ -146,10 +146,14 @@ class MetadataStore:
         return out
 
     def last_seq(self) -> int:
-        """The newest journal position ever used (it survives the journal's truncation)."""
-        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='journal'").fetchone()
+        """The newest journal position ever used (it survives the journal's truncation). Taken under the store's
+        lock: the connection is shared with the snapshot thread, and a read on it inside another thread's open
+        transaction would see that transaction's uncommitted rows."""
+        with self._lock:
+            row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='journal'").fetchone()
         return int(row[0]) if row else 0
 
     def truncate_journal(self, upto: int) -> None:
+        """Drop the journal entries up to ``upto``: call it only once a durable snapshot holds them."""
         with self._lock:
             self.conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,))

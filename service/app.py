@@ -2,66 +2,39 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import logging
+import re
 import threading
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexing.errors import UserError
 from service.api import evaluate, health, search, videos
+from service.deps import AUTH_RESPONSES, redact_paths, require_read_key
+from service.middleware import LimitBodySize, Metrics, RecordMetrics
 from service.settings import Settings
 from service.state import ServiceState
 
 WEB = Path(__file__).parent / "web"
+log = logging.getLogger("vidret.service")
+NONE = "'none'"
 
 
-class Metrics:
-    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry()
-        self.requests = Counter("vidret_requests", "HTTP requests", ["method", "route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("vidret_request_seconds", "HTTP request latency", ["method", "route"],
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-                                 registry=self.registry)
-        self.index_size = Gauge("vidret_index_size", "videos in the index", registry=self.registry)
-
-
-class RecordMetrics:
-    """Counts and times every request by route template (a plain ASGI middleware: Starlette's BaseHTTPMiddleware
-    costs a task and a stream per request)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = 500
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            name = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], name, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], name).observe(time.perf_counter() - t0)
+def _page_headers(html: str) -> dict[str, str]:
+    """Headers of the web page: a content security policy that runs only the page's own inline script (by hash),
+    so markup that reached the page could not run code even if it were rendered as HTML."""
+    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
+    csp = (f"default-src 'none'; script-src {hashes or NONE}; style-src 'unsafe-inline'; img-src 'self' blob:; "
+           "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -78,6 +51,12 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        if not settings.api_key and not settings.binds_loopback:
+            if settings.allow_unauthenticated_writes:
+                log.warning("VIDRET_ALLOW_UNAUTHENTICATED_WRITES=1: anyone who reaches %s may add and delete videos",
+                            settings.host)
+            else:
+                log.warning("adds and deletes are refused: listening on %s without VIDRET_API_KEY", settings.host)
         if load_in_background:
             threading.Thread(target=state.load, name="vidret-load", daemon=True).start()
         else:
@@ -88,12 +67,15 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     app = FastAPI(title="vidret", version="0.1.0", lifespan=lifespan,
                   description="Video retrieval: search by id, vector or uploaded video; add, delete, evaluate.")
     app.state.vidret = state
-    for module in (health, search, videos, evaluate):
-        app.include_router(module.router)
+    app.include_router(health.router)  # /health, /ready, /metrics stay open
+    for module in (search, videos, evaluate):  # reads need VIDRET_READ_API_KEY when it is set (writes: their own)
+        app.include_router(module.router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
+    html = (WEB / "index.html").read_text(encoding="utf-8")
+    page_headers = _page_headers(html)
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(WEB / "index.html", media_type="text/html")
+    def page() -> HTMLResponse:  # served without a key: its API calls send the key the user enters
+        return HTMLResponse(html, headers=page_headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -105,8 +87,10 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        log.info("user error: %s", exc)
+        return JSONResponse({"detail": redact_paths(str(exc))}, status_code=400)  # no server paths to clients
 
+    app.add_middleware(LimitBodySize, settings=settings)
     app.add_middleware(RecordMetrics, metrics=state.metrics)
 
     return app

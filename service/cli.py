@@ -28,15 +28,23 @@ register_indexing(app)
 
 @app.command("serve")
 def serve(
-    index: Path | None = typer.Option(None, help="Index folder [env VIDRET_INDEX]."),
-    checkpoint: Path | None = typer.Option(None, help="Checkpoint to embed uploads [env VIDRET_CHECKPOINT]."),
-    host: str | None = typer.Option(None, help="Bind address [env VIDRET_HOST, default 127.0.0.1]."),
-    port: int | None = typer.Option(None, help="Port [env VIDRET_PORT, default 8000]."),
-    api_key: str | None = typer.Option(None, help="Bearer key for adds/deletes [env VIDRET_API_KEY]."),
-    max_upload_mb: float | None = typer.Option(None, help="Upload size limit [env VIDRET_MAX_UPLOAD_MB, 64]."),
-    max_k: int | None = typer.Option(None, help="Largest k [env VIDRET_MAX_K, 100]."),
-    max_frames: int | None = typer.Option(None, help="Longest upload in frames [env VIDRET_MAX_FRAMES, 3000]."),
-    device: str | None = typer.Option(None, help="Model device auto|cpu|cuda [env VIDRET_DEVICE]."),
+    index: Path | None = typer.Option(None, help="Index folder (env VIDRET_INDEX)."),
+    checkpoint: Path | None = typer.Option(None, help="Checkpoint to embed uploads (env VIDRET_CHECKPOINT)."),
+    host: str | None = typer.Option(None, help="Bind address (env VIDRET_HOST, default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (env VIDRET_PORT, default 8000)."),
+    api_key: str | None = typer.Option(None, help="Bearer key for adds/deletes (env VIDRET_API_KEY); without it, "
+                                       "writes are refused unless --host is loopback."),
+    read_api_key: str | None = typer.Option(None, help="Bearer key for searches and listings; the --api-key opens "
+                                            "them too (env VIDRET_READ_API_KEY; default: reads are open)."),
+    allow_unauthenticated_writes: bool | None = typer.Option(
+        None, "--allow-unauthenticated-writes", help="Let anyone who reaches a non-loopback --host add and delete "
+        "videos without --api-key (env VIDRET_ALLOW_UNAUTHENTICATED_WRITES)."),
+    max_upload_mb: float | None = typer.Option(None, help="Upload size limit (env VIDRET_MAX_UPLOAD_MB, 64)."),
+    max_k: int | None = typer.Option(None, help="Largest k (env VIDRET_MAX_K, 100)."),
+    max_frames: int | None = typer.Option(None, help="Longest upload in frames (env VIDRET_MAX_FRAMES, 3000)."),
+    max_eval_queries: int | None = typer.Option(None, help="Most queries per /v1/evaluate (env "
+                                                "VIDRET_MAX_EVAL_QUERIES, 1000)."),
+    device: str | None = typer.Option(None, help="Model device auto|cpu|cuda (env VIDRET_DEVICE)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve the search API and web page (GET / ; GET /docs for the API)."""
@@ -45,8 +53,10 @@ def serve(
     from service.settings import Settings
 
     overrides = {k: v for k, v in {"index": index, "checkpoint": checkpoint, "host": host, "port": port,
-                                   "api_key": api_key, "max_upload_mb": max_upload_mb, "max_k": max_k,
-                                   "max_frames": max_frames, "device": device}.items() if v is not None}
+                                   "api_key": api_key, "read_api_key": read_api_key,
+                                   "allow_unauthenticated_writes": allow_unauthenticated_writes,
+                                   "max_upload_mb": max_upload_mb, "max_k": max_k, "max_frames": max_frames,
+                                   "max_eval_queries": max_eval_queries, "device": device}.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""Request and response models of the REST API (SPEC §7)."""
+"""Request and response models of the REST API (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class BatchSearchResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    checkpoint: str
+    checkpoint: str = Field(..., description="The checkpoint's file name.")
     sha256: str
 
 
@@ -64,7 +64,8 @@ class VideoInfo(BaseModel):
     id: str
     label: str
     camera: str
-    path: str
+    path: str = Field(..., description="videos/<file> (inside the index folder) for a video added through the API, "
+                                        "the file name for any other; never an absolute server path.")
     added_at: float
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from fastapi import HTTPException
 
 from service.settings import Settings
 
@@ -22,53 +23,147 @@ log = logging.getLogger("vidret.service")
 class MicroBatcher:
     """Runs ``fn(items) -> results`` in one worker thread; requests that wait while it is busy, or arrive within
     ``window_ms`` of the first, share one call (e.g. one forward pass, one FAISS search). With a window of 0 it
-    takes only what is already queued, so an idle service adds no latency."""
+    takes only what is already queued, so an idle service adds no latency.
+
+    An error of ``fn`` goes to the requests of that call and the worker goes on. If the worker itself stops (its
+    ``init`` fails, something escapes the loop, or ``close``), the requests waiting for it and every later one
+    get a 503 at once instead of waiting forever."""
 
     def __init__(self, fn: Callable[[list], list], window_ms: float, max_batch: int, name: str,
                  init: Callable[[], None] | None = None) -> None:
-        self.fn, self.window, self.max_batch, self.init = fn, window_ms / 1000.0, max_batch, init
+        self.fn, self.window, self.max_batch, self.init, self.name = fn, window_ms / 1000.0, max_batch, init, name
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._stop_lock = threading.Lock()  # a request is queued before the worker stops, or refused after
+        self.stopped: str | None = None  # why the worker no longer takes requests
         self.batches = 0
         self.items = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     def submit(self, item: Any) -> Any:
         fut: Future = Future()
-        self._queue.put((item, fut))
+        with self._stop_lock:
+            if self.stopped is not None:
+                raise HTTPException(503, self.stopped)
+            self._queue.put((item, fut))
         return fut.result()
 
     def close(self) -> None:
         self._queue.put(None)
 
     def _run(self) -> None:
-        if self.init is not None:
-            self.init()
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            deadline = time.monotonic() + self.window
-            while len(batch) < self.max_batch:
-                remaining = deadline - time.monotonic()
+        batch: list = []
+        try:
+            if self.init is not None:
+                self.init()
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    break
+                batch = [item]
+                deadline = time.monotonic() + self.window
+                while len(batch) < self.max_batch:
+                    remaining = deadline - time.monotonic()
+                    try:
+                        nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._queue.put(None)
+                        break
+                    batch.append(nxt)
+                self._call(batch)
+                batch = []
+        except BaseException as exc:  # noqa: BLE001 - the worker is gone: reported to every request, and logged
+            log.critical("the %s worker stopped", self.name, exc_info=True)
+            self._stop(f"the {self.name} worker stopped ({type(exc).__name__}; the server log has the details); "
+                       f"the service must be restarted", batch)
+        else:
+            self._stop(f"the {self.name} worker has shut down", batch)
+
+    def _call(self, batch: list) -> None:
+        try:
+            results = self.fn([x for x, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self.name}: {len(results)} results for {len(batch)} requests")
+        except Exception as exc:  # handed to every request of this call
+            for _, fut in batch:
+                fut.set_exception(exc)
+            return
+        self.batches += 1
+        self.items += len(batch)
+        for (_, fut), r in zip(batch, results, strict=True):
+            fut.set_result(r)
+
+    def _stop(self, why: str, in_flight: list) -> None:
+        with self._stop_lock:
+            self.stopped = why
+            waiting = list(in_flight)
+            while True:
                 try:
-                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            try:
-                results = self.fn([x for x, _ in batch])
-                self.batches += 1
-                self.items += len(batch)
-                for (_, fut), r in zip(batch, results, strict=True):
-                    fut.set_result(r)
-            except Exception as exc:  # handed to every waiting request
-                for _, fut in batch:
-                    fut.set_exception(exc)
+                if item is not None:
+                    waiting.append(item)
+        for _, fut in waiting:
+            if not fut.done():
+                fut.set_exception(HTTPException(503, why))
+
+
+class Snapshotter:
+    """Writes index snapshots in one background thread, one at a time, so no request waits for one: ``request``
+    returns at once; requests made while a snapshot is written are served by one more snapshot after it."""
+
+    def __init__(self, index: Any, name: str = "vidret-snapshot") -> None:
+        self.index = index
+        self._cond = threading.Condition()
+        self._pending = False
+        self._closing = False
+        self.written = 0
+        self.error: BaseException | None = None  # of the latest snapshot; None once one succeeds
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        with self._cond:
+            self._pending = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Finish the snapshot being written, then write a last one if the index has unsaved writes; raise if that
+        last one failed (the writes stay in the journal and are replayed on the next start)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                pending, self._pending = self._pending, False
+            if not pending:  # closing, and nothing more was requested
+                self._save(only_if_dirty=True)
+                return
+            self._save()
+
+    def _save(self, only_if_dirty: bool = False) -> None:
+        t0 = time.perf_counter()
+        try:
+            if only_if_dirty and not self.index.dirty:
+                return
+            self.index.save()
+        except Exception as exc:  # noqa: BLE001 - the journal still holds every write; logged, raised by close()
+            self.error = exc
+            log.error("writing an index snapshot failed (the writes stay in the journal)", exc_info=True)
+            return
+        self.error = None
+        self.written += 1
+        log.info("index snapshot written in %.2f s", time.perf_counter() - t0)
 
 
 def embed_batch(loaded: Any) -> Callable[[list], list]:
@@ -103,6 +198,7 @@ class ServiceState:
     model: Any = None
     batcher: MicroBatcher | None = None
     searcher: MicroBatcher | None = None
+    snapshotter: Snapshotter | None = None
     ready: bool = False
     load_error: str | None = None
     writes_since_snapshot: int = 0
@@ -127,6 +223,7 @@ class ServiceState:
             if self.settings.search_coalesce > 1:
                 self.searcher = MicroBatcher(search_batch(self.index), 0.0, self.settings.search_coalesce,
                                              name="vidret-search", init=self._search_thread_init)
+            self.snapshotter = Snapshotter(self.index)
             self.ready = True
             log.info("ready: %d videos, model %s", self.index.count, self.settings.checkpoint)
         except Exception as exc:  # reported by /ready; the process stays up for inspection
@@ -134,12 +231,14 @@ class ServiceState:
             log.error("failed to load: %s", self.load_error)
 
     def note_write(self) -> None:
-        """Compact the journal into a snapshot now and then (replay on start stays short)."""
+        """Count a write; every ``snapshot_every`` writes the snapshot thread compacts the journal into a snapshot
+        (replay on start stays short). Never waits for the snapshot."""
         with self.write_lock:
             self.writes_since_snapshot += 1
-            if self.writes_since_snapshot >= self.settings.snapshot_every:
-                self.index.save()
-                self.writes_since_snapshot = 0
+            if self.writes_since_snapshot < self.settings.snapshot_every:
+                return
+            self.writes_since_snapshot = 0
+        self.snapshotter.request()
 
     def _search_thread_init(self) -> None:
         """FAISS's OpenMP team size for the coalescing thread only (OpenMP keeps it per calling thread); leaving
@@ -155,12 +254,13 @@ class ServiceState:
         return self.searcher.submit((np.atleast_2d(vectors), k, exclude_ids))
 
     def close(self) -> None:
+        """Stop the workers; finish the snapshot being written and write a last one if writes came after it."""
         for b in (self.batcher, self.searcher):
             if b is not None:
                 b.close()
         if self.index is not None and self.ready:
             try:
-                if self.writes_since_snapshot:
-                    self.index.save()
+                if self.snapshotter is not None:
+                    self.snapshotter.close()
             finally:
                 self.index.close()

@@ -23,7 +23,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 identities (6 train, 6 query/gallery), 2 cameras, 2 clips each: 32x32 px, 8 frames, 25% label noise."""
-    from training.synth import SynthConfig, generate
+    from training.data.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, SynthConfig(identities=12, cameras=2, clips_per_camera=2, frames=8, size=32, noise=0.25, seed=1),

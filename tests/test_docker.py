@@ -45,7 +45,9 @@ def test_compose_validates_with_and_without_profiles() -> None:
     api = services["api"]
     assert api["healthcheck"]["test"] and api["restart"] == "unless-stopped"
     assert any((v["target"] if isinstance(v, dict) else v.split(":")[1]) == "/data" for v in api["volumes"])
-    assert "VIDRET_API_KEY" in api["environment"]
+    env = api["environment"]
+    assert env["VIDRET_API_KEY"] == "" and env["VIDRET_READ_API_KEY"] == ""  # passed through, empty by default
+    assert env["VIDRET_ALLOW_UNAUTHENTICATED_WRITES"] == "0" and int(env["VIDRET_MAX_EVAL_QUERIES"]) >= 1
     for name in ("train", "embed"):  # GPU jobs reserve GPUs and enough shared memory for DataLoader workers
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
@@ -86,3 +88,38 @@ def test_dockerfiles_end_non_root_with_healthcheck(dockerfile: str) -> None:
     # dependencies are installed before the source is copied (cache-friendly layers)
     assert text.index("pip install '.[") < text.index("COPY training")
     assert re.search(r"^CMD \[\"vidret\", \"serve\"", text, flags=re.M)
+
+
+def _serve_settings(argv: list[str], env: dict, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
+    """The Settings `vidret serve` builds from a compose service's command and environment."""
+    from service.settings import Settings
+
+    for name in [n for n in os.environ if n.startswith("VIDRET_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    flags = dict(zip(argv[2::2], argv[3::2], strict=False))
+    return Settings(host=flags["--host"], index=flags["--index"])
+
+
+def test_compose_api_refuses_writes_by_default_and_passes_keys_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker compose up api` with no VIDRET_* set: the api listens on 0.0.0.0 and refuses adds and deletes with a
+    403 saying how to enable them; with VIDRET_API_KEY/VIDRET_READ_API_KEY exported, compose hands them to the api."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    api = _config()["services"]["api"]
+    settings = _serve_settings(api["command"], api["environment"], monkeypatch)
+    assert settings.host == "0.0.0.0" and not settings.api_key and not settings.read_api_key
+    with TestClient(create_app(settings, load_in_background=False)) as client:
+        r = client.delete("/v1/videos/some-id")
+        assert r.status_code == 403 and "VIDRET_API_KEY" in r.json()["detail"]
+        r = client.post("/v1/videos", files={"file": ("a.mp4", b"\x00\x00\x00\x18ftyp", "video/mp4")}, data={"id": "x"})
+        assert r.status_code == 403 and "VIDRET_API_KEY" in r.json()["detail"]
+
+    monkeypatch.setenv("VIDRET_API_KEY", "w-key")
+    monkeypatch.setenv("VIDRET_READ_API_KEY", "r-key")
+    api = _config()["services"]["api"]
+    settings = _serve_settings(api["command"], api["environment"], monkeypatch)
+    assert settings.api_key == "w-key" and settings.read_api_key == "r-key"

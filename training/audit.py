@@ -44,8 +44,8 @@ def predict(checkpoint: str | Path, manifest: str | Path, batch_size: int = 16, 
     """Rows that decoded, their class probabilities, the given labels' class indices, the class names.
 
     ``cache`` keeps decoded videos in memory (inside ``shared_frame_cache()``, shared with other datasets)."""
+    from training.data.manifest import read_manifest
     from training.embed import eval_loader, load_checkpoint, run_inference
-    from training.manifest import read_manifest
 
     loaded = load_checkpoint(checkpoint, device)
     rows = read_manifest(manifest, require_label=True)

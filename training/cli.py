@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import inspect
+import typing
+from dataclasses import MISSING
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -12,54 +15,42 @@ from indexing.errors import UserError
 plot_app = typer.Typer(help="Figures.", no_args_is_help=True)
 
 
-def train_cmd(
-    train: Path = typer.Option(..., help="Training manifest (CSV/JSONL with path, label; labels may be noisy)."),
-    out: Path = typer.Option(..., help="Run directory: config.json, metrics.csv, checkpoints/, plots/, tb/."),
-    val_query: Path | None = typer.Option(None, help="Validation query manifest (mAP/CMC every epoch)."),
-    val_gallery: Path | None = typer.Option(None, help="Validation gallery manifest."),
-    loss: str = typer.Option("imae", help="cce | mae | gce | sce | imae."),
-    imae_t: float = typer.Option(8.0, help="IMAE temperature T: weight exp(T p_y (1 - p_y)); choose it on a "
-                                       "validation split (2-4 did best from scratch; README, Does IMAE help?)."),
-    imae_normalize: str = typer.Option("weight", help="IMAE batch reduction: weight (divide by total weight) | mean."),
-    gce_q: float = typer.Option(0.7, help="GCE q."),
-    sce_alpha: float = typer.Option(0.1, help="SCE alpha (CE term)."),
-    sce_beta: float = typer.Option(1.0, help="SCE beta (reverse CE term)."),
-    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cce loss."),
-    model: str = typer.Option("r2plus1d_18", help="Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, "
-                                                  "swin3d_t, resnet18-tap, resnet50-tap, tiny3d."),
-    embedding_dim: int = typer.Option(256, help="Embedding size D."),
-    scale: float = typer.Option(16.0, help="Cosine classifier scale s (logits bounded in [-s, s])."),
-    weights: Path | None = typer.Option(None, help="Local backbone weights file (state dict); nothing is downloaded."),
-    frames: int = typer.Option(16, help="Frames per clip."),
-    size: int = typer.Option(112, help="Crop size in pixels."),
-    sampling: str = typer.Option("segments", help="segments | uniform | random."),
-    stride: int = typer.Option(2, help="Frame stride of --sampling random."),
-    epochs: int = typer.Option(30),
-    batch_size: int = typer.Option(16, help="Global batch size (split across DDP processes)."),
-    optimizer: str = typer.Option("adamw", help="adamw | sgd."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (linear warm-up, then cosine decay)."),
-    weight_decay: float = typer.Option(1e-2),
-    warmup_epochs: float = typer.Option(1.0),
-    grad_clip: float = typer.Option(5.0, help="Gradient norm clipping (0: off)."),
-    workers: int = typer.Option(min(4, os.cpu_count() or 1), help="DataLoader worker processes."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda (auto: the GPU when present)."),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPUs, fp32 on CPU)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt."),
-    seed: int = typer.Option(0),
-    on_bad_video: str = typer.Option("fail", help="fail | skip: what to do with a video that does not decode."),
-    cache: bool = typer.Option(False, "--cache", help="Keep decoded videos in memory (small datasets)."),
-    stop_after_epoch: int | None = typer.Option(None, help="Stop after this epoch (time-boxed jobs); continue "
-                                                           "later with --resume."),
-) -> None:
+def train_cmd(**options: Any) -> None:
     """Train a video embedding model on noisy labels (IMAE by default). DDP: torchrun --no-python vidret train ..."""
     from training.trainer import TrainConfig, fit
 
-    opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in ("fit", "TrainConfig")}
-    res = fit(TrainConfig(**opts))
+    res = fit(TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}))
     if res.history:
         last = res.history[-1]
         typer.echo(f"done: {res.run_dir} (last epoch: loss {last['loss']:.4f}, train acc {last['train_acc']:.3f})")
+
+
+def train_options() -> list[inspect.Parameter]:
+    """One typer option per ``TrainConfig`` flag field: its type, default and help text come from the field.
+
+    Bools are plain switches (``--compile``, no ``--no-compile``); a field without a default is a required flag;
+    ``cli_type`` (``Path``) is the type the flag parses, handed to ``TrainConfig`` as a ``str``."""
+    from training.config import TrainConfig, cli_fields
+
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in cli_fields():
+        annotation = hints[f.name]
+        if "cli_type" in f.metadata:
+            optional = type(None) in typing.get_args(annotation)
+            annotation = f.metadata["cli_type"] | None if optional else f.metadata["cli_type"]
+        if f.default is not MISSING:
+            default = f.default
+        else:
+            default = f.default_factory() if f.default_factory is not MISSING else ...
+        decls = [f"--{f.name.replace('_', '-')}"] if annotation is bool else []
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                        default=typer.Option(default, *decls, help=f.metadata["help"] or None)))
+    return params
+
+
+train_cmd.__signature__ = inspect.Signature(train_options(), return_annotation=None)  # what typer reads
+train_cmd.__annotations__ = {p.name: p.annotation for p in train_cmd.__signature__.parameters.values()}
 
 
 def embed_cmd(
@@ -114,7 +105,7 @@ def bench_noise_cmd(
     """Train every loss at every noise rate; mAP on the clean test split; results.csv/.md and plots."""
     from dataclasses import replace
 
-    from training.bench import NoiseBenchConfig, run_noise_bench
+    from training.bench.grid import NoiseBenchConfig, run_noise_bench
 
     cfg = NoiseBenchConfig.quick(str(out_dir)) if quick else NoiseBenchConfig(out_dir=str(out_dir))
     given = {"losses": list(losses), "rates": list(rates)} if not quick else {}
@@ -148,7 +139,7 @@ def audit_cmd(
 
 def register(app: typer.Typer) -> None:
     """Mount the training sub-commands on the root app."""
-    from training.data_cli import data_app
+    from training.data.cli import data_app
 
     app.add_typer(data_app, name="data")
     app.command("train")(train_cmd)

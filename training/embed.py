@@ -16,11 +16,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from indexing.embeddings import Embeddings, save_embeddings
-from training.dataset import VideoDataset, clip_transform, collate, worker_init
-from training.manifest import VideoRow, read_manifest
+from training.data.dataset import VideoDataset, clip_transform, collate, worker_init
+from training.data.manifest import VideoRow, read_manifest
+from training.data.video import ClipSpec, read_clip
 from training.models import build_model
 from training.runtime import load_checkpoint_file, select_device, sha256_file
-from training.video import ClipSpec, read_clip
 
 
 @dataclass
@@ -66,7 +66,7 @@ def run_inference(model: nn.Module, loader: DataLoader, device: torch.device, wi
                   progress: str | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[tuple[str, str]]]:
     """Embeddings (and logits) of the decodable rows in dataset order, their row indices, and the skipped videos."""
-    from training.dataset import apply_bad_video_policy
+    from training.data.dataset import apply_bad_video_policy
 
     was_training = model.training
     model.eval()
@@ -79,7 +79,7 @@ def run_inference(model: nn.Module, loader: DataLoader, device: torch.device, wi
     iterator = loader
     bar = None
     if progress:
-        from training.data_cli import progress_bar
+        from training.ui import progress_bar
 
         bar = progress_bar(progress)
         bar.start()
@@ -122,7 +122,7 @@ def embed_video(loaded: LoadedModel, path: str | Path, max_frames: int | None = 
 
 def embed_manifest(checkpoint: str | Path, manifest: str | Path, out: str | Path, batch_size: int = 16,
                    workers: int = 2, device: str = "auto", on_bad_video: str = "fail") -> Embeddings:
-    """Embed every row of a manifest and write the SPEC §4 ``.npz``."""
+    """Embed every row of a manifest and write the ``.npz`` of docs/formats.md."""
     from indexing.errors import UserError
 
     if batch_size < 1 or workers < 0:

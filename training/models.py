@@ -3,7 +3,7 @@
 Every model maps a clip batch (B, C, T, H, W) to ``(embedding, logits)``: the embedding is L2-normalised
 (Linear + BatchNorm, then normalised: what retrieval ranks by cosine), the logits come from a cosine classifier
 over the training identities with a fixed scale ``s`` (bounded logits in [-s, s]: IMAE's gradient does not vanish
-as p_y -> 1, so an unbounded linear classifier lets the logits grow without limit; see RESEARCH.md §1).
+as p_y -> 1, so an unbounded linear classifier lets the logits grow without limit; docs/losses.md).
 
 Backbones start from random initialisation; ``weights`` loads a local state-dict file. Nothing is downloaded.
 """

@@ -34,4 +34,10 @@ def _evaluate(state: ServiceState, req: EvaluateRequest) -> EvaluateResponse:
 async def evaluate(req: EvaluateRequest, state: ServiceState = Depends(ready_state)) -> EvaluateResponse:
     if state.index.count == 0:
         raise HTTPException(422, "the index is empty")
+    limit = state.settings.max_eval_queries
+    n = state.index.count if req.all else len(req.query_ids)
+    if n > limit:  # each query ranks the whole gallery: bound the work one request can ask for
+        raise HTTPException(422, f"this evaluation has {n} queries, more than VIDRET_MAX_EVAL_QUERIES={limit}: pass "
+                                 f"at most {limit} query_ids{' instead of all: true' if req.all else ''}, or raise "
+                                 "the setting")
     return await run_in_threadpool(_evaluate, state, req)

@@ -1,11 +1,11 @@
-"""/health, /ready, /metrics."""
+"""/health, /ready, /metrics: always open (no key needed, even when VIDRET_READ_API_KEY is set)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from service.deps import get_state
+from service.deps import get_state, load_error_message
 from service.schemas import Status
 from service.state import ServiceState
 
@@ -19,9 +19,10 @@ def health() -> Status:
 
 @router.get("/ready", response_model=Status, responses={503: {"description": "not loaded yet"}})
 def ready(state: ServiceState = Depends(get_state)) -> Response | Status:
-    if state.ready:
+    stopped = [w.stopped for w in (state.batcher, state.searcher) if w is not None and w.stopped is not None]
+    if state.ready and not stopped:
         return Status(status="ready")
-    detail = "loading" if state.load_error is None else f"the index failed to load: {state.load_error}"
+    detail = stopped[0] if stopped else "loading" if state.load_error is None else load_error_message(state)
     return JSONResponse({"detail": detail}, status_code=503)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from service.deps import check_content_length, ready_state, save_upload
+from service.deps import ready_state
 from service.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
@@ -21,6 +22,7 @@ from service.schemas import (
     SearchResponse,
 )
 from service.state import ServiceState
+from service.uploads import embed_upload, require_model, save_upload
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -28,7 +30,8 @@ router = APIRouter(prefix="/v1", tags=["search"])
 @router.get("/index", response_model=IndexInfo)
 def index_info(state: ServiceState = Depends(ready_state)) -> IndexInfo:
     ix = state.index
-    model = ModelInfo(checkpoint=str(state.settings.checkpoint), sha256=state.model.sha256) if state.model else None
+    model = (ModelInfo(checkpoint=Path(state.settings.checkpoint).name, sha256=state.model.sha256)  # no server path
+             if state.model else None)
     return IndexInfo(count=ix.count, dim=ix.dim, type=ix.type, metric=ix.metric, model=model, created=ix.created)
 
 
@@ -44,7 +47,8 @@ def query_vector(state: ServiceState, q: Query) -> tuple[np.ndarray, str | None]
         if v is None:
             raise HTTPException(404, f"unknown video id {q.id!r}")
         return v, q.id
-    v = np.asarray(q.embedding, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values past float32's range become inf, refused below
+        v = np.asarray(q.embedding, dtype=np.float32)
     if v.shape != (state.index.dim,):
         raise HTTPException(422, f"embedding has {v.shape[0]} values, the index has dimension {state.index.dim}")
     norm = float(np.linalg.norm(v))
@@ -81,29 +85,8 @@ async def search_batch(req: BatchSearchRequest, state: ServiceState = Depends(re
     return BatchSearchResponse(results=results, took_ms=(time.perf_counter() - t0) * 1e3)
 
 
-def embed_upload(state: ServiceState, path: str) -> np.ndarray:
-    """Decode (within the frame limit) and embed an uploaded video with the checkpoint's eval transform."""
-    from indexing.errors import UserError
-    from training.video import num_frames, read_clip
-
-    try:
-        n = num_frames(path)
-        if n > state.settings.max_frames:
-            raise HTTPException(413, f"the video has {n} frames, more than "
-                                     f"VIDRET_MAX_FRAMES={state.settings.max_frames}")
-        clip, _ = read_clip(path, state.model.spec, train=False)
-    except UserError as exc:
-        raise HTTPException(415, f"the upload cannot be decoded as a video: {getattr(exc, 'reason', exc)}") from None
-    return state.batcher.submit(clip)
-
-
-def require_model(state: ServiceState) -> None:
-    if state.model is None:
-        raise HTTPException(409, "no checkpoint is loaded: start the server with --checkpoint to embed uploads")
-
-
 @router.post("/search/video", response_model=SearchResponse,
-             responses={409: {}, 413: {}, 415: {}, 422: {}, 503: {}}, dependencies=[Depends(check_content_length)])
+             responses={409: {}, 413: {}, 415: {}, 422: {}, 503: {}})
 async def search_video(file: UploadFile = File(...), k: int = Form(10),
                        state: ServiceState = Depends(ready_state)) -> SearchResponse:
     require_model(state)

@@ -10,7 +10,7 @@ import numpy as np
 
 from indexing.embeddings import load_embeddings
 from tests.conftest import TRAIN_ARGS, run_cli
-from training.synth import SynthConfig, generate
+from training.data.synth import SynthConfig, generate
 
 
 def test_embed_index_evaluate(embeddings: dict[str, Path], synth_dir: Path, tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +141,15 @@ def test_missing_and_corrupt_files_give_clear_errors(tmp_path: Path) -> None:
         VideoIndex.load(tmp_path / "nope")
     broken = tmp_path / "broken"
     shutil.copytree(tmp_path / "ix", broken)
-    (broken / "index.faiss").write_bytes(b"garbage")
+    snapshot = broken / f"gen-{json.loads((broken / 'index.json').read_text())['generation']}"
+    (snapshot / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(UserError, match="corrupt FAISS index"):
         VideoIndex.load(broken)
-    (broken / "index.faiss").unlink()
-    with pytest.raises(UserError, match="missing index.faiss"):
+    (snapshot / "index.faiss").unlink()
+    with pytest.raises(UserError, match=f"missing {snapshot.name}/index.faiss"):
+        VideoIndex.load(broken)
+    (broken / "index.json").write_text('{"dim": 16, "generation": "latest"}')
+    with pytest.raises(UserError, match="index.json: corrupt"):
         VideoIndex.load(broken)
     with pytest.raises(UserError, match="not empty"):
         VideoIndex.build(_emb(10), tmp_path / "ix")
@@ -194,14 +200,35 @@ class _FakeGpuFaiss:
         return index
 
 
+def test_use_gpu_follows_the_rule_whatever_this_machine_has(monkeypatch) -> None:
+    """None: the GPU exactly when one is usable; True without one is an error; False: never (GPU presence faked both
+    ways, so this holds on machines with faiss-gpu and a GPU too)."""
+    import indexing.index as index_mod
+
+    monkeypatch.setattr(index_mod, "gpu_available", lambda: False)
+    assert use_gpu(None) is False and use_gpu(False) is False
+    with pytest.raises(UserError, match="no GPU FAISS"):
+        use_gpu(True)
+    monkeypatch.setattr(index_mod, "gpu_available", lambda: True)
+    assert use_gpu(None) is True and use_gpu(True) is True and use_gpu(False) is False
+
+
+@pytest.mark.parametrize(("has_gpu_module", "gpus", "expected"), [(False, 0, False), (True, 0, False), (True, 2, True)])
+def test_gpu_available_needs_faiss_gpu_and_a_gpu(monkeypatch, has_gpu_module: bool, gpus: int, expected: bool) -> None:
+    from types import SimpleNamespace
+
+    import indexing.index as index_mod
+
+    fake = SimpleNamespace(get_num_gpus=lambda: gpus, **({"StandardGpuResources": object} if has_gpu_module else {}))
+    monkeypatch.setattr(index_mod, "_faiss", lambda: fake)
+    assert index_mod.gpu_available() is expected
+
+
 def test_gpu_selection_logic_with_faked_gpu(tmp_path: Path, monkeypatch) -> None:
     import faiss
 
     import indexing.index as index_mod
 
-    assert use_gpu(None) is False  # this machine: no GPU faiss
-    with pytest.raises(UserError, match="no GPU FAISS"):
-        use_gpu(True)
     fake = _FakeGpuFaiss(faiss)
     monkeypatch.setattr(index_mod, "_faiss", lambda: fake)
     assert use_gpu(None) is True and use_gpu(False) is False
@@ -210,3 +237,173 @@ def test_gpu_selection_logic_with_faked_gpu(tmp_path: Path, monkeypatch) -> None
     assert len(ix.search(_emb(3).embeddings, 3)[0]) == 3
     VideoIndex.load(tmp_path / "ix", gpu=False)
     assert fake.to_gpu == 2
+
+
+def test_loads_the_first_layout_and_moves_it_to_a_generation_on_save(tmp_path: Path) -> None:
+    """Index folders written before generations (the snapshot's files next to index.json) keep working."""
+    emb = _emb(200)
+    VideoIndex.build(emb, tmp_path / "ix", type="flat").close()
+    folder = tmp_path / "ix"
+    info = json.loads((folder / "index.json").read_text())
+    for name in ("index.faiss", "vectors.npy", "rows.npy"):
+        (folder / f"gen-{info['generation']}" / name).rename(folder / name)
+    (folder / f"gen-{info.pop('generation')}").rmdir()
+    (folder / "index.json").write_text(json.dumps({**info, "version": 1}))
+    (folder / ".vectors.npy.tmp.npy").write_bytes(b"left by an interrupted save of the first layout")
+    ix = VideoIndex.load(folder)
+    assert ix.count == 200 and ix.search(emb.embeddings[4:5], 1)[0][0].id == "v4"
+    ix.add(["new"], emb.embeddings[9:10], ["p9"], ["c9"], ["/n.mp4"])
+    ix.remove(["v9"])
+    ix.close()
+    ix = VideoIndex.load(folder)
+    assert ix.count == 200 and ix.search(emb.embeddings[9:10], 1)[0][0].id == "new"
+    ix.save()
+    ix.close()
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("metadata.sqlite")) == [
+        "gen-1", "index.json"]
+    assert json.loads((folder / "index.json").read_text())["generation"] == 1
+    ix = VideoIndex.load(folder)
+    assert ix.count == 200 and ix.get("v9") is None and ix.search(emb.embeddings[9:10], 1)[0][0].id == "new"
+    assert ix.store.journal_since(0, 16) == []
+
+
+def test_hnsw_snapshot_keeps_the_writes_made_while_it_rebuilds(tmp_path: Path, monkeypatch) -> None:
+    """HNSW cannot remove: a snapshot rebuilds the graph without holding the index's lock, so writes land
+    meanwhile; the rebuilt index must have them too."""
+    emb = _emb(300)
+    ix = VideoIndex.build(emb, tmp_path / "ix", type="hnsw")
+    ix.remove(["v1", "v2"])
+    real = VideoIndex._fresh_index
+
+    def rebuild_with_writes_meanwhile(self, vectors, rows):  # noqa: ANN001, ANN202
+        index = real(self, vectors, rows)
+        self.add(["during"], emb.embeddings[1:2], ["d"], [""], [""])
+        self.remove(["v5"])
+        return index
+
+    monkeypatch.setattr(VideoIndex, "_fresh_index", rebuild_with_writes_meanwhile)
+    ix.save()
+    monkeypatch.undo()
+    for index in (ix, VideoIndex.load(tmp_path / "ix")):
+        assert index.count == 298 and index.get("v5") is None
+        assert index.search(emb.embeddings[1:2], 1)[0][0].id == "during"
+        assert "v5" not in {h.id for h in index.search(emb.embeddings[5:6], 10)[0]}
+        assert [len(hs) for hs in index.search(emb.embeddings[:20], 10)] == [10] * 20
+        index.close()
+
+
+class _Concurrency:
+    """A search index that notes how many searches run in it at once."""
+
+    def __init__(self, index) -> None:  # noqa: ANN001
+        self.index, self.active, self.most = index, 0, 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.index, name)
+
+    def search(self, q, k):  # noqa: ANN001, ANN201
+        with self._lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            time.sleep(0.02)
+            return self.index.search(q, k)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+def _search_from_threads(ix: VideoIndex, emb: Embeddings) -> list[str]:
+    start = threading.Barrier(6)
+    tops: list[str] = []
+
+    def run(i: int) -> None:
+        start.wait()
+        for j in range(5):
+            tops.append(ix.search(emb.embeddings[i * 5 + j:i * 5 + j + 1], 1)[0][0].id)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(tops, key=lambda v: int(v[1:]))
+
+
+def test_searches_on_a_gpu_index_run_one_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """FAISS GPU indexes are not thread-safe even for search (GPU path faked); CPU indexes keep concurrent reads."""
+    import faiss
+
+    import indexing.index as index_mod
+
+    emb = _emb(100)
+    VideoIndex.build(emb, tmp_path / "ix", type="flat", gpu=False).close()
+    gpu_copies: list[_Concurrency] = []
+
+    def to_gpu(index):  # noqa: ANN001, ANN202
+        gpu_copies.append(_Concurrency(faiss.clone_index(index)))
+        return gpu_copies[-1]
+
+    monkeypatch.setattr(index_mod, "gpu_available", lambda: True)
+    monkeypatch.setattr(VideoIndex, "_to_gpu", staticmethod(to_gpu))
+    on_gpu = VideoIndex.load(tmp_path / "ix", gpu=True)
+    assert _search_from_threads(on_gpu, emb) == [f"v{i}" for i in range(30)]
+    assert len(gpu_copies) == 1 and gpu_copies[0].most == 1
+    on_gpu.close()
+
+    on_cpu = VideoIndex.load(tmp_path / "ix", gpu=False)
+    on_cpu._search_index = cpu = _Concurrency(on_cpu._index)
+    assert _search_from_threads(on_cpu, emb) == [f"v{i}" for i in range(30)]
+    assert cpu.most > 1
+    on_cpu.close()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o027, 0o750)])
+def test_the_built_folder_is_0755_less_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Not tempfile.mkdtemp's 0700: a web server or container user of another uid must be able to read it."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        VideoIndex.build(_emb(50), tmp_path / "ix", type="flat").close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ix").stat().st_mode & 0o777 == mode
+
+
+def test_overwrite_removes_the_old_folder_only_once_the_new_one_is_in_place(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import indexing.index as index_mod
+
+    VideoIndex.build(_emb(100), tmp_path / "ix", type="flat").close()
+    real_rmtree, seen = shutil.rmtree, []
+
+    def rmtree(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append((Path(path).name, json.loads((tmp_path / "ix" / "index.json").read_text())["count"]))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(index_mod.shutil, "rmtree", rmtree)
+    ix = VideoIndex.build(_emb(60), tmp_path / "ix", type="flat", overwrite=True)
+    monkeypatch.undo()
+    assert ix.count == 60
+    ix.close()
+    assert len(seen) == 1 and seen[0][0].startswith(".ix.old-") and seen[0][1] == 60  # deleted after the new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]  # nothing left aside
+
+    real_rename = os.rename
+
+    def failing_rename(src, dst):  # noqa: ANN001, ANN202
+        if Path(dst) == tmp_path / "ix" and not Path(src).name.startswith(".ix.old-"):  # the new one into place
+            raise OSError("disk pulled")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(index_mod.os, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk pulled"):
+        VideoIndex.build(_emb(30), tmp_path / "ix", type="flat", overwrite=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]  # the old one put back, the new one removed
+    ix = VideoIndex.load(tmp_path / "ix")
+    assert ix.count == 60
+    ix.close()

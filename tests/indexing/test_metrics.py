@@ -1,4 +1,4 @@
-"""mAP / CMC against a brute-force reference of the SPEC §5 protocol, and against scikit-learn."""
+"""mAP / CMC against a brute-force reference of the protocol of docs/evaluation.md, and against scikit-learn."""
 
 from __future__ import annotations
 

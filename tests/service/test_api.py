@@ -1,9 +1,10 @@
-"""Every route of SPEC §7 against create_app: status codes, error bodies, auth, limits; never a 5xx."""
+"""Every route of docs/api.md against create_app: status codes, error bodies, auth, limits; never a 5xx."""
 
 from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -238,19 +239,24 @@ def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusio
     answer (its k, its self-exclusion) -- the same as with coalescing switched off."""
     with _client(fresh_index, None, search_coalesce=1) as direct:
         ids = [v["id"] for v in direct.get("/v1/videos").json()["videos"]]
-        bodies = [{"id": ids[i % len(ids)], "k": 1 + i % 7, "exclude_self": i % 3 != 0} for i in range(48)]
+        bodies = [{"id": ids[i % len(ids)], "k": 1 + i % 7, "exclude_self": i % 3 != 0} for i in range(32)]  # fewer than anyio's 40 worker threads: all wait at once
         expected = [direct.post("/v1/search", json=b).json()["results"] for b in bodies]
         wider = [direct.post("/v1/search", json={**b, "k": b["k"] + 5}).json()["results"] for b in bodies]
         assert direct.app.state.vidret.searcher is None
     with _client(fresh_index, None) as c:
         state = c.app.state.vidret
         original = state.index.search
+        busy, release = threading.Event(), threading.Event()
+        first_call = []  # the queries the first (held) index call answers
 
-        def slow_search(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 -- a busy index lets requests queue up
-            threading.Event().wait(0.02)
+        def held_search(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 -- the first call holds the index busy
+            if not busy.is_set():
+                first_call.append(len(args[0]))
+                busy.set()
+                assert release.wait(60)
             return original(*args, **kwargs)
 
-        state.index.search = slow_search
+        state.index.search = held_search
         got: list = [None] * len(bodies)
 
         def ask(i: int) -> None:
@@ -259,8 +265,14 @@ def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusio
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
         for t in threads:
             t.start()
+        assert busy.wait(60)
+        deadline = time.monotonic() + 60  # every other request waits in the queue while the first call runs
+        while state.searcher._queue.qsize() < len(bodies) - first_call[0]:
+            assert time.monotonic() < deadline, f"only {state.searcher._queue.qsize()} requests queued"
+            time.sleep(0.01)
+        release.set()
         for t in threads:
             t.join()
         for body, g, e, w in zip(bodies, got, expected, wider, strict=True):
             _assert_same_ranking(body, g["results"], e, w)
-        assert state.searcher.items == len(bodies) and state.searcher.batches < len(bodies) / 2
+        assert state.searcher.items == len(bodies) and state.searcher.batches == 2  # the held call, then the rest

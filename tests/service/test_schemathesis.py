@@ -1,13 +1,17 @@
-"""Property-based fuzzing of the app's own OpenAPI schema: no 5xx, and responses match the schema."""
+"""Property-based fuzzing: of the app's own OpenAPI schema (no 5xx, responses match the schema), and of request
+headers, sent as raw bytes (no 5xx; every Authorization value that is not a key gets a 401 or a 403)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from service.app import create_app
 from service.settings import Settings
@@ -15,16 +19,25 @@ from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def app(embeddings: dict[str, Path], checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def fuzz_index(embeddings: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     out = tmp_path_factory.mktemp("fuzz") / "index"
     assert run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", out).returncode == 0
-    application = create_app(Settings(index=out, checkpoint=checkpoint, device="cpu", api_key="k"),
-                             load_in_background=False)
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def _started(settings: Settings):  # noqa: ANN202
     from fastapi.testclient import TestClient
 
-    with TestClient(application):  # runs the lifespan: loads the index
+    application = create_app(settings, load_in_background=False)
+    return application, TestClient(application)  # entering the client runs the lifespan: loads the index
+
+
+@pytest.fixture(scope="module")
+def app(fuzz_index: Path, checkpoint: Path):  # noqa: ANN201
+    application, client = _started(Settings(index=fuzz_index, checkpoint=checkpoint, device="cpu", api_key="k"))
+    with client:
         yield application
-    shutil.rmtree(out, ignore_errors=True)
 
 
 schemathesis.experimental.OPEN_API_3_1.enable()  # FastAPI publishes OpenAPI 3.1
@@ -46,3 +59,85 @@ def test_no_server_errors_and_schema_conformance(case) -> None:  # noqa: ANN001
                                               schemathesis.checks.status_code_conformance,
                                               schemathesis.checks.content_type_conformance,
                                               schemathesis.checks.response_schema_conformance))
+
+
+# ---- headers, as raw bytes straight into the ASGI app (an HTTP client would re-encode them) ----
+
+WRITE, READ = "w-key", "r-key"
+MULTIPART = b"--b\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\nx\r\n--b--\r\n"
+ROUTES = [  # (method, path, body, content type): reads and writes
+    ("GET", "/v1/videos", b"", b""),
+    ("GET", "/v1/index", b"", b""),
+    ("GET", "/v1/videos/id0008_c2_s1/thumbnail", b"", b""),
+    ("POST", "/v1/search", json.dumps({"id": "id0008_c2_s1", "k": 2}).encode(), b"application/json"),
+    ("POST", "/v1/evaluate", json.dumps({"query_ids": ["id0008_c2_s1"]}).encode(), b"application/json"),
+    ("POST", "/v1/videos", MULTIPART, b"multipart/form-data; boundary=b"),
+    ("DELETE", "/v1/videos/id0008_c2_s1", b"", b""),
+]
+
+
+@pytest.fixture(scope="module")
+def locked_app(fuzz_index: Path):  # noqa: ANN201 -- both keys, all interfaces: every route checks Authorization
+    application, client = _started(Settings(index=fuzz_index, host="0.0.0.0", api_key=WRITE, read_api_key=READ))
+    with client:
+        yield application
+
+
+def call(app, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> tuple[int, bytes]:  # noqa: ANN001
+    """One request through the ASGI interface, headers exactly as given."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: dict = {"status": None, "body": b""}
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            sent["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            sent["body"] += message.get("body", b"")
+
+    asyncio.run(app(scope, receive, send))
+    return sent["status"], sent["body"]
+
+
+AUTHORIZATION = st.one_of(
+    st.binary(max_size=80),
+    st.binary(max_size=80).map(lambda b: b"Bearer " + b),
+    st.text(max_size=40).map(lambda t: f"Bearer {t}".encode()),
+    st.sampled_from([b"", b"Bearer", b"Bearer ", b"Basic xyz", b"bearer \xe9", b"Bearer " + b"\xff" * 20_000,
+                     f"Bearer  {WRITE}x".encode(), f"Bearer {READ}\x00".encode(), READ.encode()]),
+)
+
+
+@given(route=st.sampled_from(ROUTES), value=AUTHORIZATION)
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_any_authorization_bytes_get_401_or_403(locked_app, route, value: bytes) -> None:  # noqa: ANN001
+    assume(value.strip() not in (f"Bearer {WRITE}".encode(), f"Bearer {READ}".encode()))
+    method, path, body, ctype = route
+    headers = [(b"authorization", value), *([(b"content-type", ctype)] if ctype else [])]
+    status, text = call(locked_app, method, path, headers, body)
+    assert status in (401, 403), f"{method} {path} Authorization {value[:60]!r}: {status} {text[:200]!r}"
+    assert json.loads(text)["detail"]
+
+
+OTHER_HEADERS = [b"content-length", b"content-type", b"accept", b"accept-encoding", b"host", b"cookie", b"range",
+                 b"transfer-encoding", b"x-forwarded-for", b"origin", b"if-none-match"]
+
+
+@given(route=st.sampled_from(ROUTES), name=st.sampled_from(OTHER_HEADERS),
+       value=st.one_of(st.binary(max_size=60), st.sampled_from([b"\xb2", b"\xb9\xb3", b"-1", b"99999999999999999999",
+                                                                b"\xff" * 10_000])))
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_any_other_header_bytes_get_no_server_error(locked_app, route, name: bytes, value: bytes) -> None:  # noqa: ANN001
+    method, path, body, ctype = route
+    headers = [(b"authorization", f"Bearer {WRITE}".encode()), (name, value)]
+    if ctype and name != b"content-type":
+        headers.append((b"content-type", ctype))
+    status, text = call(locked_app, method, path, headers, body)
+    assert status < 500, f"{method} {path} {name.decode()}: {value[:60]!r}: {status} {text[:200]!r}"

@@ -1,4 +1,4 @@
-"""The loss family against the closed forms of SPEC §1 (paper Table 2)."""
+"""The loss family against the closed forms of docs/losses.md (paper Table 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training through the real CLI: files of SPEC §4, exact resume, DDP with torchrun, bad videos, bad flags, NaN."""
+"""Training through the real CLI: files of docs/formats.md, exact resume, DDP with torchrun, bad videos, bad flags, NaN."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_run_directory_and_checkpoint_follow_the_contract(trained_run: Path) -> 
 
 
 def test_loss_falls(tmp_path: Path) -> None:
-    from training.synth import SynthConfig, generate
+    from training.data.synth import SynthConfig, generate
 
     generate(tmp_path / "data", SynthConfig(identities=16, cameras=2, clips_per_camera=3, frames=8, size=32), workers=1)
     res = run_cli("train", "--train", tmp_path / "data" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
@@ -73,16 +73,31 @@ def test_resume_reproduces_the_uninterrupted_run(synth_dir: Path, trained_run: P
         assert float(resumed[1][col]) == pytest.approx(float(straight[1][col]), rel=1e-6, abs=1e-9), col
 
 
-def test_torchrun_two_processes_write_one_run(synth_dir: Path, tmp_path: Path) -> None:
+def test_torchrun_two_processes_write_one_run_and_resume_it_exactly(synth_dir: Path, tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    cmd = [str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--no-python", "vidret", "train", "--train",
-           str(synth_dir / "train.csv"), "--out", str(tmp_path / "ddp"), "--epochs", "2", *TRAIN_ARGS]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+
+    def torchrun(out: Path, *extra: str) -> None:
+        cmd = [str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--no-python", "vidret", "train", "--train",
+               str(synth_dir / "train.csv"), "--out", str(out), "--epochs", "2", *TRAIN_ARGS,
+               "--workers", "2", *extra]  # the last --workers counts
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    torchrun(tmp_path / "ddp")
+    cfg = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["workers"] == 2
     assert [r["epoch"] for r in _metrics(tmp_path / "ddp")] == ["1", "2"]
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    # --workers 2 in each process: stopped after epoch 1 and resumed, the run is the uninterrupted one
+    torchrun(tmp_path / "resumed", "--stop-after-epoch", "1")
+    torchrun(tmp_path / "resumed", "--resume")
+    learnt = ("epoch", "loss", "train_acc", "lr", "weight_mean", "weight_share_noisy")
+    assert ([[r[c] for c in learnt] for r in _metrics(tmp_path / "resumed")]
+            == [[r[c] for c in learnt] for r in _metrics(tmp_path / "ddp")])
+    straight, resumed = (torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+                         for run in (tmp_path / "ddp", tmp_path / "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
 def test_bad_video_policy(synth_dir: Path, tmp_path: Path) -> None:
@@ -106,6 +121,7 @@ def test_bad_video_policy(synth_dir: Path, tmp_path: Path) -> None:
     (("--sampling", "dense"), "--sampling must be one of"),
     (("--model", "resnet9000"), "unknown model 'resnet9000'"),
     (("--imae-normalize", "sum"), "normalize must be"),
+    (("--log-interval", "0"), "--log-interval: invalid value 0"),
 ])
 def test_bad_flags_give_one_line_errors(synth_dir: Path, tmp_path: Path, flags: tuple, needle: str) -> None:
     res = _train(synth_dir, tmp_path / "run", "--epochs", "1", *flags)
@@ -113,7 +129,9 @@ def test_bad_flags_give_one_line_errors(synth_dir: Path, tmp_path: Path, flags: 
     assert "Traceback" not in res.stderr
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint_intact(synth_dir: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("log_interval", [2, 20])  # read back mid-epoch (a step late) and at the epoch's end
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(synth_dir: Path, tmp_path: Path, monkeypatch,
+                                                            log_interval: int) -> None:
     import training.trainer as trainer
     from training.losses import build_loss
 
@@ -132,11 +150,38 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(synth_dir: Path, tm
 
     monkeypatch.setattr(trainer, "build_loss", lambda *a, **k: NanAfterFirstEpoch())
     cfg = trainer.TrainConfig(train=str(synth_dir / "train.csv"), out=str(tmp_path / "run"), model="tiny3d",
-                              frames=4, size=24, batch_size=8, workers=0, epochs=3, quiet=True, loss="cce")
-    with pytest.raises(trainer.TrainingDiverged, match="epoch 2.*last good checkpoint"):
+                              frames=4, size=24, batch_size=8, workers=0, epochs=3, quiet=True, loss="cce",
+                              log_interval=log_interval)
+    # three steps an epoch: the fourth loss is the first step of epoch 2, whenever it is read back
+    with pytest.raises(trainer.TrainingDiverged, match=r"became nan at epoch 2, step 1; the last good checkpoint"):
         trainer.fit(cfg)
+    assert calls["n"] == 3 + min(log_interval, 3)  # stopped at the first read-back after it
     ck = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_resume_restores_the_gpu_generators_saved_in_the_checkpoint(synth_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.plots as plots
+    import training.trainer as trainer
+
+    monkeypatch.setattr(plots, "plot_training", lambda *a, **k: None)  # seconds; the figures are not the point here
+    cfg = trainer.TrainConfig(train=str(synth_dir / "train.csv"), out=str(tmp_path / "run"), model="tiny3d",
+                              frames=4, size=24, batch_size=8, workers=0, epochs=1, quiet=True, device="cpu")
+    trainer.fit(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    gpu_states = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
+    ck["rng"]["cuda"] = gpu_states  # as written on a machine with two GPUs
+    torch.save(ck, last)
+    restored: list[list[torch.Tensor]] = []
+    # resumed on a machine with one GPU (faked: this one has none); nothing is left to train, so no CUDA call but
+    # the generators' runs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(list(states)))
+    trainer.fit(trainer.TrainConfig(**{**vars(cfg), "resume": True}))
+    assert len(restored) == 1 and len(restored[0]) == 1 and torch.equal(restored[0][0], gpu_states[0])
 
 
 def test_device_and_precision_selection() -> None:

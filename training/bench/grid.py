@@ -1,4 +1,4 @@
-"""``vidret bench noise``: every loss x noise rate x seed on the synthetic open-set dataset (SPEC §6).
+"""``vidret bench noise``: every loss x noise rate x seed on the synthetic open-set dataset (docs/noise-benchmark.md).
 
 1. One clean synthetic dataset (train identities disjoint from query/gallery identities).
 2. IMAE's T, unless given, is chosen on a validation split carved from the TRAINING identities (never on
@@ -27,7 +27,7 @@ import numpy as np
 
 from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
-from training.bench_report import (
+from training.bench.report import (
     RunResult,
     plot_curves,
     plot_map_vs_noise,
@@ -35,8 +35,8 @@ from training.bench_report import (
     results_markdown,
     write_results_csv,
 )
-from training.manifest import VideoRow, class_map, read_manifest, write_manifest
-from training.noise import NOISE_TYPES, inject_noise
+from training.data.manifest import VideoRow, class_map, read_manifest, write_manifest
+from training.data.noise import NOISE_TYPES, inject_noise
 
 
 @dataclass
@@ -90,7 +90,7 @@ class NoiseBenchConfig:
 
 
 def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
-    from training.synth import SynthConfig, generate
+    from training.data.synth import SynthConfig, generate
 
     scfg = SynthConfig(identities=cfg.identities, cameras=cfg.cameras, clips_per_camera=cfg.clips_per_camera,
                        frames=cfg.video_frames, size=cfg.video_size, noise=0.0, seed=cfg.data_seed)
@@ -190,7 +190,7 @@ def select_t(cfg: NoiseBenchConfig, rows: list[VideoRow], out: Path, log) -> flo
 
 def run_noise_bench(cfg: NoiseBenchConfig, log=print) -> list[RunResult]:  # noqa: ANN001
     """The whole grid. Every run trains on and is tested on the same videos: they are decoded once, in memory."""
-    from training.dataset import shared_frame_cache
+    from training.data.dataset import shared_frame_cache
 
     cfg.validate()
     with shared_frame_cache():

@@ -1,6 +1,6 @@
-"""Manifests: one video a row (SPEC §2), as CSV with a header row or JSON Lines.
+"""Manifests: one video a row (docs/formats.md), as CSV with a header row or JSON Lines.
 
-Columns: ``path`` (required; a video file, a folder of frame images, or a frame-list file — see training/video.py),
+Columns: ``path`` (required; a video file, a folder of frame images, or a frame-list file — see training/data/video.py),
 ``label`` (required for training and evaluation), ``id`` (default: ``path`` as written), ``camera``, ``clean_label``.
 Relative paths resolve against the manifest's folder. Every problem is reported as ``FILE, row N: reason``
 before any work starts.

@@ -2,6 +2,8 @@
 
 Every random choice of an item (frames, crop, flip) comes from a generator seeded by (seed, epoch, index), so the
 data a model sees depends only on the seed and the epoch: a resumed run sees exactly what an uninterrupted one did.
+The epoch travels with the index: ``EpochSampler`` yields ``(epoch, index)`` pairs, because DataLoader workers hold
+their own copies of the dataset (kept across epochs with ``persistent_workers``) that ``set_epoch`` never reaches.
 
 Unreadable videos never raise inside a DataLoader worker: the item is marked bad, ``collate`` drops it and lists it
 in ``batch["skipped"]``, and the caller applies the policy (``fail``: stop naming the file and the decoder's reason;
@@ -18,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from indexing.errors import UserError
-from training.manifest import VideoRow
-from training.video import ClipSpec, VideoDecodeError, read_clip, sample_indices
+from training.data.manifest import VideoRow
+from training.data.video import ClipSpec, VideoDecodeError, read_clip, sample_indices
 
 MEAN = (0.43216, 0.394666, 0.37645)  # Kinetics-400, as torchvision's video models use
 STD = (0.22803, 0.22145, 0.216989)
@@ -111,6 +113,7 @@ class VideoDataset(Dataset):
                     self.targets[i] = class_to_idx[lab]
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch of plain integer indices (an ``(epoch, index)`` key names its own)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -125,7 +128,7 @@ class VideoDataset(Dataset):
             key = (os.path.realpath(path), self.spec.size, self.spec.decode_short_side) if shared is not None else None
             frames = shared.get(key) if key is not None else None
             if frames is None:
-                from training.video import num_frames
+                from training.data.video import num_frames
 
                 frames = read_clip(path, ClipSpec(frames=num_frames(path), size=self.spec.size, sampling="uniform"),
                                    train=False, decode_short_side=self.spec.decode_short_side)[0]
@@ -135,14 +138,39 @@ class VideoDataset(Dataset):
         frames = self.cache[i]
         return frames[torch.from_numpy(sample_indices(frames.shape[0], self.spec, self.train, rng))]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``ds[i]``: item i of ``self.epoch``; ``ds[epoch, i]``: item i as drawn in that epoch."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng([self.seed, epoch, i])
         try:
             clip = self._decode(i, rng)
         except VideoDecodeError as exc:
             return {"bad": (exc.path, exc.reason), "index": i}
         return {"clip": clip_transform(clip, self.spec, self.train, rng, self.mean, self.std),
                 "target": int(self.targets[i]), "index": i}
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """A DistributedSampler's indices of the current epoch as ``(epoch, index)`` pairs for ``VideoDataset``.
+
+    The sampler runs in the main process, where ``set_epoch`` is called; the pairs carry the epoch to the DataLoader
+    workers, so their augmentation changes every epoch even when they persist across epochs.
+    """
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch  # fixed when the epoch's iteration starts
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ palette, so identities collide on colour; a stripe texture; body proportions; an
 (speed, direction, gait frequency, bobbing). Each camera has its own background texture, lighting (gain and colour
 cast), scale, viewpoint (mirroring and shear), sensor noise and blur; clips add small appearance jitter and,
 optionally, an occluder. Train identities are disjoint from query/gallery identities (open-set retrieval, as in
-re-ID). ``label`` of train.csv carries the requested label noise (training/noise.py), ``clean_label`` the truth.
+re-ID). ``label`` of train.csv carries the requested label noise (training/data/noise.py), ``clean_label`` the truth.
 Everything is determined by the seed.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
-from training.noise import NOISE_TYPES, inject_noise
+from training.data.noise import NOISE_TYPES, inject_noise
 
 PALETTE = np.array([
     [0.85, 0.15, 0.15], [0.15, 0.35, 0.85], [0.15, 0.7, 0.25], [0.9, 0.8, 0.2], [0.15, 0.15, 0.15],

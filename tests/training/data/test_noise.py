@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.noise import inject_noise
+from training.data.noise import inject_noise
 
 
 @pytest.mark.parametrize("kind", ["symmetric", "pairflip"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from indexing.errors import UserError
-from training.manifest import class_map, read_manifest, scan_folder, write_manifest
+from training.data.manifest import class_map, read_manifest, scan_folder, write_manifest
 
 
 def _write(path: Path, text: str) -> Path:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from indexing.errors import UserError
-from training import dataset as dataset_module
-from training.dataset import VideoDataset, apply_bad_video_policy, clip_transform, collate, shared_frame_cache
-from training.manifest import class_map, read_manifest
-from training.video import ClipSpec, VideoDecodeError
+from training.data import dataset as dataset_module
+from training.data.dataset import VideoDataset, apply_bad_video_policy, clip_transform, collate, shared_frame_cache
+from training.data.manifest import class_map, read_manifest
+from training.data.video import ClipSpec, VideoDecodeError
 
 SPEC = ClipSpec(frames=4, size=24)
 
@@ -46,6 +46,9 @@ def test_items_depend_only_on_seed_epoch_index(synth_dir: Path) -> None:
     assert torch.equal(first, VideoDataset(rows, SPEC, train=True, class_to_idx=cmap, seed=7)[1]["clip"])
     ds.set_epoch(1)
     assert not torch.equal(first, ds[1]["clip"])
+    fresh = VideoDataset(rows, SPEC, train=True, class_to_idx=cmap, seed=7)  # still at epoch 0, as a worker's copy
+    assert torch.equal(fresh[1, 1]["clip"], ds[1]["clip"]) and torch.equal(fresh[0, 1]["clip"], first)
+    assert fresh[1, 1]["index"] == 1  # an (epoch, index) key names its own epoch
     cached = VideoDataset(rows, SPEC, train=True, class_to_idx=cmap, seed=7, cache=True)
     assert torch.equal(first, cached[1]["clip"])  # the in-memory cache changes nothing
     assert ds[1]["target"] == cmap[rows[1].label]

@@ -8,21 +8,9 @@ from pathlib import Path
 import typer
 
 from indexing.errors import UserError
+from training.ui import progress_bar
 
 data_app = typer.Typer(help="Datasets: synthesise, import, add label noise, check.", no_args_is_help=True)
-
-
-def progress_bar(description: str):  # noqa: ANN201 - rich Progress
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=_stderr_console(), transient=False)
-
-
-def _stderr_console():  # noqa: ANN202
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 @data_app.command("synth")
@@ -40,7 +28,7 @@ def synth_cmd(
     workers: int = typer.Option(2, help="Encoding processes."),
 ) -> None:
     """Write a synthetic open-set re-ID video dataset with noisy training labels (real H.264 mp4 files)."""
-    from training.synth import SynthConfig, generate
+    from training.data.synth import SynthConfig, generate
 
     cfg = SynthConfig(identities=identities, cameras=cameras, clips_per_camera=clips_per_camera, frames=frames,
                       size=size, noise=noise, noise_type=noise_type, seed=seed, occluders=occluders)
@@ -58,7 +46,7 @@ def manifest_cmd(root: Path = typer.Argument(..., help="ROOT/<label>/<video file
     """Print a CSV manifest of a folder-per-label tree on stdout (paths relative to ROOT)."""
     import csv
 
-    from training.manifest import scan_folder
+    from training.data.manifest import scan_folder
 
     rows = scan_folder(root)
     w = csv.writer(sys.stdout, lineterminator="\n")
@@ -73,7 +61,7 @@ def import_mars_cmd(
     out_dir: Path = typer.Argument(..., help="Where to write train.csv, query.csv, gallery.csv and tracklets/"),
 ) -> None:
     """Convert the MARS layout to manifests, one row per tracklet (a .frames list of its images)."""
-    from training.mars import import_mars
+    from training.data.mars import import_mars
 
     counts = import_mars(root, out_dir)
     typer.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) + f" -> {out_dir}")
@@ -90,8 +78,8 @@ def noise_cmd(
     """Corrupt a manifest's labels; prints the realised noise rate."""
     from dataclasses import replace
 
-    from training.manifest import class_map, read_manifest, write_manifest
-    from training.noise import inject_noise
+    from training.data.manifest import class_map, read_manifest, write_manifest
+    from training.data.noise import inject_noise
 
     rows = read_manifest(inp, require_label=True)
     cmap = class_map(r.label for r in rows)
@@ -109,8 +97,8 @@ def noise_cmd(
 @data_app.command("check")
 def check_cmd(manifest: Path = typer.Argument(..., help="Manifest to check.")) -> None:
     """Decode every row; exit 1 with the list of bad rows if any."""
-    from training.manifest import read_manifest
-    from training.video import ClipSpec, VideoDecodeError, read_clip
+    from training.data.manifest import read_manifest
+    from training.data.video import ClipSpec, VideoDecodeError, read_clip
 
     rows = read_manifest(manifest)
     spec = ClipSpec(frames=8, size=16, sampling="uniform")  # frames across the whole video, the last included

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import training.trainer
-from training.bench import NoiseBenchConfig, _train, carve_validation
-from training.manifest import VideoRow
+from training.bench.grid import NoiseBenchConfig, _train, carve_validation
+from training.data.manifest import VideoRow
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ MARS ships frames, not videos: ``bbox_train/<pid>/<name>.jpg`` and ``bbox_test/.
 ``query_IDX.mat`` (1-based rows of the test tracks that are queries; the other test tracks are the gallery).
 
 Each tracklet becomes one manifest row whose ``path`` is a frame-list file ``tracklets/<split>/<n>.frames``
-(one image path per line, relative to the list's folder; see training/video.py). Junk tracklets (person -1) are
+(one image path per line, relative to the list's folder; see training/data/video.py). Junk tracklets (person -1) are
 dropped; distractors (person 0) stay in the gallery.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from indexing.errors import UserError
-from training.manifest import VideoRow, write_manifest
+from training.data.manifest import VideoRow, write_manifest
 
 
 def _load_mat(path: Path) -> np.ndarray:

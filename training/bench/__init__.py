@@ -1,0 +1,1 @@
+"""The noise benchmark: the loss x noise-rate grid and its report."""

@@ -1,0 +1,113 @@
+"""``TrainConfig``: every ``vidret train`` option, its default and its help text, in one place.
+
+``training/cli.py`` builds the ``vidret train`` command from these fields (``train_options()``), so a field added
+here is a flag there with the same default and help. Each field's ``metadata`` holds ``help`` (the flag's help
+text) and optionally ``cli_type`` (the type the flag parses, e.g. ``Path``; the field keeps a ``str``) or
+``cli: False`` (no flag: set by library callers only). Kept free of torch so that ``vidret --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from indexing.errors import UserError
+
+OPTIMIZERS = ("adamw", "sgd")
+REQUIRED = object()  # opt() without a default: a required flag
+
+
+def opt(default: Any = REQUIRED, help: str = "", **meta: Any) -> Any:  # noqa: A002 - typer's name for it
+    """A ``TrainConfig`` field with its flag's help text (``default_factory`` when ``default`` is callable)."""
+    metadata = {"help": help, **meta}
+    if default is REQUIRED:
+        return field(metadata=metadata)
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+@dataclass
+class TrainConfig:
+    train: str = opt(help="Training manifest (CSV/JSONL with path, label; labels may be noisy).", cli_type=Path)
+    out: str = opt(help="Run directory: config.json, metrics.csv, checkpoints/, plots/, tb/.", cli_type=Path)
+    val_query: str | None = opt(None, "Validation query manifest (mAP/CMC every epoch).", cli_type=Path)
+    val_gallery: str | None = opt(None, "Validation gallery manifest.", cli_type=Path)
+    loss: str = opt("imae", "cce | mae | gce | sce | imae.")
+    imae_t: float = opt(8.0, "IMAE temperature T: weight exp(T p_y (1 - p_y)); choose it on a validation split "
+                             "(2-4 did best from scratch; README, Does IMAE help?).")
+    imae_normalize: str = opt("weight", "IMAE batch reduction: weight (divide by total weight) | mean.")
+    gce_q: float = opt(0.7, "GCE q.")
+    sce_alpha: float = opt(0.1, "SCE alpha (CE term).")
+    sce_beta: float = opt(1.0, "SCE beta (reverse CE term).")
+    label_smoothing: float = opt(0.0, "Label smoothing of the cce loss.")
+    model: str = opt("r2plus1d_18", "Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t, "
+                                    "resnet18-tap, resnet50-tap, tiny3d.")
+    embedding_dim: int = opt(256, "Embedding size D.")
+    scale: float = opt(16.0, "Cosine classifier scale s (logits bounded in [-s, s]).")
+    weights: str | None = opt(None, "Local backbone weights file (state dict); nothing is downloaded.", cli_type=Path)
+    frames: int = opt(16, "Frames per clip.")
+    size: int = opt(112, "Crop size in pixels.")
+    sampling: str = opt("segments", "segments | uniform | random.")
+    stride: int = opt(2, "Frame stride of --sampling random.")
+    epochs: int = opt(30, "Training epochs (the learning-rate schedule spans them all).")
+    batch_size: int = opt(16, "Global batch size (split across DDP processes).")
+    optimizer: str = opt("adamw", "adamw | sgd.")
+    lr: float = opt(1e-3, "Peak learning rate (linear warm-up, then cosine decay).")
+    weight_decay: float = opt(1e-2, "Weight decay of the weight matrices and kernels (not of biases or norms).")
+    momentum: float = opt(0.9, "Nesterov momentum of --optimizer sgd.")
+    warmup_epochs: float = opt(1.0, "Linear learning-rate warm-up, in epochs (fractions allowed).")
+    grad_clip: float = opt(5.0, "Gradient norm clipping (0: off).")
+    workers: int = opt(default_workers, "DataLoader worker processes.")
+    device: str = opt("auto", "auto | cpu | cuda (auto: the GPU when present).")
+    precision: str = opt("auto", "auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPUs, fp32 on CPU).")
+    compile: bool = opt(False, "torch.compile the model.")
+    resume: bool = opt(False, "Continue the run in --out from checkpoints/last.pt.")
+    seed: int = opt(0, "Random seed: weights, data order and augmentation (runs with one seed repeat exactly).")
+    on_bad_video: str = opt("fail", "fail | skip: what to do with a video that does not decode.")
+    cache: bool = opt(False, "Keep decoded videos in memory (small datasets).")
+    stop_after_epoch: int | None = opt(None, "Stop after this epoch (time-boxed jobs); continue later with --resume.")
+    log_interval: int = opt(20, "Steps between reading the running loss and accuracy back from the device (the "
+                                "progress bar) and checking that the loss is finite.")
+    quiet: bool = opt(False, "No console output (library callers).", cli=False)
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {"imae": {"t": self.imae_t, "normalize": self.imae_normalize}, "gce": {"q": self.gce_q},
+                "sce": {"alpha": self.sce_alpha, "beta": self.sce_beta},
+                "cce": {"label_smoothing": self.label_smoothing}}.get(self.loss, {})
+
+    def validate(self) -> None:
+        from training.losses import build_loss, list_losses
+
+        if self.loss not in list_losses():
+            raise UserError(f"--loss must be one of {', '.join(list_losses())}, got {self.loss!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        for flag, value, ok in [("--epochs", self.epochs, self.epochs >= 1),
+                                ("--batch-size", self.batch_size, self.batch_size >= 2),
+                                ("--lr", self.lr, self.lr > 0), ("--weight-decay", self.weight_decay,
+                                                                 self.weight_decay >= 0),
+                                ("--workers", self.workers, self.workers >= 0),
+                                ("--embedding-dim", self.embedding_dim, self.embedding_dim >= 2),
+                                ("--warmup-epochs", self.warmup_epochs, self.warmup_epochs >= 0),
+                                ("--grad-clip", self.grad_clip, self.grad_clip >= 0),
+                                ("--log-interval", self.log_interval, self.log_interval >= 1)]:
+            if not ok:
+                raise UserError(f"{flag}: invalid value {value}")
+        if (self.val_query is None) != (self.val_gallery is None):
+            raise UserError("--val-query and --val-gallery go together")
+        try:
+            build_loss(self.loss, **self.loss_kwargs())
+        except ValueError as exc:
+            raise UserError(f"--loss {self.loss}: {exc}") from None
+
+
+def cli_fields() -> list:
+    """The ``TrainConfig`` fields that are ``vidret train`` flags, in the dataclass's order."""
+    return [f for f in fields(TrainConfig) if f.metadata.get("cli", True)]
