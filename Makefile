@@ -33,7 +33,8 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check training indexing service benchmarks tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

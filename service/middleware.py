@@ -84,7 +84,8 @@ class LimitBodySize:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise HTTPException(413, self.detail)  # answered by the app's HTTP error handler
+                    # answered by the app's error handler; closing the connection stops the client sending more
+                    raise HTTPException(413, self.detail, headers={"Connection": "close"})
             return message
 
         await self.app(scope, counting_receive, send)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +61,19 @@ def embeddings(checkpoint: Path, synth_dir: Path, tmp_path_factory: pytest.TempP
                       paths[split], "--workers", "0")
         assert res.returncode == 0, res.stderr[-3000:]
     return paths
+
+
+def write_container(path: Path, frames: Any, fmt: str, codec: str) -> Path:
+    """Encode ``frames`` (uint8, T x H x W x 3) into the container ``fmt`` with ``codec`` (PyAV), for tests of container handling."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=12)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

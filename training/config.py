@@ -40,8 +40,8 @@ class TrainConfig:
     val_query: str | None = opt(None, "Validation query manifest (mAP/CMC every epoch).", cli_type=Path)
     val_gallery: str | None = opt(None, "Validation gallery manifest.", cli_type=Path)
     loss: str = opt("imae", "cce | mae | gce | sce | imae.")
-    imae_t: float = opt(8.0, "IMAE temperature T: weight exp(T p_y (1 - p_y)); choose it on a validation split "
-                             "(2-4 did best from scratch; README, Does IMAE help?).")
+    imae_t: float = opt(4.0, "IMAE temperature T: weight exp(T p_y (1 - p_y)). 4 did best or near best in every "
+                             "study we ran (docs/losses.md, Choosing T); choose it on a validation split.")
     imae_normalize: str = opt("weight", "IMAE batch reduction: weight (divide by total weight) | mean.")
     gce_q: float = opt(0.7, "GCE q.")
     sce_alpha: float = opt(0.1, "SCE alpha (CE term).")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -13,23 +12,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import run_cli
 
 KEY = "s3cret"
-
-
-@pytest.fixture(scope="module")
-def index_dir(embeddings: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("svc") / "index"
-    res = run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", out)
-    assert res.returncode == 0, res.stderr
-    return out
-
-
-@pytest.fixture()
-def fresh_index(index_dir: Path, tmp_path: Path) -> Path:
-    shutil.copytree(index_dir, tmp_path / "index")
-    return tmp_path / "index"
 
 
 def _client(index: Path, checkpoint: Path | None, **kw) -> TestClient:

@@ -4,7 +4,6 @@ binds to loopback or is told otherwise, an optional read key, a bounded /v1/eval
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import threading
 import time
@@ -16,7 +15,6 @@ from fastapi.testclient import TestClient
 from indexing.errors import UserError
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import run_cli
 
 WRITE, READ = "write-key", "read-key"
 ODD_AUTHORIZATION = {  # what clients and scanners send; the bytes go on the wire as they are
@@ -33,20 +31,6 @@ ODD_AUTHORIZATION = {  # what clients and scanners send; the bytes go on the wir
     "lower-case scheme, wrong key": b"bearer nope",
     "key without scheme": WRITE.encode(),
 }
-
-
-@pytest.fixture(scope="module")
-def index_dir(embeddings: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sec") / "index"
-    res = run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", out)
-    assert res.returncode == 0, res.stderr
-    return out
-
-
-@pytest.fixture()
-def fresh_index(index_dir: Path, tmp_path: Path) -> Path:
-    shutil.copytree(index_dir, tmp_path / "index")
-    return tmp_path / "index"
 
 
 def _client(index: Path, checkpoint: Path | None = None, **kw) -> TestClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import run_cli
+from tests.conftest import write_container
 from training.data.synth import write_mp4
 
 KEY = "s3cret"
@@ -29,34 +28,6 @@ def _frames(n: int, h: int, w: int) -> np.ndarray:
     f[..., 0] = (10 * np.arange(n, dtype=np.uint8))[:, None, None]
     f[..., 1] = 128
     return f
-
-
-def write_container(path: Path, frames: np.ndarray, fmt: str, codec: str) -> Path:
-    import av
-
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=12)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-@pytest.fixture(scope="module")
-def index_dir(embeddings: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("uploads") / "index"
-    res = run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", out)
-    assert res.returncode == 0, res.stderr
-    return out
-
-
-@pytest.fixture()
-def fresh_index(index_dir: Path, tmp_path: Path) -> Path:
-    shutil.copytree(index_dir, tmp_path / "index")
-    return tmp_path / "index"
 
 
 @pytest.fixture()

@@ -11,18 +11,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import run_cli
 
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture(scope="module")
-def index_dir(embeddings: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("race") / "index"
-    res = run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", out)
-    assert res.returncode == 0, res.stderr
-    return out
 
 
 def test_concurrent_adds_of_one_id_keep_the_winners_file(index_dir: Path, checkpoint: Path, synth_dir: Path,

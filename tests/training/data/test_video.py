@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import write_container
 from training.data.synth import write_mp4
 from training.data.video import (
     ClipSpec,
@@ -126,20 +127,6 @@ def test_middle_frame_thumbnail(media: dict[str, Path]) -> None:
 CONTAINERS = [(".mp4", "mp4", "libx264"), (".mov", "mov", "libx264"), (".mkv", "matroska", "libx264"),
               (".webm", "webm", "libvpx"), (".avi", "avi", "mpeg4"), (".mpg", "mpeg", "mpeg2video"),
               (".ts", "mpegts", "libx264")]
-
-
-def write_container(path: Path, frames: np.ndarray, fmt: str, codec: str) -> Path:
-    import av
-
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=12)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def _red(clip: torch.Tensor) -> list[float]:
