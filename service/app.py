@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexing.errors import UserError
-from service.api import evaluate, health, search, videos
+from service.api import evaluate, health, review, search, videos
 from service.deps import AUTH_RESPONSES, redact_paths, require_read_key
 from service.middleware import LimitBodySize, Metrics, RecordMetrics
 from service.settings import Settings
@@ -33,7 +33,7 @@ def _page_headers(html: str) -> dict[str, str]:
     scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
     csp = (f"default-src 'none'; script-src {hashes or NONE}; style-src 'unsafe-inline'; img-src 'self' blob:; "
-           "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+           "media-src 'self' blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
     return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
@@ -68,8 +68,9 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
                   description="Video retrieval: search by id, vector or uploaded video; add, delete, evaluate.")
     app.state.vidret = state
     app.include_router(health.router)  # /health, /ready, /metrics stay open
-    for module in (search, videos, evaluate):  # reads need VIDRET_READ_API_KEY when it is set (writes: their own)
-        app.include_router(module.router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
+    # reads need VIDRET_READ_API_KEY when it is set (writes: their own)
+    for router in (search.router, videos.router, evaluate.router, review.evaluation_router, review.router):
+        app.include_router(router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
     html = (WEB / "index.html").read_text(encoding="utf-8")
     page_headers = _page_headers(html)
 

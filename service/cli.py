@@ -74,6 +74,25 @@ def serve(
                 timeout_graceful_shutdown=5)
 
 
+review_app = typer.Typer(help="The label review of an index (decisions made on the web page or through the API).",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("export")
+def review_export(
+    index: Path = typer.Option(..., help="Index folder (its review.sqlite holds the decisions)."),
+    out: Path = typer.Option(..., help="Manifest CSV to write: path,label,id,camera."),
+) -> None:
+    """Write the cleaned manifest: every indexed video with the review's relabels applied and its drops left out
+    (as GET /v1/review/export). Paths of files inside the index folder are written relative to OUT's folder."""
+    from service.review import export_index
+
+    res = export_index(index, out)
+    note = f", {res.without_path} without a stored path left out" if res.without_path else ""
+    typer.echo(f"wrote {res.rows} videos to {out} ({res.dropped} dropped, {res.relabelled} relabelled{note})")
+
+
 # Options that take several values after one flag (``--t 1 2 4``), as the CLI contract writes them.
 MULTI_VALUE_FLAGS = ("--t", "--losses", "--rates")
 

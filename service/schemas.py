@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -102,3 +104,63 @@ class Status(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class QueryAP(BaseModel):
+    id: str
+    label: str
+    camera: str
+    ap: float | None = Field(..., description="The query's average precision; null when no other indexed video "
+                                              "counts as relevant to it (such queries are 'skipped').")
+
+
+class PerQueryResponse(EvaluateResponse):
+    queries: list[QueryAP] = Field(..., description="One entry per query, in the order asked.")
+
+
+class AuditInfo(BaseModel):
+    source: str = Field(..., description="'import' (an uploaded `vidret audit` CSV) or 'computed' (by the server "
+                                         "from its checkpoint).")
+    created_at: float
+    rows: int = Field(..., description="Rows in the stored audit (each names an indexed video).")
+
+
+class AuditImport(AuditInfo):
+    unknown_ids: int = Field(0, description="Rows of the upload whose id is not an indexed video (not stored).")
+    unknown_label: int = Field(0, description="Computed: videos whose label is not a class of the checkpoint.")
+    missing_file: int = Field(0, description="Computed: videos whose file is not available.")
+    undecodable: int = Field(0, description="Computed: videos whose file could not be decoded.")
+
+
+class DecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["keep", "relabel", "drop"]
+    label: str | None = Field(None, description="The new label; only (and then required) with 'relabel'.")
+
+
+class DecisionInfo(BaseModel):
+    id: str
+    action: str
+    label: str | None
+    decided_at: float
+
+
+class ReviewItem(BaseModel):
+    id: str
+    label: str = Field(..., description="The label the index holds for the video.")
+    camera: str
+    audit_label: str = Field(..., description="The label the audit scored (normally the same as label).")
+    p_label: float
+    predicted: str
+    p_predicted: float
+    suspicion: float
+    decision: DecisionInfo | None
+    neighbours: list[Hit]
+
+
+class ReviewQueue(BaseModel):
+    items: list[ReviewItem]
+    total: int = Field(..., description="Audited videos that are in the index (after the 'undecided' filter).")
+    offset: int
+    decided: int = Field(..., description="Audited videos with a decision.")
+    audit: AuditInfo | None

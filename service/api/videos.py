@@ -9,11 +9,13 @@ import secrets
 from functools import partial
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from indexing.index import DuplicateIdError, UnknownIdError
 from service.deps import ready_state, require_api_key
+from service.review import ReviewStore
 from service.schemas import VideoInfo, VideoList
 from service.state import ServiceState
 from service.uploads import embed_upload, require_model, save_upload
@@ -52,10 +54,29 @@ def _stored_name(vid: str, suffix: str) -> str:
     return f"{hashlib.sha1(vid.encode()).hexdigest()[:12]}_{safe}_{secrets.token_hex(8)}{suffix}"
 
 
+def _matching(state: ServiceState, q: str) -> list[str]:
+    """Ids of the videos whose id or label contains ``q`` (case-insensitive): those where one of them starts with
+    it first, then the others, each in index order."""
+    needle = q.casefold()
+    first, then = [], []
+    for vid in state.index.ids():
+        meta = state.index.get(vid)
+        if meta is None:
+            continue
+        vid_cf, label_cf = vid.casefold(), meta.label.casefold()
+        if vid_cf.startswith(needle) or label_cf.startswith(needle):
+            first.append(vid)
+        elif needle in vid_cf or needle in label_cf:
+            then.append(vid)
+    return first + then
+
+
 @router.get("", response_model=VideoList)
 def list_videos(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                q: str | None = Query(None, max_length=200, description="Only videos whose id or label contains "
+                                      "this (case-insensitive), those starting with it first; total counts them."),
                 state: ServiceState = Depends(ready_state)) -> VideoList:
-    ids = state.index.ids()
+    ids = state.index.ids() if not q else _matching(state, q)
     metas = [state.index.get(i) for i in ids[offset:offset + limit]]
     return VideoList(videos=[_info(state, m) for m in metas if m is not None], total=len(ids))
 
@@ -110,6 +131,90 @@ async def thumbnail(video_id: str, state: ServiceState = Depends(ready_state)) -
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
+VIDEO_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm", ".mkv": "video/x-matroska",
+               ".avi": "video/x-msvideo", ".mpg": "video/mpeg", ".ts": "video/mp2t"}  # by sniff_container's answer
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+_DIGITS = 18  # longer numbers are past any file's end (and int() of huge digit strings is refused)
+STREAM_CHUNK = 1 << 16
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range ``Range: bytes=a-b`` (or ``a-``, ``-n``) asks of a ``size``-byte file, as inclusive
+    (first, last); None to send the whole file: no header, several ranges, or one the server cannot read (RFC
+    9110 lets a server ignore those). 416 when the range lies past the end."""
+    if header is None:
+        return None
+    m = _RANGE.fullmatch(header)
+    if m is None or (not m[1] and not m[2]):
+        return None
+    unsatisfiable = HTTPException(416, f"range not satisfiable: the file has {size} bytes",
+                                  headers={"Content-Range": f"bytes */{size}"})
+    if not m[1]:  # the last n bytes
+        n = int(m[2]) if len(m[2]) <= _DIGITS else size
+        if n == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - n), size - 1
+    first = int(m[1]) if len(m[1]) <= _DIGITS else size
+    last = (int(m[2]) if len(m[2]) <= _DIGITS else size) if m[2] else size - 1
+    if m[2] and last < first:
+        return None  # not a valid range: ignored
+    if first >= size:
+        raise unsatisfiable
+    return first, min(last, size - 1)
+
+
+def _stream(fh, first: int, length: int):  # noqa: ANN001, ANN202 - an open file; a generator of bytes
+    try:
+        fh.seek(first)
+        while length > 0:
+            chunk = fh.read(min(STREAM_CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+    finally:
+        fh.close()
+
+
+@router.get("/{video_id:path}/video", response_class=Response,
+            responses={200: {"content": {t: {} for t in VIDEO_TYPES.values()}, "description": "the whole file"},
+                       206: {"content": {t: {} for t in VIDEO_TYPES.values()}, "description": "the range asked"},
+                       404: {}, 416: {}, 503: {}})
+async def video_file(video_id: str, range_header: str | None = Header(None, alias="Range", description="bytes="
+                                                                     "first-last, first- or -count: one range"),
+                     state: ServiceState = Depends(ready_state)) -> Response:
+    """The stored video file, for playback: ``Accept-Ranges: bytes``, 206 with one range, 416 past the end. Only
+    the file the video's metadata names (an added video's copy in the index's videos/ folder, or the indexed
+    file), and only if it is a video container."""
+    from training.data.video import sniff_file
+
+    meta = state.index.get(video_id)
+    if meta is None:
+        raise HTTPException(404, f"unknown video id {video_id!r}")
+    try:
+        if not meta.path or not os.path.isfile(meta.path):
+            raise FileNotFoundError
+        kind = await run_in_threadpool(sniff_file, meta.path)
+        fh = open(meta.path, "rb")  # closed by the stream, or below
+    except OSError:
+        raise HTTPException(404, f"the video file of {video_id!r} is not available") from None
+    try:
+        if kind not in VIDEO_TYPES:  # a frame folder or list, or not a video: nothing a browser plays
+            raise HTTPException(404, f"the video of {video_id!r} is not stored as a video file")
+        size = os.fstat(fh.fileno()).st_size
+        span = byte_range(range_header, size)
+    except BaseException:
+        fh.close()
+        raise
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
+    first, last = span if span is not None else (0, size - 1)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    headers["Content-Length"] = str(last - first + 1)
+    return StreamingResponse(_stream(fh, first, last - first + 1), status_code=206 if span else 200,
+                             media_type=VIDEO_TYPES[kind], headers=headers)
+
+
 @router.get("/{video_id:path}", response_model=VideoInfo, responses={404: {}, 503: {}})
 def get_video(video_id: str, state: ServiceState = Depends(ready_state)) -> VideoInfo:
     meta = state.index.get(video_id)
@@ -130,5 +235,6 @@ async def delete_video(video_id: str, state: ServiceState = Depends(ready_state)
         raise HTTPException(404, f"unknown video id {video_id!r}") from None
     if _is_stored(state, meta.path):
         Path(meta.path).unlink(missing_ok=True)
+    await run_in_threadpool(ReviewStore(state.settings.index).forget, video_id)  # its review goes with it
     await run_in_threadpool(state.note_write)
     return Response(status_code=204)

@@ -192,12 +192,15 @@ def test_every_published_route_is_under_the_read_and_write_policies(index_dir: P
     every /v1 route refuses a request without a key; every route that is not a known read-only one is a write and is
     refused, even with the read key, on a server without a write key that listens on all interfaces."""
     reads = {("post", "/v1/search"), ("post", "/v1/search/batch"), ("post", "/v1/search/video"),
-             ("post", "/v1/evaluate")}
+             ("post", "/v1/evaluate"), ("post", "/v1/evaluate/queries")}
     with _client(index_dir, host="0.0.0.0", read_api_key=READ) as c:
         paths = c.get("/openapi.json").json()["paths"]
         operations = [(method, path) for path, item in paths.items() for method in item]
         writes = [(m, p) for m, p in operations if m not in ("get", "head") and (m, p) not in reads]
-        assert sorted(writes) == [("delete", "/v1/videos/{video_id}"), ("post", "/v1/videos")]
+        assert sorted(writes) == [("delete", "/v1/videos/{video_id}"), ("post", "/v1/review/audit"),
+                                  ("post", "/v1/review/audit/compute"), ("post", "/v1/videos"),
+                                  ("put", "/v1/review/decisions/{video_id}")]
+        writes.append(("get", "/v1/review/export"))  # a read that shows server paths: under the write policy
         for method, path in operations:
             url = path.replace("{video_id}", "id0008_c2_s1")
             if path.startswith("/v1/"):
