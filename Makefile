@@ -46,11 +46,11 @@ $(DEMO)/dataset/synth.json: | $(STAMP)
 $(DEMO)/run/checkpoints/last.pt: $(DEMO)/dataset/synth.json
 	$(VIDRET) train --train $(DEMO)/dataset/train.csv --val-query $(DEMO)/dataset/query.csv \
 		--val-gallery $(DEMO)/dataset/gallery.csv --out $(DEMO)/run --resume --loss imae --imae-t $(DEMO_IMAE_T) \
-		--model $(DEMO_MODEL) --frames 8 --size 48 --epochs $(DEMO_EPOCHS) --batch-size 32 --lr 1e-3 --workers 0 \
+		--model $(DEMO_MODEL) --frames 8 --size 48 --epochs $(DEMO_EPOCHS) --batch-size 32 --lr 1e-3 \
 		--cache --device auto
 
 $(DEMO)/%.npz: $(DEMO)/run/checkpoints/last.pt
-	$(VIDRET) embed --checkpoint $< --manifest $(DEMO)/dataset/$*.csv --out $@ --workers 0
+	$(VIDRET) embed --checkpoint $< --manifest $(DEMO)/dataset/$*.csv --out $@
 
 $(DEMO)/index/index.json: $(DEMO)/gallery.npz
 	rm -rf $(DEMO)/index

@@ -61,17 +61,26 @@ def main() -> None:
         for p in paths:
             naive_clip(p, spec)
         t_naive = (time.perf_counter() - t0) / count
-        print(f"16-frame clip: ours {t_ours * 1e3:.0f} ms, whole-video PyAV decode {t_naive * 1e3:.0f} ms -> "
-              f"{t_naive / t_ours:.1f}x faster (target >= 2x); ours returns {tuple(ours.shape)} resized at decode")
+        print(
+            f"16-frame clip: ours {t_ours * 1e3:.0f} ms, whole-video PyAV decode {t_naive * 1e3:.0f} ms -> "
+            f"{t_naive / t_ours:.1f}x faster (target >= 2x); ours returns {tuple(ours.shape)} resized at decode"
+        )
         rows = [VideoRow(path=str(paths[i % count]), id=str(i), label="a") for i in range(12)]
         ds = VideoDataset(rows, spec, train=True, class_to_idx={"a": 0}, seed=0)
         for workers in (0, 1, 2):
-            loader = DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate,
-                                worker_init_fn=worker_init if workers else None)
+            loader = DataLoader(
+                ds,
+                batch_size=4,
+                num_workers=workers,
+                collate_fn=collate,
+                worker_init_fn=worker_init if workers else None,
+            )
             t0 = time.perf_counter()
             n = sum(int(b["clip"].shape[0]) for b in loader)
-            print(f"DataLoader, {workers} worker(s): {n / (time.perf_counter() - t0):.1f} clips/s "
-                  f"(decode + augment, {torch.get_num_threads()} torch threads in the parent)")
+            print(
+                f"DataLoader, {workers} worker(s): {n / (time.perf_counter() - t0):.1f} clips/s "
+                f"(decode + augment, {torch.get_num_threads()} torch threads in the parent)"
+            )
 
 
 if __name__ == "__main__":

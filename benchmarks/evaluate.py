@@ -18,18 +18,26 @@ from indexing.embeddings import l2_normalize
 from indexing.metrics import evaluate_retrieval
 
 
-def problem(nq: int, ng: int, dim: int = 128, ids: int = 1000, cams: int = 6, seed: int = 0):  # noqa: ANN201
+def problem(nq: int, ng: int, dim: int = 128, ids: int = 1000, cams: int = 6, seed: int = 0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(ids, dim))
     gl = rng.integers(0, ids, ng)
     g = l2_normalize(centres[gl] + 1.5 * rng.normal(size=(ng, dim)))
     ql = rng.integers(0, ids, nq)
     q = l2_normalize(centres[ql] + 1.5 * rng.normal(size=(nq, dim)))
-    return (q, [f"q{i}" for i in range(nq)], ql.astype(str), rng.integers(0, cams, nq).astype(str),
-            g, [f"g{i}" for i in range(ng)], gl.astype(str), rng.integers(0, cams, ng).astype(str))
+    return (
+        q,
+        [f"q{i}" for i in range(nq)],
+        ql.astype(str),
+        rng.integers(0, cams, nq).astype(str),
+        g,
+        [f"g{i}" for i in range(ng)],
+        gl.astype(str),
+        rng.integers(0, cams, ng).astype(str),
+    )
 
 
-def naive(q, qi, ql, qc, g, gi, gl, gc, ks=(1, 5, 10)):  # noqa: ANN001, ANN201
+def naive(q, qi, ql, qc, g, gi, gl, gc, ks=(1, 5, 10)):
     """The textbook loop: per query, argsort all scores, drop junk, walk the list."""
     gl, gc, gi = np.asarray(gl), np.asarray(gc), np.asarray(gi)
     aps, firsts = [], []
@@ -47,7 +55,7 @@ def naive(q, qi, ql, qc, g, gi, gl, gc, ks=(1, 5, 10)):  # noqa: ANN001, ANN201
     return float(np.mean(aps)), {k: float(np.mean(f <= k)) for k in ks}
 
 
-def peak_rss_during(fn) -> tuple[float, float]:  # noqa: ANN001
+def peak_rss_during(fn) -> tuple[float, float]:
     proc = psutil.Process()
     base = proc.memory_info().rss
     peak = [base]
@@ -81,14 +89,18 @@ def main() -> None:
     ref_map, ref_cmc = naive(*data)
     t_naive = time.perf_counter() - t0
     same = abs(ours.mAP - ref_map) < 1e-6 and all(abs(ours.cmc[k] - ref_cmc[k]) < 1e-6 for k in ref_cmc)
-    print(f"{nq} queries x {ng} gallery, cameras: ours {t_ours:.2f} s, per-query loop {t_naive:.2f} s -> "
-          f"{t_naive / t_ours:.1f}x faster (target >= 10x); mAP {ours.mAP:.6f} vs {ref_map:.6f}, "
-          f"identical to 1e-6: {same}")
+    print(
+        f"{nq} queries x {ng} gallery, cameras: ours {t_ours:.2f} s, per-query loop {t_naive:.2f} s -> "
+        f"{t_naive / t_ours:.1f}x faster (target >= 10x); mAP {ours.mAP:.6f} vs {ref_map:.6f}, "
+        f"identical to 1e-6: {same}"
+    )
     big = problem(mq, mg, seed=1)
     raw = (mq * mg * 4) / 2**20
     mem, secs = peak_rss_during(lambda: evaluate_retrieval(*big, memory_budget_mb=256))
-    print(f"{mq} x {mg}: peak extra memory {mem:.0f} MiB in {secs:.1f} s (a full score matrix would be "
-          f"{raw:.0f} MiB; block budget 256 MiB)")
+    print(
+        f"{mq} x {mg}: peak extra memory {mem:.0f} MiB in {secs:.1f} s (a full score matrix would be "
+        f"{raw:.0f} MiB; block budget 256 MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     imae = build_loss("imae", t=8.0)
     print(f"device={device} threads={torch.get_num_threads()} repeats={args.repeats} (min time)")
     print(f"{'logits':>14} {'cross_entropy ms':>17} {'imae ms':>9} {'ratio':>7}  target <= 2.0x")

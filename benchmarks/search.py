@@ -21,8 +21,8 @@ def qps(ix: VideoIndex, q: np.ndarray, batch: int, seconds: float = 3.0) -> floa
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for s in range(0, len(q), batch):
-            ix.search(q[s:s + batch], 10)
-            done += len(q[s:s + batch])
+            ix.search(q[s : s + batch], 10)
+            done += len(q[s : s + batch])
             if time.perf_counter() - t0 >= seconds:
                 break
     return done / (time.perf_counter() - t0)
@@ -46,12 +46,16 @@ def main() -> None:
         truth = flat.search(q, 10)
         found = auto.search(q, 10)
         recall = np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(found, truth, strict=True)])
-        print(f"{n} x {dim} clustered: auto chose {auto.type} {auto.info['params']} (built in {t_build:.1f} s); "
-              f"recall@10 vs exact on 1000 new queries: {recall:.4f} (target >= 0.95)")
+        print(
+            f"{n} x {dim} clustered: auto chose {auto.type} {auto.info['params']} (built in {t_build:.1f} s); "
+            f"recall@10 vs exact on 1000 new queries: {recall:.4f} (target >= 0.95)"
+        )
         for batch in (1, 256):
             f, a = qps(flat, q, batch), qps(auto, q, batch)
-            print(f"batch {batch:>3}: flat {f:9.0f} q/s, auto {a:9.0f} q/s -> {a / f:.1f}x"
-                  + ("  (target >= 5x)" if batch == 1 else ""))
+            print(
+                f"batch {batch:>3}: flat {f:9.0f} q/s, auto {a:9.0f} q/s -> {a / f:.1f}x"
+                + ("  (target >= 5x)" if batch == 1 else "")
+            )
 
 
 if __name__ == "__main__":

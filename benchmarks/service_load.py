@@ -31,7 +31,7 @@ from indexing.embeddings import Embeddings, l2_normalize
 from indexing.index import VideoIndex
 
 
-def run_clients(n: int, seconds: float, call) -> tuple[list[float], int]:  # noqa: ANN001
+def run_clients(n: int, seconds: float, call) -> tuple[list[float], int]:
     lat: list[list[float]] = [[] for _ in range(n)]
     errors = [0] * n
     stop = time.perf_counter() + seconds
@@ -80,8 +80,10 @@ def http_client(port: int, start: float, seconds: float, dim: int, seed: int, ou
 def summary(name: str, lat: list[float], errors: int, seconds: float) -> float:
     a = np.asarray(lat) * 1e3
     qps = len(a) / seconds
-    print(f"{name:>10}: {qps:8.0f} q/s, p50 {np.percentile(a, 50):6.2f} ms, p99 {np.percentile(a, 99):6.2f} ms, "
-          f"p99/p50 {np.percentile(a, 99) / np.percentile(a, 50):.1f}, errors {errors}")
+    print(
+        f"{name:>10}: {qps:8.0f} q/s, p50 {np.percentile(a, 50):6.2f} ms, p99 {np.percentile(a, 99):6.2f} ms, "
+        f"p99/p50 {np.percentile(a, 99) / np.percentile(a, 50):.1f}, errors {errors}"
+    )
     return qps
 
 
@@ -101,7 +103,7 @@ def main() -> None:
 
         queries = rng.normal(size=(64, dim)).astype(np.float32)
 
-        def local(r) -> bool:  # noqa: ANN001
+        def local(r) -> bool:
             return len(ix.search(queries[r.integers(64)][None, :], 10)[0]) == 10
 
         lat, err = run_clients(args.clients, seconds, local)
@@ -110,8 +112,21 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--index", f"{tmp}/ix", "--port",
-                                   str(port), "--log-level", "warning"], env={**os.environ})
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--index",
+                f"{tmp}/ix",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env={**os.environ},
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(600):
@@ -124,8 +139,9 @@ def main() -> None:
             ctx = mp.get_context("fork")
             out: mp.Queue = ctx.Queue()
             start = time.monotonic() + 1.0
-            procs = [ctx.Process(target=http_client, args=(port, start, seconds, dim, i, out))
-                     for i in range(args.clients)]
+            procs = [
+                ctx.Process(target=http_client, args=(port, start, seconds, dim, i, out)) for i in range(args.clients)
+            ]
             for p in procs:
                 p.start()
             parts = [out.get() for _ in procs]

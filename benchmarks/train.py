@@ -97,7 +97,7 @@ def timed_loader(record: list[EpochTiming]) -> type:
     """The trainer's DataLoader, unchanged, timing every batch of every epoch into ``record``."""
 
     class TimedLoader(trainer.DataLoader):
-        def __iter__(self):  # noqa: ANN204 - a generator
+        def __iter__(self):
             return _timed(super().__iter__(), record)
 
     return TimedLoader
@@ -130,7 +130,7 @@ def device_loader(device: torch.device, record: list[EpochTiming], keep: int = D
             for step in range(len(self)):
                 yield self._on_device[step % len(self._on_device)]
 
-        def __iter__(self):  # noqa: ANN204 - a generator
+        def __iter__(self):
             return _timed(self._cycle(), record)
 
     return DeviceLoader
@@ -165,9 +165,19 @@ class UtilSampler:
             gpu = visible[index].strip() if index < len(visible) and visible[index].strip() else str(index)
             try:
                 self._proc = subprocess.Popen(
-                    [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", gpu,
-                     "-lms", str(max(100, int(self.interval * 1000)))],
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                    [
+                        smi,
+                        "--query-gpu=utilization.gpu",
+                        "--format=csv,noheader,nounits",
+                        "-i",
+                        gpu,
+                        "-lms",
+                        str(max(100, int(self.interval * 1000))),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
             except OSError:
                 return self
             self.source = "nvidia-smi"
@@ -239,10 +249,14 @@ def summarise(history: list[dict[str, float]], timings: list[EpochTiming], skip:
         half = len(timing.sizes) // 2
         w, a = timing.wait(half)
         steady_clips, steady_wait, steady_all = steady_clips + sum(timing.sizes[half:]), steady_wait + w, steady_all + a
-    return {"clips_per_s": clips / loop_s if loop_s else 0.0, "data_wait_share": wait_s / loop_s if loop_s else 0.0,
-            "steady_clips_per_s": steady_clips / steady_all if steady_all else 0.0,
-            "steady_wait_share": steady_wait / steady_all if steady_all else 0.0,
-            "epochs_measured": len(pairs), "clips_measured": int(clips)}
+    return {
+        "clips_per_s": clips / loop_s if loop_s else 0.0,
+        "data_wait_share": wait_s / loop_s if loop_s else 0.0,
+        "steady_clips_per_s": steady_clips / steady_all if steady_all else 0.0,
+        "steady_wait_share": steady_wait / steady_all if steady_all else 0.0,
+        "epochs_measured": len(pairs),
+        "clips_measured": int(clips),
+    }
 
 
 @contextlib.contextmanager
@@ -256,16 +270,40 @@ def _patched(loader_cls: type) -> Iterator[None]:
         trainer.DataLoader, plots.plot_training = saved
 
 
-def measure(train_csv: Path, out: Path, *, model: str, frames: int, size: int, batch_size: int, epochs: int,
-            workers: int, device: str, compute_only: bool = False, precision: str = "auto",
-            compile_model: bool = False) -> Measurement:
+def measure(
+    train_csv: Path,
+    out: Path,
+    *,
+    model: str,
+    frames: int,
+    size: int,
+    batch_size: int,
+    epochs: int,
+    workers: int,
+    device: str,
+    compute_only: bool = False,
+    precision: str = "auto",
+    compile_model: bool = False,
+) -> Measurement:
     """One fit() of ``epochs`` epochs: the real pipeline with ``workers``, or compute-only."""
     dev = select_device(device)
     record: list[EpochTiming] = []
     loader = device_loader(dev, record) if compute_only else timed_loader(record)
-    cfg = trainer.TrainConfig(train=str(train_csv), out=str(out), model=model, frames=frames, size=size,
-                              epochs=epochs, batch_size=batch_size, workers=0 if compute_only else workers,
-                              device=device, precision=precision, compile=compile_model, quiet=True, loss="imae")
+    cfg = trainer.TrainConfig(
+        train=str(train_csv),
+        out=str(out),
+        model=model,
+        frames=frames,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        workers=0 if compute_only else workers,
+        device=device,
+        precision=precision,
+        compile=compile_model,
+        quiet=True,
+        loss="imae",
+    )
     sampler = UtilSampler(dev).start()
     t0 = time.perf_counter()
     try:
@@ -278,11 +316,25 @@ def measure(train_csv: Path, out: Path, *, model: str, frames: int, size: int, b
     fig = summarise(res.history, record)
     first = 1 if len(record) > 1 else 0
     util = sampler.mean([(t.start, t.end) for t in record[first:]])
-    return Measurement(model, frames, size, batch_size, "compute-only" if compute_only else "pipeline",
-                       0 if compute_only else workers, resolved["resolved_device"], resolved["resolved_precision"],
-                       sum(record[-1].sizes) if record else 0, int(fig["epochs_measured"]), fig["clips_per_s"],
-                       fig["data_wait_share"], fig["steady_clips_per_s"], fig["steady_wait_share"], util,
-                       sampler.source, seconds)
+    return Measurement(
+        model,
+        frames,
+        size,
+        batch_size,
+        "compute-only" if compute_only else "pipeline",
+        0 if compute_only else workers,
+        resolved["resolved_device"],
+        resolved["resolved_precision"],
+        sum(record[-1].sizes) if record else 0,
+        int(fig["epochs_measured"]),
+        fig["clips_per_s"],
+        fig["data_wait_share"],
+        fig["steady_clips_per_s"],
+        fig["steady_wait_share"],
+        util,
+        sampler.source,
+        seconds,
+    )
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
@@ -325,12 +377,22 @@ def verdicts(results: list[Measurement]) -> list[dict[str, Any]]:
         ratio = m.clips_per_s / base.clips_per_s if base and base.clips_per_s > 0 else None
         steady = m.steady_clips_per_s / base.steady_clips_per_s if base and base.steady_clips_per_s > 0 else None
         on_gpu = m.device.startswith("cuda")
-        out.append({"model": m.model, "frames": m.frames, "size": m.size, "batch_size": m.batch_size,
-                    "workers": m.workers, "device": m.device, "data_wait_share": m.data_wait_share,
-                    "steady_wait_share": m.steady_wait_share, "ratio_to_compute_only": ratio,
-                    "steady_ratio_to_compute_only": steady,
-                    "wait_goal_met": (m.steady_wait_share <= WAIT_GOAL) if on_gpu else None,
-                    "ratio_goal_met": (steady >= RATIO_GOAL) if on_gpu and steady is not None else None})
+        out.append(
+            {
+                "model": m.model,
+                "frames": m.frames,
+                "size": m.size,
+                "batch_size": m.batch_size,
+                "workers": m.workers,
+                "device": m.device,
+                "data_wait_share": m.data_wait_share,
+                "steady_wait_share": m.steady_wait_share,
+                "ratio_to_compute_only": ratio,
+                "steady_ratio_to_compute_only": steady,
+                "wait_goal_met": (m.steady_wait_share <= WAIT_GOAL) if on_gpu else None,
+                "ratio_goal_met": (steady >= RATIO_GOAL) if on_gpu and steady is not None else None,
+            }
+        )
     return out
 
 
@@ -347,45 +409,62 @@ def report(results: list[Measurement]) -> str:
     for model, frames, size, batch in cases:
         ms = [m for m in results if (m.model, m.frames, m.size, m.batch_size) == (model, frames, size, batch)]
         base = next((m for m in ms if m.mode == "compute-only"), None)
-        lines.append(f"{model} {frames}x{size}, batch {batch}, {ms[0].device} {ms[0].precision}, "
-                     f"{ms[0].clips_per_epoch} clips/epoch, {ms[0].epochs_measured} epoch(s) measured "
-                     "(per epoch as metrics.csv reports it | steady: second half of each epoch):")
-        lines.append(f"  {'workers':>7}  {'clips/s':>8}  {'wait':>5}  {'vs c-o':>7} | {'clips/s':>8}  {'wait':>5}  "
-                     f"{'vs c-o':>7} | {'GPU util':>8}")
+        lines.append(
+            f"{model} {frames}x{size}, batch {batch}, {ms[0].device} {ms[0].precision}, "
+            f"{ms[0].clips_per_epoch} clips/epoch, {ms[0].epochs_measured} epoch(s) measured "
+            "(per epoch as metrics.csv reports it | steady: second half of each epoch):"
+        )
+        lines.append(
+            f"  {'workers':>7}  {'clips/s':>8}  {'wait':>5}  {'vs c-o':>7} | {'clips/s':>8}  {'wait':>5}  "
+            f"{'vs c-o':>7} | {'GPU util':>8}"
+        )
         pipeline = sorted((m for m in ms if m.mode == "pipeline"), key=lambda m: m.workers)
         for m, v in zip(pipeline, sorted(verdicts(ms), key=lambda v: v["workers"]), strict=True):
-            lines.append(f"  {m.workers:>7}  {m.clips_per_s:>8.1f}  {_pct(m.data_wait_share):>5}  "
-                         f"{_x(v['ratio_to_compute_only']):>7} | {m.steady_clips_per_s:>8.1f}  "
-                         f"{_pct(m.steady_wait_share):>5}  {_x(v['steady_ratio_to_compute_only']):>7} | "
-                         f"{_pct(m.gpu_util):>8}")
+            lines.append(
+                f"  {m.workers:>7}  {m.clips_per_s:>8.1f}  {_pct(m.data_wait_share):>5}  "
+                f"{_x(v['ratio_to_compute_only']):>7} | {m.steady_clips_per_s:>8.1f}  "
+                f"{_pct(m.steady_wait_share):>5}  {_x(v['steady_ratio_to_compute_only']):>7} | "
+                f"{_pct(m.gpu_util):>8}"
+            )
         if base is not None:
-            lines.append(f"  compute-only (clips already on the device): {base.clips_per_s:.1f} clips/s per epoch, "
-                         f"{base.steady_clips_per_s:.1f} steady, GPU util {_pct(base.gpu_util)} "
-                         f"({base.gpu_util_source})")
+            lines.append(
+                f"  compute-only (clips already on the device): {base.clips_per_s:.1f} clips/s per epoch, "
+                f"{base.steady_clips_per_s:.1f} steady, GPU util {_pct(base.gpu_util)} "
+                f"({base.gpu_util_source})"
+            )
         for v in sorted(verdicts(ms), key=lambda v: v["workers"]):
             if v["wait_goal_met"] is not None:
-                lines.append(f"  goal, --workers {v['workers']} (steady): data wait {_pct(v['steady_wait_share'])} "
-                             f"<= {WAIT_GOAL:.0%} {MARKS[v['wait_goal_met']]}; "
-                             f"{_x(v['steady_ratio_to_compute_only'])} >= {RATIO_GOAL}x compute-only "
-                             f"{MARKS[v['ratio_goal_met']]}")
+                lines.append(
+                    f"  goal, --workers {v['workers']} (steady): data wait {_pct(v['steady_wait_share'])} "
+                    f"<= {WAIT_GOAL:.0%} {MARKS[v['wait_goal_met']]}; "
+                    f"{_x(v['steady_ratio_to_compute_only'])} >= {RATIO_GOAL}x compute-only "
+                    f"{MARKS[v['ratio_goal_met']]}"
+                )
     return "\n".join(lines)
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__, "cpus": os.cpu_count(),
-                            "device": str(device)}
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return info
 
 
-def write_json(path: Path | None, device: torch.device, args: argparse.Namespace,
-               results: list[Measurement]) -> None:
+def write_json(path: Path | None, device: torch.device, args: argparse.Namespace, results: list[Measurement]) -> None:
     if path is None:
         return
-    doc = {"machine": machine_info(device), "args": {k: v for k, v in vars(args).items() if k != "json"},
-           "goals": {"data_wait_share_max": WAIT_GOAL, "ratio_to_compute_only_min": RATIO_GOAL},
-           "results": [asdict(m) for m in results], "verdicts": verdicts(results)}
+    doc = {
+        "machine": machine_info(device),
+        "args": {k: v for k, v in vars(args).items() if k != "json"},
+        "goals": {"data_wait_share_max": WAIT_GOAL, "ratio_to_compute_only_min": RATIO_GOAL},
+        "results": [asdict(m) for m in results],
+        "verdicts": verdicts(results),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str))
@@ -397,8 +476,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny3d 8x64 on a small dataset")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--workers", type=int, nargs="+", default=[default_workers()],
-                    help="DataLoader worker counts to measure, e.g. 0 4 8")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[default_workers()],
+        help="DataLoader worker counts to measure, e.g. 0 4 8",
+    )
     ap.add_argument("--model", help="one case: this backbone (default: tiny3d 16x112 and r2plus1d_18 8x112)")
     ap.add_argument("--frames", type=int, help="frames per clip of --model (16)")
     ap.add_argument("--size", type=int, help="crop size of --model (112)")
@@ -434,26 +518,48 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
         data = args.data
         if data is None:
             data = Path(tmp) / "data"
-            generate(data, SynthConfig(identities=args.identities or (16 if args.quick else 24), cameras=2,
-                                       clips_per_camera=2, frames=32, size=80 if args.quick else 128))
+            generate(
+                data,
+                SynthConfig(
+                    identities=args.identities or (16 if args.quick else 24),
+                    cameras=2,
+                    clips_per_camera=2,
+                    frames=32,
+                    size=80 if args.quick else 128,
+                ),
+            )
         train = repeated_manifest(data / "train.csv", Path(tmp) / "train_repeated.csv", args.repeat)
-        print(f"{os.cpu_count()} CPUs, device {device}"
-              + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-              + f", --workers {' '.join(map(str, args.workers))}", flush=True)
+        print(
+            f"{os.cpu_count()} CPUs, device {device}"
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+            + f", --workers {' '.join(map(str, args.workers))}",
+            flush=True,
+        )
         for model, frames, size in cases(args):
-            common = {"model": model, "frames": frames, "size": size, "batch_size": args.batch_size,
-                      "epochs": args.epochs, "device": args.device, "precision": args.precision,
-                      "compile_model": args.compile}
+            common = {
+                "model": model,
+                "frames": frames,
+                "size": size,
+                "batch_size": args.batch_size,
+                "epochs": args.epochs,
+                "device": args.device,
+                "precision": args.precision,
+                "compile_model": args.compile,
+            }
             # the baseline first: with a time limit outside, the figures it makes sense of come first
             runs = ([] if args.no_compute_only else [(0, True)]) + [(w, False) for w in args.workers]
             for workers, compute_only in runs:
                 name = f"{model}_{'device' if compute_only else f'w{workers}'}"
                 m = measure(train, Path(tmp) / name, workers=workers, compute_only=compute_only, **common)
                 results.append(m)
-                print(f"  {model} {m.mode}" + ("" if compute_only else f" --workers {m.workers}")
-                      + f": {m.clips_per_s:.1f} clips/s, data wait {_pct(m.data_wait_share)} (steady "
-                      f"{m.steady_clips_per_s:.1f} clips/s, wait {_pct(m.steady_wait_share)}), GPU util "
-                      f"{_pct(m.gpu_util)} [{m.seconds:.0f} s]", flush=True)
+                print(
+                    f"  {model} {m.mode}"
+                    + ("" if compute_only else f" --workers {m.workers}")
+                    + f": {m.clips_per_s:.1f} clips/s, data wait {_pct(m.data_wait_share)} (steady "
+                    f"{m.steady_clips_per_s:.1f} clips/s, wait {_pct(m.steady_wait_share)}), GPU util "
+                    f"{_pct(m.gpu_util)} [{m.seconds:.0f} s]",
+                    flush=True,
+                )
                 write_json(args.json, device, args, results)
                 shutil.rmtree(Path(tmp) / name, ignore_errors=True)  # checkpoints of large models add up
     print(report(results), flush=True)

@@ -27,14 +27,22 @@ def build_cmd(
     from indexing.index import VideoIndex
 
     emb = load_embeddings(embeddings)
-    ix = VideoIndex.build(emb, out, type=type_, metric=metric, gpu=gpu, checkpoint_sha256=emb.checkpoint_sha256,
-                          memory_budget_mb=memory_budget_mb, overwrite=overwrite)
+    ix = VideoIndex.build(
+        emb,
+        out,
+        type=type_,
+        metric=metric,
+        gpu=gpu,
+        checkpoint_sha256=emb.checkpoint_sha256,
+        memory_budget_mb=memory_budget_mb,
+        overwrite=overwrite,
+    )
     params = ", ".join(f"{k}={v}" for k, v in ix.info.get("params", {}).items())
     typer.echo(f"built {ix.type} index ({params or 'exact'}) of {ix.count} vectors, dim {ix.dim}, {ix.metric} -> {out}")
     ix.close()
 
 
-def print_scores(scores, title: str) -> None:  # noqa: ANN001 - RetrievalScores
+def print_scores(scores, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -76,8 +84,9 @@ def evaluate_cmd(
         metric = metric or ix.metric
         if depth is not None:
             hits = ix.search(q.embeddings, depth)
-            res = evaluate_ranked_lists([[h.id for h in hs] for hs in hits], q.ids, q.labels, q.cameras, g_ids,
-                                        g_labels, g_cams, ks=ks)
+            res = evaluate_ranked_lists(
+                [[h.id for h in hs] for hs in hits], q.ids, q.labels, q.cameras, g_ids, g_labels, g_cams, ks=ks
+            )
         ix.close()
     else:
         g = load_embeddings(gallery)
@@ -85,10 +94,13 @@ def evaluate_cmd(
     if depth is None:
         if vecs.shape[1] != q.dim:
             raise UserError(f"queries have dimension {q.dim}, the gallery {vecs.shape[1]}")
-        res = evaluate_retrieval(q.embeddings, q.ids, q.labels, q.cameras, vecs, g_ids, g_labels, g_cams, ks=ks,
-                                 metric=metric or "cosine")
-    print_scores(res, f"retrieval: {len(q)} queries vs {len(g_ids)} gallery videos"
-                      + (f" (top-{depth})" if depth else " (exact)"))
+        res = evaluate_retrieval(
+            q.embeddings, q.ids, q.labels, q.cameras, vecs, g_ids, g_labels, g_cams, ks=ks, metric=metric or "cosine"
+        )
+    print_scores(
+        res,
+        f"retrieval: {len(q)} queries vs {len(g_ids)} gallery videos" + (f" (top-{depth})" if depth else " (exact)"),
+    )
     if json_out is not None:
         from indexing.atomic import atomic_write_text
 

@@ -81,12 +81,17 @@ def load_embeddings(path: str | Path, normalize_check: bool = True) -> Embedding
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in ("ids", "embeddings", "labels", "cameras") if k not in data.files]
             if missing:
-                raise UserError(f"{path}: missing array(s) {', '.join(missing)} (expected ids, embeddings, labels, "
-                                f"cameras)")
-            emb = Embeddings(ids=data["ids"], embeddings=data["embeddings"], labels=data["labels"],
-                             cameras=data["cameras"], paths=data["paths"] if "paths" in data.files else None,
-                             checkpoint_sha256=str(data["checkpoint_sha256"]) if "checkpoint_sha256" in data.files
-                             else None)
+                raise UserError(
+                    f"{path}: missing array(s) {', '.join(missing)} (expected ids, embeddings, labels, cameras)"
+                )
+            emb = Embeddings(
+                ids=data["ids"],
+                embeddings=data["embeddings"],
+                labels=data["labels"],
+                cameras=data["cameras"],
+                paths=data["paths"] if "paths" in data.files else None,
+                checkpoint_sha256=str(data["checkpoint_sha256"]) if "checkpoint_sha256" in data.files else None,
+            )
             if data["embeddings"].dtype != np.float32:
                 raise UserError(f"{path}: embeddings must be float32, got {data['embeddings'].dtype}")
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -95,6 +100,7 @@ def load_embeddings(path: str | Path, normalize_check: bool = True) -> Embedding
     if normalize_check and len(emb):
         norms = np.linalg.norm(emb.embeddings, axis=1)
         if np.abs(norms - 1).max() > 1e-3:
-            raise UserError(f"{path}: embeddings are not L2-normalised (norms from {norms.min():.3g} to "
-                            f"{norms.max():.3g})")
+            raise UserError(
+                f"{path}: embeddings are not L2-normalised (norms from {norms.min():.3g} to {norms.max():.3g})"
+            )
     return emb

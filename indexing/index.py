@@ -115,7 +115,7 @@ class RWLock:
                 self._cond.notify_all()
 
 
-def _faiss():  # noqa: ANN202
+def _faiss():
     import faiss
 
     return faiss
@@ -213,8 +213,9 @@ def _recall_at_10(index: Any, queries: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
-def _tune(index: Any, kind: str, params: dict[str, int], vectors: np.ndarray, rows: np.ndarray, metric: str,
-          seed: int = 0) -> dict[str, int]:
+def _tune(
+    index: Any, kind: str, params: dict[str, int], vectors: np.ndarray, rows: np.ndarray, metric: str, seed: int = 0
+) -> dict[str, int]:
     """Smallest nprobe / efSearch reaching the target recall@10 vs exact search on a sample of the data."""
     if kind == "flat" or len(vectors) < 20:
         return params
@@ -245,6 +246,7 @@ def _tune(index: Any, kind: str, params: dict[str, int], vectors: np.ndarray, ro
 @dataclass(frozen=True)
 class _Copy:
     """An index's contents at one journal position, to be written without holding its lock."""
+
     seq: int
     vectors: np.ndarray
     rows: np.ndarray
@@ -259,8 +261,9 @@ def _generations(root: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _GEN.fullmatch(p.name)))
 
 
-def _write_generation(root: Path, gen: int, vectors: np.ndarray, rows: np.ndarray, faiss_data: np.ndarray,
-                      info: dict[str, Any]) -> None:
+def _write_generation(
+    root: Path, gen: int, vectors: np.ndarray, rows: np.ndarray, faiss_data: np.ndarray, info: dict[str, Any]
+) -> None:
     """Write gen-<gen>/ (each file fsynced, then the folders) and publish it by replacing index.json: before that
     rename readers see the previous snapshot, after it this one."""
     folder = _gen_dir(root, gen)
@@ -321,8 +324,17 @@ def _move_into_place(new: Path, out: Path) -> None:
 class VideoIndex:
     """A FAISS index with string ids and metadata; use ``build`` or ``load``."""
 
-    def __init__(self, path: Path, index: Any, info: dict[str, Any], store: MetadataStore, metas: list[VideoMeta],
-                 vectors: np.ndarray, rows: np.ndarray, gpu: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        index: Any,
+        info: dict[str, Any],
+        store: MetadataStore,
+        metas: list[VideoMeta],
+        vectors: np.ndarray,
+        rows: np.ndarray,
+        gpu: bool,
+    ) -> None:
         self.path, self._index, self.info, self.store = path, index, info, store
         self._lock = RWLock()
         self._gpu = gpu
@@ -361,9 +373,17 @@ class VideoIndex:
 
     # ---- build / load / save ----------------------------------------------------------------------------------
     @classmethod
-    def build(cls, emb: Embeddings, out_dir: str | Path, type: str = "auto", metric: str = "cosine",
-              gpu: bool | None = None, checkpoint_sha256: str | None = None, memory_budget_mb: float = 4096,
-              overwrite: bool = False) -> VideoIndex:
+    def build(
+        cls,
+        emb: Embeddings,
+        out_dir: str | Path,
+        type: str = "auto",
+        metric: str = "cosine",
+        gpu: bool | None = None,
+        checkpoint_sha256: str | None = None,
+        memory_budget_mb: float = 4096,
+        overwrite: bool = False,
+    ) -> VideoIndex:
         if type not in INDEX_TYPES:
             raise UserError(f"--type must be one of {', '.join(INDEX_TYPES)}, got {type!r}")
         if metric not in ("cosine", "l2"):
@@ -380,19 +400,32 @@ class VideoIndex:
         index, factory, params = _new_index(kind, dim, metric, n)
         if not index.is_trained:
             train_index = cls._to_gpu(index) if on_gpu else index
-            sample = vectors[np.random.default_rng(0).choice(n, size=min(n, 256 * params.get("nlist", 1)),
-                                                             replace=False)]
+            sample = vectors[
+                np.random.default_rng(0).choice(n, size=min(n, 256 * params.get("nlist", 1)), replace=False)
+            ]
             train_index.train(sample)
             index = cls._to_cpu(train_index) if on_gpu else index
         index.add_with_ids(vectors, rows)
         params = _tune(index, kind, params, vectors, rows, metric)
         now = time.time()
         paths = emb.paths if emb.paths is not None else [""] * n
-        metas = [VideoMeta(str(i), int(r), str(lab), str(cam), str(p), now)
-                 for i, r, lab, cam, p in zip(emb.ids, rows, emb.labels, emb.cameras, paths, strict=True)]
-        info = {"type": kind, "metric": metric, "dim": dim, "count": n, "checkpoint_sha256": checkpoint_sha256,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "factory": factory,
-                "params": params, "snapshot_seq": 0, "format": "vidret-index", "version": LAYOUT_VERSION}
+        metas = [
+            VideoMeta(str(i), int(r), str(lab), str(cam), str(p), now)
+            for i, r, lab, cam, p in zip(emb.ids, rows, emb.labels, emb.cameras, paths, strict=True)
+        ]
+        info = {
+            "type": kind,
+            "metric": metric,
+            "dim": dim,
+            "count": n,
+            "checkpoint_sha256": checkpoint_sha256,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "factory": factory,
+            "params": params,
+            "snapshot_seq": 0,
+            "format": "vidret-index",
+            "version": LAYOUT_VERSION,
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = _new_dir(out.parent, f".{out.name}.")
         try:
@@ -443,8 +476,9 @@ class VideoIndex:
         try:
             index = faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as exc:
-            raise UserError(f"{folder / 'index.faiss'}: corrupt FAISS index ({str(exc).splitlines()[0][:120]})"
-                            ) from None
+            raise UserError(
+                f"{folder / 'index.faiss'}: corrupt FAISS index ({str(exc).splitlines()[0][:120]})"
+            ) from None
         try:
             vectors = np.load(folder / "vectors.npy", allow_pickle=False)
             rows = np.load(folder / "rows.npy", allow_pickle=False)
@@ -465,8 +499,10 @@ class VideoIndex:
         obj._by_id = {m.id: m for m in metas}
         obj._by_row = {m.row: m for m in metas}
         if set(obj._by_row) != set(obj._vec_by_row):
-            raise UserError(f"{path}: metadata and vectors disagree ({len(obj._by_row)} vs {len(obj._vec_by_row)} "
-                            f"entries); the index folder was modified outside vidret")
+            raise UserError(
+                f"{path}: metadata and vectors disagree ({len(obj._by_row)} vs {len(obj._vec_by_row)} "
+                f"entries); the index folder was modified outside vidret"
+            )
         obj._gpu = use_gpu(gpu)
         obj._search_index = cls._to_gpu(obj._index) if obj._gpu else obj._index
         return obj
@@ -497,8 +533,11 @@ class VideoIndex:
         with self._lock.read():  # no write is half-applied while this is held
             seq = self.store.last_seq()
             rows = np.array(sorted(self._vec_by_row), dtype=np.int64)
-            vectors = (np.stack([self._vec_by_row[r] for r in rows.tolist()]) if len(rows)
-                       else np.zeros((0, self.dim), np.float32))
+            vectors = (
+                np.stack([self._vec_by_row[r] for r in rows.tolist()])
+                if len(rows)
+                else np.zeros((0, self.dim), np.float32)
+            )
             stale = bool(self._tombstones)
             data = None if stale else faiss.serialize_index(self._index)
         if stale:  # HNSW cannot remove: a fresh index of the copy, built without the lock, replaces the live one
@@ -560,16 +599,28 @@ class VideoIndex:
                     m = self._by_row.get(int(r))
                     if r < 0 or m is None or int(r) in self._tombstones or m.id == skip:
                         continue
-                    hits.append(Hit(m.id, float(s) if self.metric == "cosine" else -float(np.sqrt(max(s, 0.0))),
-                                    m.label, m.camera))
+                    hits.append(
+                        Hit(
+                            m.id,
+                            float(s) if self.metric == "cosine" else -float(np.sqrt(max(s, 0.0))),
+                            m.label,
+                            m.camera,
+                        )
+                    )
                     if len(hits) == k:
                         break
                 out.append(hits)
         return out
 
     # ---- writes (durable on return) -----------------------------------------------------------------------------
-    def add(self, ids: Sequence[str], vectors: np.ndarray, labels: Sequence[str], cameras: Sequence[str],
-            paths: Sequence[str]) -> None:
+    def add(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        cameras: Sequence[str],
+        paths: Sequence[str],
+    ) -> None:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if vectors.shape != (len(ids), self.dim):
             raise UserError(f"expected {len(ids)} vectors of dimension {self.dim}, got shape {vectors.shape}")

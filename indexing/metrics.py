@@ -39,18 +39,23 @@ class RetrievalScores:
     ap: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # per evaluated query
 
     def to_json(self) -> dict:
-        return {"mAP": float(self.mAP), "cmc": {str(k): float(v) for k, v in sorted(self.cmc.items())},
-                "num_queries": int(self.num_queries), "skipped": int(self.skipped)}
+        return {
+            "mAP": float(self.mAP),
+            "cmc": {str(k): float(v) for k, v in sorted(self.cmc.items())},
+            "num_queries": int(self.num_queries),
+            "skipped": int(self.skipped),
+        }
 
 
 def _codes(*arrays: Sequence[str] | np.ndarray) -> list[np.ndarray]:
     """Map strings shared across arrays to the same integer codes."""
     table: dict[str, int] = {}
-    return [np.fromiter((table.setdefault(str(v), len(table)) for v in a), dtype=np.int64, count=len(a))
-            for a in arrays]
+    return [
+        np.fromiter((table.setdefault(str(v), len(table)) for v in a), dtype=np.int64, count=len(a)) for a in arrays
+    ]
 
 
-def _camera_codes(q_cams, g_cams, nq: int, ng: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def _camera_codes(q_cams, g_cams, nq: int, ng: int) -> tuple[np.ndarray, np.ndarray]:
     q = np.asarray(q_cams if q_cams is not None else [""] * nq, dtype=object)
     g = np.asarray(g_cams if g_cams is not None else [""] * ng, dtype=object)
     qc, gc = _codes(q, g)
@@ -66,23 +71,36 @@ def _members(g_codes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(order), torch.from_numpy(g_codes[order])
 
 
-def _group_block(order: torch.Tensor, sorted_codes: torch.Tensor, q_codes: torch.Tensor) -> tuple[torch.Tensor,
-                                                                                                     torch.Tensor]:
+def _group_block(
+    order: torch.Tensor, sorted_codes: torch.Tensor, q_codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, W) gallery indices sharing each query's code, ascending, and the validity mask (padding: index 0)."""
     lo = torch.searchsorted(sorted_codes, q_codes, right=False)
     cnt = torch.searchsorted(sorted_codes, q_codes, right=True) - lo
     width = max(1, int(cnt.max())) if cnt.numel() else 1
     offs = torch.arange(width)
     valid = offs[None, :] < cnt[:, None]
-    idx = order[(lo[:, None] + offs[None, :]).clamp(max=max(0, order.numel() - 1))] if order.numel() else \
-        torch.zeros(len(q_codes), width, dtype=torch.int64)
+    idx = (
+        order[(lo[:, None] + offs[None, :]).clamp(max=max(0, order.numel() - 1))]
+        if order.numel()
+        else torch.zeros(len(q_codes), width, dtype=torch.int64)
+    )
     return torch.where(valid, idx, torch.zeros_like(idx)), valid
 
 
-def evaluate_retrieval(q_emb: np.ndarray, q_ids: Sequence[str], q_labels: Sequence[str],
-                       q_cams: Sequence[str] | None, g_emb: np.ndarray, g_ids: Sequence[str],
-                       g_labels: Sequence[str], g_cams: Sequence[str] | None, ks: Sequence[int] = (1, 5, 10),
-                       metric: str = "cosine", memory_budget_mb: int = 256) -> RetrievalScores:
+def evaluate_retrieval(
+    q_emb: np.ndarray,
+    q_ids: Sequence[str],
+    q_labels: Sequence[str],
+    q_cams: Sequence[str] | None,
+    g_emb: np.ndarray,
+    g_ids: Sequence[str],
+    g_labels: Sequence[str],
+    g_cams: Sequence[str] | None,
+    ks: Sequence[int] = (1, 5, 10),
+    metric: str = "cosine",
+    memory_budget_mb: int = 256,
+) -> RetrievalScores:
     """Exact mAP and CMC@ks of the queries against the gallery (see the module docstring)."""
     if metric not in METRICS:
         raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -141,7 +159,7 @@ def evaluate_retrieval(q_emb: np.ndarray, q_ids: Sequence[str], q_labels: Sequen
             u[line.expand_as(items)[ok], items[ok]] = float("nan")
         rel_ext = torch.cat([rel_u, torch.full((len(rows), 1), float("nan"))], 1)
         tied = rel_ext.gather(1, pos) == u  # another item with exactly a relevant item's score
-        for row in (tied.any(1).nonzero().squeeze(1).tolist() if bool(tied.any()) else []):
+        for row in tied.any(1).nonzero().squeeze(1).tolist() if bool(tied.any()) else []:
             for col in tied[row].nonzero().squeeze(1).tolist():
                 lo = int(pos[row, col])
                 hi = int(torch.searchsorted(rel_u[row], u[row, col], right=True))
@@ -157,13 +175,25 @@ def evaluate_retrieval(q_emb: np.ndarray, q_ids: Sequence[str], q_labels: Sequen
         return RetrievalScores(mAP=0.0, cmc={k: 0.0 for k in ks}, num_queries=0, skipped=skipped)
     ap = torch.cat(aps)
     first = torch.cat(first_ranks)
-    return RetrievalScores(mAP=float(ap.mean()), cmc={k: float((first <= k).double().mean()) for k in ks},
-                           num_queries=int(ap.numel()), skipped=skipped, ap=ap.numpy())
+    return RetrievalScores(
+        mAP=float(ap.mean()),
+        cmc={k: float((first <= k).double().mean()) for k in ks},
+        num_queries=int(ap.numel()),
+        skipped=skipped,
+        ap=ap.numpy(),
+    )
 
 
-def evaluate_ranked_lists(ranked_ids: Sequence[Sequence[str]], q_ids: Sequence[str], q_labels: Sequence[str],
-                          q_cams: Sequence[str] | None, g_ids: Sequence[str], g_labels: Sequence[str],
-                          g_cams: Sequence[str] | None, ks: Sequence[int] = (1, 5, 10)) -> RetrievalScores:
+def evaluate_ranked_lists(
+    ranked_ids: Sequence[Sequence[str]],
+    q_ids: Sequence[str],
+    q_labels: Sequence[str],
+    q_cams: Sequence[str] | None,
+    g_ids: Sequence[str],
+    g_labels: Sequence[str],
+    g_cams: Sequence[str] | None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> RetrievalScores:
     """mAP/CMC from top-K lists (``--depth K``, e.g. from an approximate index): relevant items beyond the lists
     count as not retrieved (AP@K divides by all relevant items, so it is a lower bound of the exact AP)."""
     label = dict(zip(map(str, g_ids), map(str, g_labels), strict=True))
@@ -171,13 +201,15 @@ def evaluate_ranked_lists(ranked_ids: Sequence[Sequence[str]], q_ids: Sequence[s
     n_rel_total: dict[tuple[str, str, str], int] = {}
     ks = sorted({int(k) for k in ks})
     aps, firsts, skipped = [], [], 0
-    for qi, ql, qc, lst in zip(q_ids, q_labels, q_cams if q_cams is not None else [""] * len(q_ids), ranked_ids,
-                               strict=True):
+    for qi, ql, qc, lst in zip(
+        q_ids, q_labels, q_cams if q_cams is not None else [""] * len(q_ids), ranked_ids, strict=True
+    ):
         ql, qc, qi = str(ql), str(qc), str(qi)
         key = (qi, ql, qc)
         if key not in n_rel_total:
-            n_rel_total[key] = sum(1 for gid, gl in label.items()
-                                   if gl == ql and gid != qi and not (qc and cam.get(gid, "") == qc))
+            n_rel_total[key] = sum(
+                1 for gid, gl in label.items() if gl == ql and gid != qi and not (qc and cam.get(gid, "") == qc)
+            )
         total = n_rel_total[key]
         if total == 0:
             skipped += 1
@@ -197,5 +229,10 @@ def evaluate_ranked_lists(ranked_ids: Sequence[Sequence[str]], q_ids: Sequence[s
     if not aps:
         return RetrievalScores(mAP=0.0, cmc={k: 0.0 for k in ks}, num_queries=0, skipped=skipped)
     first_arr = np.asarray(firsts)
-    return RetrievalScores(mAP=float(np.mean(aps)), cmc={k: float(np.mean(first_arr <= k)) for k in ks},
-                           num_queries=len(aps), skipped=skipped, ap=np.asarray(aps))
+    return RetrievalScores(
+        mAP=float(np.mean(aps)),
+        cmc={k: float(np.mean(first_arr <= k)) for k in ks},
+        num_queries=len(aps),
+        skipped=skipped,
+        ap=np.asarray(aps),
+    )

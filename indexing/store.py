@@ -32,8 +32,7 @@ class VideoMeta:
     added_at: float
 
     def to_json(self) -> dict:
-        return {"id": self.id, "label": self.label, "camera": self.camera, "path": self.path,
-                "added_at": self.added_at}
+        return {"id": self.id, "label": self.label, "camera": self.camera, "path": self.path, "added_at": self.added_at}
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,7 @@ class MetadataStore:
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a readable metadata store ({exc})") from None
         if version is None or int(version[0]) != SCHEMA_VERSION:
-            raise UserError(f"{self.path}: metadata schema version {version and version[0]} is not "
-                            f"{SCHEMA_VERSION}")
+            raise UserError(f"{self.path}: metadata schema version {version and version[0]} is not {SCHEMA_VERSION}")
 
     def _create(self) -> None:
         self.conn.executescript("""
@@ -85,34 +83,57 @@ class MetadataStore:
     def insert_initial(self, metas: Sequence[VideoMeta]) -> None:
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany("INSERT INTO videos VALUES (?, ?, ?, ?, ?, ?)",
-                                  [(m.id, m.row, m.label, m.camera, m.path, m.added_at) for m in metas])
-            self.conn.execute("UPDATE info SET value=? WHERE key='next_row'",
-                              (str(max((m.row for m in metas), default=-1) + 1),))
+            self.conn.executemany(
+                "INSERT INTO videos VALUES (?, ?, ?, ?, ?, ?)",
+                [(m.id, m.row, m.label, m.camera, m.path, m.added_at) for m in metas],
+            )
+            self.conn.execute(
+                "UPDATE info SET value=? WHERE key='next_row'", (str(max((m.row for m in metas), default=-1) + 1),)
+            )
             self.conn.execute("COMMIT")
 
     def all(self) -> list[VideoMeta]:
         cur = self.conn.execute("SELECT id, row, label, camera, path, added_at FROM videos ORDER BY row")
         return [VideoMeta(*r) for r in cur]
 
-    def add(self, ids: Sequence[str], labels: Sequence[str], cameras: Sequence[str], paths: Sequence[str],
-            vectors: np.ndarray) -> tuple[list[VideoMeta], int]:
+    def add(
+        self,
+        ids: Sequence[str],
+        labels: Sequence[str],
+        cameras: Sequence[str],
+        paths: Sequence[str],
+        vectors: np.ndarray,
+    ) -> tuple[list[VideoMeta], int]:
         """Commit metadata + journal (with the vectors) in one transaction; returns the new rows and last seq."""
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 start = self.next_row()
                 now = time.time()
-                metas = [VideoMeta(i, start + k, lab, cam, p, now)
-                         for k, (i, lab, cam, p) in enumerate(zip(ids, labels, cameras, paths, strict=True))]
-                self.conn.executemany("INSERT INTO videos VALUES (?, ?, ?, ?, ?, ?)",
-                                      [(m.id, m.row, m.label, m.camera, m.path, m.added_at) for m in metas])
+                metas = [
+                    VideoMeta(i, start + k, lab, cam, p, now)
+                    for k, (i, lab, cam, p) in enumerate(zip(ids, labels, cameras, paths, strict=True))
+                ]
+                self.conn.executemany(
+                    "INSERT INTO videos VALUES (?, ?, ?, ?, ?, ?)",
+                    [(m.id, m.row, m.label, m.camera, m.path, m.added_at) for m in metas],
+                )
                 self.conn.executemany(
                     "INSERT INTO journal (op, id, row, label, camera, path, added_at, vector) "
                     "VALUES ('add', ?, ?, ?, ?, ?, ?, ?)",
-                    [(m.id, m.row, m.label, m.camera, m.path, m.added_at,
-                      np.ascontiguousarray(v, dtype=np.float32).tobytes())
-                     for m, v in zip(metas, vectors, strict=True)])
+                    [
+                        (
+                            m.id,
+                            m.row,
+                            m.label,
+                            m.camera,
+                            m.path,
+                            m.added_at,
+                            np.ascontiguousarray(v, dtype=np.float32).tobytes(),
+                        )
+                        for m, v in zip(metas, vectors, strict=True)
+                    ],
+                )
                 self.conn.execute("UPDATE info SET value=? WHERE key='next_row'", (str(start + len(metas)),))
                 seq = self.conn.execute("SELECT max(seq) FROM journal").fetchone()[0]
                 self.conn.execute("COMMIT")
@@ -132,8 +153,10 @@ class MetadataStore:
         return int(seq)
 
     def journal_since(self, seq: int, dim: int) -> list[JournalEntry]:
-        cur = self.conn.execute("SELECT seq, op, id, row, label, camera, path, added_at, vector FROM journal "
-                                "WHERE seq > ? ORDER BY seq", (seq,))
+        cur = self.conn.execute(
+            "SELECT seq, op, id, row, label, camera, path, added_at, vector FROM journal WHERE seq > ? ORDER BY seq",
+            (seq,),
+        )
         out = []
         for s, op, i, row, lab, cam, p, at, vec in cur:
             if op == "add":

@@ -32,8 +32,10 @@ def _page_headers(html: str) -> dict[str, str]:
     so markup that reached the page could not run code even if it were rendered as HTML."""
     scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
-    csp = (f"default-src 'none'; script-src {hashes or NONE}; style-src 'unsafe-inline'; img-src 'self' blob:; "
-           "media-src 'self' blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+    csp = (
+        f"default-src 'none'; script-src {hashes or NONE}; style-src 'unsafe-inline'; img-src 'self' blob:; "
+        "media-src 'self' blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
     return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
@@ -50,11 +52,13 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     state = ServiceState(settings=settings, metrics=Metrics())
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI):
         if not settings.api_key and not settings.binds_loopback:
             if settings.allow_unauthenticated_writes:
-                log.warning("VIDRET_ALLOW_UNAUTHENTICATED_WRITES=1: anyone who reaches %s may add and delete videos",
-                            settings.host)
+                log.warning(
+                    "VIDRET_ALLOW_UNAUTHENTICATED_WRITES=1: anyone who reaches %s may add and delete videos",
+                    settings.host,
+                )
             else:
                 log.warning("adds and deletes are refused: listening on %s without VIDRET_API_KEY", settings.host)
         if load_in_background:
@@ -64,8 +68,12 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
         yield
         state.close()
 
-    app = FastAPI(title="vidret", version="0.1.0", lifespan=lifespan,
-                  description="Video retrieval: search by id, vector or uploaded video; add, delete, evaluate.")
+    app = FastAPI(
+        title="vidret",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Video retrieval: search by id, vector or uploaded video; add, delete, evaluate.",
+    )
     app.state.vidret = state
     app.include_router(health.router)  # /health, /ready, /metrics stay open
     # reads need VIDRET_READ_API_KEY when it is set (writes: their own)

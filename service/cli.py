@@ -32,18 +32,28 @@ def serve(
     checkpoint: Path | None = typer.Option(None, help="Checkpoint to embed uploads (env VIDRET_CHECKPOINT)."),
     host: str | None = typer.Option(None, help="Bind address (env VIDRET_HOST, default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (env VIDRET_PORT, default 8000)."),
-    api_key: str | None = typer.Option(None, help="Bearer key for adds/deletes (env VIDRET_API_KEY); without it, "
-                                       "writes are refused unless --host is loopback."),
-    read_api_key: str | None = typer.Option(None, help="Bearer key for searches and listings; the --api-key opens "
-                                            "them too (env VIDRET_READ_API_KEY; default: reads are open)."),
+    api_key: str | None = typer.Option(
+        None,
+        help="Bearer key for adds/deletes (env VIDRET_API_KEY); without it, "
+        "writes are refused unless --host is loopback.",
+    ),
+    read_api_key: str | None = typer.Option(
+        None,
+        help="Bearer key for searches and listings; the --api-key opens "
+        "them too (env VIDRET_READ_API_KEY; default: reads are open).",
+    ),
     allow_unauthenticated_writes: bool | None = typer.Option(
-        None, "--allow-unauthenticated-writes", help="Let anyone who reaches a non-loopback --host add and delete "
-        "videos without --api-key (env VIDRET_ALLOW_UNAUTHENTICATED_WRITES)."),
+        None,
+        "--allow-unauthenticated-writes",
+        help="Let anyone who reaches a non-loopback --host add and delete "
+        "videos without --api-key (env VIDRET_ALLOW_UNAUTHENTICATED_WRITES).",
+    ),
     max_upload_mb: float | None = typer.Option(None, help="Upload size limit (env VIDRET_MAX_UPLOAD_MB, 64)."),
     max_k: int | None = typer.Option(None, help="Largest k (env VIDRET_MAX_K, 100)."),
     max_frames: int | None = typer.Option(None, help="Longest upload in frames (env VIDRET_MAX_FRAMES, 3000)."),
-    max_eval_queries: int | None = typer.Option(None, help="Most queries per /v1/evaluate (env "
-                                                "VIDRET_MAX_EVAL_QUERIES, 1000)."),
+    max_eval_queries: int | None = typer.Option(
+        None, help="Most queries per /v1/evaluate (env VIDRET_MAX_EVAL_QUERIES, 1000)."
+    ),
     device: str | None = typer.Option(None, help="Model device auto|cpu|cuda (env VIDRET_DEVICE)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
@@ -52,11 +62,24 @@ def serve(
 
     from service.settings import Settings
 
-    overrides = {k: v for k, v in {"index": index, "checkpoint": checkpoint, "host": host, "port": port,
-                                   "api_key": api_key, "read_api_key": read_api_key,
-                                   "allow_unauthenticated_writes": allow_unauthenticated_writes,
-                                   "max_upload_mb": max_upload_mb, "max_k": max_k, "max_frames": max_frames,
-                                   "max_eval_queries": max_eval_queries, "device": device}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "index": index,
+            "checkpoint": checkpoint,
+            "host": host,
+            "port": port,
+            "api_key": api_key,
+            "read_api_key": read_api_key,
+            "allow_unauthenticated_writes": allow_unauthenticated_writes,
+            "max_upload_mb": max_upload_mb,
+            "max_k": max_k,
+            "max_frames": max_frames,
+            "max_eval_queries": max_eval_queries,
+            "device": device,
+        }.items()
+        if v is not None
+    }
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -70,12 +93,14 @@ def serve(
 
     from service.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
-                timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5
+    )
 
 
-review_app = typer.Typer(help="The label review of an index (decisions made on the web page or through the API).",
-                         no_args_is_help=True)
+review_app = typer.Typer(
+    help="The label review of an index (decisions made on the web page or through the API).", no_args_is_help=True
+)
 app.add_typer(review_app, name="review")
 
 

@@ -24,10 +24,15 @@ from service.state import ServiceState
 
 # Declared for the OpenAPI document (the "Authorize" button of /docs); the header is checked by hand below, so
 # that every Authorization value, whatever its bytes, gets a 401 or a 403.
-bearer = HTTPBearer(auto_error=False, description="Bearer key: VIDRET_API_KEY for writes; VIDRET_READ_API_KEY (or "
-                    "the write key) for reads when a read key is set.")
-AUTH_RESPONSES: dict = {401: {"description": "missing Authorization header"},
-                        403: {"description": "wrong key, or writes disabled"}}
+bearer = HTTPBearer(
+    auto_error=False,
+    description="Bearer key: VIDRET_API_KEY for writes; VIDRET_READ_API_KEY (or "
+    "the write key) for reads when a read key is set.",
+)
+AUTH_RESPONSES: dict = {
+    401: {"description": "missing Authorization header"},
+    403: {"description": "wrong key, or writes disabled"},
+}
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -44,8 +49,9 @@ def load_error_message(state: ServiceState) -> str:
 
 async def ready_state(state: ServiceState = Depends(get_state)) -> ServiceState:
     if not state.ready:
-        raise HTTPException(503, "the index is not loaded yet" if state.load_error is None
-                            else load_error_message(state))
+        raise HTTPException(
+            503, "the index is not loaded yet" if state.load_error is None else load_error_message(state)
+        )
     return state
 
 
@@ -74,21 +80,26 @@ def _matches(token: bytes, *keys: str | None) -> bool:
     return found
 
 
-async def require_api_key(request: Request, settings: Settings = Depends(get_settings),
-                          _: object = Security(bearer)) -> None:
+async def require_api_key(
+    request: Request, settings: Settings = Depends(get_settings), _: object = Security(bearer)
+) -> None:
     """The write policy: every route that changes the index depends on this."""
     if not settings.api_key:
         if settings.allow_unauthenticated_writes or settings.binds_loopback:
             return
-        raise HTTPException(403, f"writes are disabled: the server listens on {settings.host} without an API key. "
-                                 "Set VIDRET_API_KEY (vidret serve --api-key) and send Authorization: Bearer <key>, "
-                                 "or set VIDRET_ALLOW_UNAUTHENTICATED_WRITES=1 to let anyone who can reach it write")
+        raise HTTPException(
+            403,
+            f"writes are disabled: the server listens on {settings.host} without an API key. "
+            "Set VIDRET_API_KEY (vidret serve --api-key) and send Authorization: Bearer <key>, "
+            "or set VIDRET_ALLOW_UNAUTHENTICATED_WRITES=1 to let anyone who can reach it write",
+        )
     if not _matches(_presented_key(request), settings.api_key):
         raise HTTPException(403, "wrong API key")
 
 
-async def require_read_key(request: Request, settings: Settings = Depends(get_settings),
-                           _: object = Security(bearer)) -> None:
+async def require_read_key(
+    request: Request, settings: Settings = Depends(get_settings), _: object = Security(bearer)
+) -> None:
     """The read policy: open unless VIDRET_READ_API_KEY is set; then it or the write key is needed."""
     if not settings.read_api_key:
         return

@@ -95,13 +95,16 @@ def parse_audit_csv(data: bytes) -> list[AuditRow]:
     try:
         header = next(reader, None)
         if not header or not any(h.strip() for h in header):
-            raise AuditFormatError("the audit is empty: expected a header row with the columns "
-                                   + ",".join(AUDIT_COLUMNS))
+            raise AuditFormatError(
+                "the audit is empty: expected a header row with the columns " + ",".join(AUDIT_COLUMNS)
+            )
         header = [h.strip() for h in header]
         for col in AUDIT_COLUMNS:
             if col not in header:
-                raise AuditFormatError(f"the audit has no column {col!r} (row 0, the header: "
-                                       f"{','.join(header)[:120]}; expected {','.join(AUDIT_COLUMNS)})")
+                raise AuditFormatError(
+                    f"the audit has no column {col!r} (row 0, the header: "
+                    f"{','.join(header)[:120]}; expected {','.join(AUDIT_COLUMNS)})"
+                )
         at = {col: header.index(col) for col in AUDIT_COLUMNS}
         rows: list[AuditRow] = []
         seen: dict[str, int] = {}
@@ -117,9 +120,16 @@ def parse_audit_csv(data: bytes) -> list[AuditRow]:
             if vals["id"] in seen:
                 raise AuditFormatError(f"row {n}: duplicate id {vals['id']!r} (first at row {seen[vals['id']]})")
             seen[vals["id"]] = n
-            rows.append(AuditRow(vals["id"], vals["label"], _number(vals["p_label"], "p_label", n),
-                                 vals["predicted"], _number(vals["p_predicted"], "p_predicted", n),
-                                 _number(vals["suspicion"], "suspicion", n)))
+            rows.append(
+                AuditRow(
+                    vals["id"],
+                    vals["label"],
+                    _number(vals["p_label"], "p_label", n),
+                    vals["predicted"],
+                    _number(vals["p_predicted"], "p_predicted", n),
+                    _number(vals["suspicion"], "suspicion", n),
+                )
+            )
     except csv.Error as exc:
         raise AuditFormatError(f"row {reader.line_num}: not valid CSV ({exc})") from None
     if not rows:
@@ -173,8 +183,7 @@ class ReviewStore:
                 return
             version = conn.execute("SELECT value FROM info WHERE key='schema_version'").fetchone()
             if version is None or int(version[0]) != SCHEMA_VERSION:
-                raise UserError(f"{self.path}: review schema version {version and version[0]} is not "
-                                f"{SCHEMA_VERSION}")
+                raise UserError(f"{self.path}: review schema version {version and version[0]} is not {SCHEMA_VERSION}")
             yield conn
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a readable review store ({exc})") from None
@@ -189,9 +198,13 @@ class ReviewStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("DELETE FROM audit")
-                conn.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 [(r.id, i, r.label, r.p_label, r.predicted, r.p_predicted, r.suspicion)
-                                  for i, r in enumerate(rows)])
+                conn.executemany(
+                    "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.id, i, r.label, r.p_label, r.predicted, r.p_predicted, r.suspicion)
+                        for i, r in enumerate(rows)
+                    ],
+                )
                 for key, value in (("audit_source", source), ("audit_at", repr(now)), ("audit_rows", str(len(rows)))):
                     conn.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (key, value))
                 conn.execute("COMMIT")
@@ -207,16 +220,17 @@ class ReviewStore:
             info = dict(conn.execute("SELECT key, value FROM info WHERE key LIKE 'audit_%'").fetchall())
         if "audit_source" not in info:
             return None
-        return {"source": info["audit_source"], "created_at": float(info["audit_at"]),
-                "rows": int(info["audit_rows"])}
+        return {"source": info["audit_source"], "created_at": float(info["audit_at"]), "rows": int(info["audit_rows"])}
 
     def audit_rows(self) -> list[AuditRow]:
         """The current audit, most suspect first (ties: the audit's own order)."""
         with self._connect(write=False) as conn:
             if conn is None:
                 return []
-            cur = conn.execute("SELECT id, label, p_label, predicted, p_predicted, suspicion FROM audit "
-                               "ORDER BY suspicion DESC, position ASC")
+            cur = conn.execute(
+                "SELECT id, label, p_label, predicted, p_predicted, suspicion FROM audit "
+                "ORDER BY suspicion DESC, position ASC"
+            )
             return [AuditRow(*r) for r in cur]
 
     # ---- decisions ------------------------------------------------------------------------------------------
@@ -227,8 +241,9 @@ class ReviewStore:
         with self._connect(write=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?)", (d.id, d.action, d.label,
-                                                                                     d.decided_at))
+                conn.execute(
+                    "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?)", (d.id, d.action, d.label, d.decided_at)
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -282,8 +297,9 @@ class Export:
     without_path: int
 
 
-def cleaned_manifest(metas: Iterable[Any], decisions: dict[str, Decision], index_dir: str | Path,
-                     relative_to: Path | None = None) -> Export:
+def cleaned_manifest(
+    metas: Iterable[Any], decisions: dict[str, Decision], index_dir: str | Path, relative_to: Path | None = None
+) -> Export:
     """The indexed videos (``VideoMeta``s, in index order) as a manifest CSV (``EXPORT_COLUMNS``) with the decisions
     applied: relabels change the label, drops leave the row out. Videos without a stored path cannot be trained on
     and are left out too."""
@@ -348,8 +364,9 @@ def compute_audit(loaded: Any, metas: Sequence[Any], batch_size: int = 16) -> tu
             rows.append(VideoRow(path=m.path, id=m.id, label=m.label, camera=m.camera, row=len(rows) + 1))
     if not rows:
         return [], counts
-    loader = eval_loader(rows, loaded.spec, batch_size, 0, loaded.mean, loaded.std, class_to_idx=cmap,
-                         on_bad_video="skip")
+    loader = eval_loader(
+        rows, loaded.spec, batch_size, 0, loaded.mean, loaded.std, class_to_idx=cmap, on_bad_video="skip"
+    )
     _, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True)
     counts["undecodable"] = len(rows) - len(kept)
     if not len(kept):
@@ -362,6 +379,15 @@ def compute_audit(loaded: Any, metas: Sequence[Any], batch_size: int = 16) -> tu
     pred = probs.argmax(1)
     suspicion = 1.0 - p_label
     order = np.argsort(-suspicion, kind="stable")
-    out = [AuditRow(kept_rows[i].id, kept_rows[i].label, float(p_label[i]), loaded.class_names[pred[i]],
-                    float(probs[i, pred[i]]), float(suspicion[i])) for i in order]
+    out = [
+        AuditRow(
+            kept_rows[i].id,
+            kept_rows[i].label,
+            float(p_label[i]),
+            loaded.class_names[pred[i]],
+            float(probs[i, pred[i]]),
+            float(suspicion[i]),
+        )
+        for i in order
+    ]
     return out, counts

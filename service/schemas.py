@@ -66,8 +66,11 @@ class VideoInfo(BaseModel):
     id: str
     label: str
     camera: str
-    path: str = Field(..., description="videos/<file> (inside the index folder) for a video added through the API, "
-                                        "the file name for any other; never an absolute server path.")
+    path: str = Field(
+        ...,
+        description="videos/<file> (inside the index folder) for a video added through the API, "
+        "the file name for any other; never an absolute server path.",
+    )
     added_at: float
 
 
@@ -110,8 +113,11 @@ class QueryAP(BaseModel):
     id: str
     label: str
     camera: str
-    ap: float | None = Field(..., description="The query's average precision; null when no other indexed video "
-                                              "counts as relevant to it (such queries are 'skipped').")
+    ap: float | None = Field(
+        ...,
+        description="The query's average precision; null when no other indexed video "
+        "counts as relevant to it (such queries are 'skipped').",
+    )
 
 
 class PerQueryResponse(EvaluateResponse):
@@ -119,8 +125,9 @@ class PerQueryResponse(EvaluateResponse):
 
 
 class AuditInfo(BaseModel):
-    source: str = Field(..., description="'import' (an uploaded `vidret audit` CSV) or 'computed' (by the server "
-                                         "from its checkpoint).")
+    source: str = Field(
+        ..., description="'import' (an uploaded `vidret audit` CSV) or 'computed' (by the server from its checkpoint)."
+    )
     created_at: float
     rows: int = Field(..., description="Rows in the stored audit (each names an indexed video).")
 

@@ -16,14 +16,23 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(None, description="Checkpoint that embeds uploaded videos.")
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = Field(None, description="When set, adding and deleting videos need 'Bearer <key>'. "
-                                "Without it, writes are refused unless the server binds to loopback or "
-                                "allow_unauthenticated_writes is set.")
-    read_api_key: str | None = Field(None, description="When set, searches, listings, thumbnails and evaluation "
-                                     "need 'Bearer <key>' with this key or api_key (/health, /ready, /metrics and "
-                                     "the web page stay open).")
-    allow_unauthenticated_writes: bool = Field(False, description="Allow adds and deletes without api_key on a "
-                                               "non-loopback address (anyone who can reach the server can write).")
+    api_key: str | None = Field(
+        None,
+        description="When set, adding and deleting videos need 'Bearer <key>'. "
+        "Without it, writes are refused unless the server binds to loopback or "
+        "allow_unauthenticated_writes is set.",
+    )
+    read_api_key: str | None = Field(
+        None,
+        description="When set, searches, listings, thumbnails and evaluation "
+        "need 'Bearer <key>' with this key or api_key (/health, /ready, /metrics and "
+        "the web page stay open).",
+    )
+    allow_unauthenticated_writes: bool = Field(
+        False,
+        description="Allow adds and deletes without api_key on a "
+        "non-loopback address (anyone who can reach the server can write).",
+    )
     max_eval_queries: int = Field(1000, ge=1, description="Queries one /v1/evaluate may run (past it, 422).")
     max_upload_mb: float = Field(64.0, gt=0)
     max_k: int = Field(100, ge=1)
@@ -32,10 +41,14 @@ class Settings(BaseSettings):
     device: str = "auto"
     snapshot_every: int = Field(200, ge=1, description="Compact the journal into a snapshot after this many writes.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long inference waits to batch concurrent uploads.")
-    search_coalesce: int = Field(64, ge=1, description="Concurrent searches answered by one index call, at most "
-                                 "(1: every request searches on its own).")
-    search_threads: int = Field(0, ge=0, description="FAISS threads of the coalescing search thread (0: half the "
-                                "CPU cores, at least 1).")
+    search_coalesce: int = Field(
+        64,
+        ge=1,
+        description="Concurrent searches answered by one index call, at most (1: every request searches on its own).",
+    )
+    search_threads: int = Field(
+        0, ge=0, description="FAISS threads of the coalescing search thread (0: half the CPU cores, at least 1)."
+    )
 
     @property
     def binds_loopback(self) -> bool:

@@ -29,8 +29,14 @@ class MicroBatcher:
     ``init`` fails, something escapes the loop, or ``close``), the requests waiting for it and every later one
     get a 503 at once instead of waiting forever."""
 
-    def __init__(self, fn: Callable[[list], list], window_ms: float, max_batch: int, name: str,
-                 init: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[list], list],
+        window_ms: float,
+        max_batch: int,
+        name: str,
+        init: Callable[[], None] | None = None,
+    ) -> None:
         self.fn, self.window, self.max_batch, self.init, self.name = fn, window_ms / 1000.0, max_batch, init, name
         self._queue: queue.Queue = queue.Queue()
         self._stop_lock = threading.Lock()  # a request is queued before the worker stops, or refused after
@@ -74,10 +80,13 @@ class MicroBatcher:
                     batch.append(nxt)
                 self._call(batch)
                 batch = []
-        except BaseException as exc:  # noqa: BLE001 - the worker is gone: reported to every request, and logged
+        except BaseException as exc:
             log.critical("the %s worker stopped", self.name, exc_info=True)
-            self._stop(f"the {self.name} worker stopped ({type(exc).__name__}; the server log has the details); "
-                       f"the service must be restarted", batch)
+            self._stop(
+                f"the {self.name} worker stopped ({type(exc).__name__}; the server log has the details); "
+                f"the service must be restarted",
+                batch,
+            )
         else:
             self._stop(f"the {self.name} worker has shut down", batch)
 
@@ -157,7 +166,7 @@ class Snapshotter:
             if only_if_dirty and not self.index.dirty:
                 return
             self.index.save()
-        except Exception as exc:  # noqa: BLE001 - the journal still holds every write; logged, raised by close()
+        except Exception as exc:
             self.error = exc
             log.error("writing an index snapshot failed (the writes stay in the journal)", exc_info=True)
             return
@@ -184,7 +193,7 @@ def search_batch(index: Any) -> Callable[[list], list]:
         hits = index.search(vecs, max(k for _, k, _ in items), exclude_ids=excl if any(excl) else None)
         out, at = [], 0
         for v, k, _ in items:
-            out.append([h[:k] for h in hits[at:at + len(v)]])
+            out.append([h[:k] for h in hits[at : at + len(v)]])
             at += len(v)
         return out
 
@@ -216,13 +225,21 @@ class ServiceState:
 
                 self.model = load_checkpoint(self.settings.checkpoint, self.settings.device)
                 if self.model.embedding_dim != self.index.dim:
-                    raise ValueError(f"the checkpoint embeds to {self.model.embedding_dim} dimensions, the index "
-                                     f"holds {self.index.dim}")
-                self.batcher = MicroBatcher(embed_batch(self.model), self.settings.batch_window_ms, max_batch=16,
-                                            name="vidret-embed")
+                    raise ValueError(
+                        f"the checkpoint embeds to {self.model.embedding_dim} dimensions, the index "
+                        f"holds {self.index.dim}"
+                    )
+                self.batcher = MicroBatcher(
+                    embed_batch(self.model), self.settings.batch_window_ms, max_batch=16, name="vidret-embed"
+                )
             if self.settings.search_coalesce > 1:
-                self.searcher = MicroBatcher(search_batch(self.index), 0.0, self.settings.search_coalesce,
-                                             name="vidret-search", init=self._search_thread_init)
+                self.searcher = MicroBatcher(
+                    search_batch(self.index),
+                    0.0,
+                    self.settings.search_coalesce,
+                    name="vidret-search",
+                    init=self._search_thread_init,
+                )
             self.snapshotter = Snapshotter(self.index)
             self.ready = True
             log.info("ready: %d videos, model %s", self.index.count, self.settings.checkpoint)

@@ -63,8 +63,9 @@ def embed_upload(state: ServiceState, path: str) -> np.ndarray:
     try:
         n = count_video_frames(path, label=UPLOAD_LABEL)
         if n > state.settings.max_frames:
-            raise HTTPException(413, f"the video has {n} frames, more than "
-                                     f"VIDRET_MAX_FRAMES={state.settings.max_frames}")
+            raise HTTPException(
+                413, f"the video has {n} frames, more than VIDRET_MAX_FRAMES={state.settings.max_frames}"
+            )
         clip, _ = read_video_clip(path, state.model.spec, train=False, label=UPLOAD_LABEL)
     except VideoDecodeError as exc:
         raise HTTPException(415, f"the upload cannot be decoded as a video: {exc.reason}") from None

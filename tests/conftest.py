@@ -14,11 +14,21 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 VIDRET = [sys.executable, "-m", "service.cli"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the real `vidret` command line."""
-    return subprocess.run([*VIDRET, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    return subprocess.run(
+        [*VIDRET, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -27,21 +37,50 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.data.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("synth")
-    generate(out, SynthConfig(identities=12, cameras=2, clips_per_camera=2, frames=8, size=32, noise=0.25, seed=1),
-             workers=1)
+    generate(
+        out, SynthConfig(identities=12, cameras=2, clips_per_camera=2, frames=8, size=32, noise=0.25, seed=1), workers=1
+    )
     return out
 
 
-TRAIN_ARGS = ("--model", "tiny3d", "--frames", "4", "--size", "24", "--batch-size", "8", "--workers", "0",
-              "--lr", "3e-3", "--embedding-dim", "32", "--seed", "0")
+TRAIN_ARGS = (
+    "--model",
+    "tiny3d",
+    "--frames",
+    "4",
+    "--size",
+    "24",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--lr",
+    "3e-3",
+    "--embedding-dim",
+    "32",
+    "--seed",
+    "0",
+)
 
 
 @pytest.fixture(scope="session")
 def trained_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-epoch tiny3d run (the real CLI) with validation on the query/gallery split."""
     run = tmp_path_factory.mktemp("run") / "run"
-    res = run_cli("train", "--train", synth_dir / "train.csv", "--val-query", synth_dir / "query.csv",
-                  "--val-gallery", synth_dir / "gallery.csv", "--out", run, "--epochs", "2", *TRAIN_ARGS)
+    res = run_cli(
+        "train",
+        "--train",
+        synth_dir / "train.csv",
+        "--val-query",
+        synth_dir / "query.csv",
+        "--val-gallery",
+        synth_dir / "gallery.csv",
+        "--out",
+        run,
+        "--epochs",
+        "2",
+        *TRAIN_ARGS,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return run
 
@@ -57,8 +96,17 @@ def embeddings(checkpoint: Path, synth_dir: Path, tmp_path_factory: pytest.TempP
     paths = {}
     for split in ("query", "gallery"):
         paths[split] = out / f"{split}.npz"
-        res = run_cli("embed", "--checkpoint", checkpoint, "--manifest", synth_dir / f"{split}.csv", "--out",
-                      paths[split], "--workers", "0")
+        res = run_cli(
+            "embed",
+            "--checkpoint",
+            checkpoint,
+            "--manifest",
+            synth_dir / f"{split}.csv",
+            "--out",
+            paths[split],
+            "--workers",
+            "0",
+        )
         assert res.returncode == 0, res.stderr[-3000:]
     return paths
 

@@ -37,10 +37,13 @@ def test_plot_weights_writes_a_png(tmp_path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("plot", "weights", "w.txt"), "must end in .png"),
-    (("plot", "weights", "w.png", "--t", "-1"), "--t values must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("plot", "weights", "w.txt"), "must end in .png"),
+        (("plot", "weights", "w.png", "--t", "-1"), "--t values must be >= 0"),
+    ],
+)
 def test_user_errors_are_one_line(tmp_path, args, needle) -> None:
     res = subprocess.run([*VIDRET, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 1

@@ -72,8 +72,13 @@ def test_every_service_command_is_a_valid_vidret_invocation() -> None:
         argv = svc["command"]
         assert argv[0] == "vidret", name
         sub = _subcommand(argv)
-        res = subprocess.run([sys.executable, "-m", "service.cli", *sub, "--help"], capture_output=True, text=True,
-                             timeout=120, env={**os.environ, "COLUMNS": "200"})
+        res = subprocess.run(
+            [sys.executable, "-m", "service.cli", *sub, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         assert res.returncode == 0, (name, res.stderr)
         for flag in (tok for tok in argv[1:] if tok.startswith("--")):
             assert flag in res.stdout, f"service {name}: `vidret {' '.join(sub)}` has no option {flag}"
@@ -90,7 +95,7 @@ def test_dockerfiles_end_non_root_with_healthcheck(dockerfile: str) -> None:
     assert re.search(r"^CMD \[\"vidret\", \"serve\"", text, flags=re.M)
 
 
-def _serve_settings(argv: list[str], env: dict, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
+def _serve_settings(argv: list[str], env: dict, monkeypatch: pytest.MonkeyPatch):
     """The Settings `vidret serve` builds from a compose service's command and environment."""
     from service.settings import Settings
 

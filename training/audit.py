@@ -39,8 +39,14 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def predict(checkpoint: str | Path, manifest: str | Path, batch_size: int = 16, workers: int = 2,
-            device: str = "auto", cache: bool = False) -> tuple[list, np.ndarray, np.ndarray, list[str]]:
+def predict(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    batch_size: int = 16,
+    workers: int = 2,
+    device: str = "auto",
+    cache: bool = False,
+) -> tuple[list, np.ndarray, np.ndarray, list[str]]:
     """Rows that decoded, their class probabilities, the given labels' class indices, the class names.
 
     ``cache`` keeps decoded videos in memory (inside ``shared_frame_cache()``, shared with other datasets)."""
@@ -52,10 +58,21 @@ def predict(checkpoint: str | Path, manifest: str | Path, batch_size: int = 16, 
     cmap = {c: i for i, c in enumerate(loaded.class_names)}
     for r in rows:
         if r.label not in cmap:
-            raise UserError(f"{manifest}, row {r.row}: label {r.label!r} is not a class of the checkpoint "
-                            f"(audit the manifest the model was trained on)")
-    loader = eval_loader(rows, loaded.spec, batch_size, workers, loaded.mean, loaded.std, class_to_idx=cmap,
-                         on_bad_video="skip", cache=cache)
+            raise UserError(
+                f"{manifest}, row {r.row}: label {r.label!r} is not a class of the checkpoint "
+                f"(audit the manifest the model was trained on)"
+            )
+    loader = eval_loader(
+        rows,
+        loaded.spec,
+        batch_size,
+        workers,
+        loaded.mean,
+        loaded.std,
+        class_to_idx=cmap,
+        on_bad_video="skip",
+        cache=cache,
+    )
     _, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True, progress="auditing")
     kept_rows = [rows[i] for i in kept]
     z = logits - logits.max(1, keepdims=True)
@@ -63,16 +80,31 @@ def predict(checkpoint: str | Path, manifest: str | Path, batch_size: int = 16, 
     return kept_rows, probs, np.array([cmap[r.label] for r in kept_rows]), loaded.class_names
 
 
-def audit(checkpoint: str | Path, manifest: str | Path, out: str | Path, batch_size: int = 16, workers: int = 2,
-          device: str = "auto", ks: tuple[int, ...] = (10, 50, 100)) -> AuditResult:
+def audit(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    batch_size: int = 16,
+    workers: int = 2,
+    device: str = "auto",
+    ks: tuple[int, ...] = (10, 50, 100),
+) -> AuditResult:
     rows, probs, given, classes = predict(checkpoint, manifest, batch_size, workers, device)
     p_label = probs[np.arange(len(rows)), given]
     pred = probs.argmax(1)
     suspicion = 1.0 - p_label
     order = np.argsort(-suspicion, kind="stable")
-    records = [{"id": rows[i].id, "label": rows[i].label, "p_label": float(p_label[i]),
-                "predicted": classes[pred[i]], "p_predicted": float(probs[i, pred[i]]),
-                "suspicion": float(suspicion[i])} for i in order]
+    records = [
+        {
+            "id": rows[i].id,
+            "label": rows[i].label,
+            "p_label": float(p_label[i]),
+            "predicted": classes[pred[i]],
+            "p_predicted": float(probs[i, pred[i]]),
+            "suspicion": float(suspicion[i]),
+        }
+        for i in order
+    ]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["id"], lineterminator="\n")
     w.writeheader()

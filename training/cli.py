@@ -44,8 +44,14 @@ def train_options() -> list[inspect.Parameter]:
         else:
             default = f.default_factory() if f.default_factory is not MISSING else ...
         decls = [f"--{f.name.replace('_', '-')}"] if annotation is bool else []
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                        default=typer.Option(default, *decls, help=f.metadata["help"] or None)))
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=annotation,
+                default=typer.Option(default, *decls, help=f.metadata["help"] or None),
+            )
+        )
     return params
 
 
@@ -65,8 +71,9 @@ def embed_cmd(
     """Embed a manifest's videos with a checkpoint (its eval transform) into an .npz."""
     from training.embed import embed_manifest
 
-    emb = embed_manifest(checkpoint, manifest, out, batch_size=batch_size, workers=workers, device=device,
-                         on_bad_video=on_bad_video)
+    emb = embed_manifest(
+        checkpoint, manifest, out, batch_size=batch_size, workers=workers, device=device, on_bad_video=on_bad_video
+    )
     typer.echo(f"wrote {len(emb)} embeddings of dimension {emb.dim} to {out}")
 
 
@@ -98,8 +105,9 @@ def bench_noise_cmd(
     seeds: int = typer.Option(2, help="Seeds per (loss, rate)."),
     epochs: int | None = typer.Option(None, help="Epochs per run (default 20; --quick 2)."),
     identities: int | None = typer.Option(None, help="Identities in the synthetic data (default 200)."),
-    imae_t: float | None = typer.Option(None, help="IMAE T; default: chosen on a validation split of the training "
-                                                   "identities."),
+    imae_t: float | None = typer.Option(
+        None, help="IMAE T; default: chosen on a validation split of the training identities."
+    ),
     quick: bool = typer.Option(False, "--quick", help="A tiny grid that checks the plumbing in a minute or two."),
 ) -> None:
     """Train every loss at every noise rate; mAP on the clean test split; results.csv/.md and plots."""
@@ -109,10 +117,15 @@ def bench_noise_cmd(
 
     cfg = NoiseBenchConfig.quick(str(out_dir)) if quick else NoiseBenchConfig(out_dir=str(out_dir))
     given = {"losses": list(losses), "rates": list(rates)} if not quick else {}
-    cfg = replace(cfg, noise_type=noise_type, imae_t=imae_t, **given,
-                  **({"seeds": seeds} if not quick else {}),
-                  **({"epochs": epochs} if epochs is not None else {}),
-                  **({"identities": identities} if identities is not None else {}))
+    cfg = replace(
+        cfg,
+        noise_type=noise_type,
+        imae_t=imae_t,
+        **given,
+        **({"seeds": seeds} if not quick else {}),
+        **({"epochs": epochs} if epochs is not None else {}),
+        **({"identities": identities} if identities is not None else {}),
+    )
     run_noise_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
     typer.echo((out_dir / "results.md").read_text())
 
@@ -131,8 +144,10 @@ def audit_cmd(
     res = audit(checkpoint, manifest, out, batch_size=batch_size, workers=workers, device=device)
     typer.echo(f"wrote {len(res.rows)} rows to {out}, most suspect first")
     if res.auroc is not None:
-        typer.echo(f"mislabelled rows (label != clean_label): {res.num_mislabelled} of {len(res.rows)}; "
-                   f"AUROC of the suspicion score {res.auroc:.3f}")
+        typer.echo(
+            f"mislabelled rows (label != clean_label): {res.num_mislabelled} of {len(res.rows)}; "
+            f"AUROC of the suspicion score {res.auroc:.3f}"
+        )
         for k, v in res.precision_at.items():
             typer.echo(f"precision@{k}: {v:.3f}")
 

@@ -19,7 +19,7 @@ OPTIMIZERS = ("adamw", "sgd")
 REQUIRED = object()  # opt() without a default: a required flag
 
 
-def opt(default: Any = REQUIRED, help: str = "", **meta: Any) -> Any:  # noqa: A002 - typer's name for it
+def opt(default: Any = REQUIRED, help: str = "", **meta: Any) -> Any:
     """A ``TrainConfig`` field with its flag's help text (``default_factory`` when ``default`` is callable)."""
     metadata = {"help": help, **meta}
     if default is REQUIRED:
@@ -40,15 +40,20 @@ class TrainConfig:
     val_query: str | None = opt(None, "Validation query manifest (mAP/CMC every epoch).", cli_type=Path)
     val_gallery: str | None = opt(None, "Validation gallery manifest.", cli_type=Path)
     loss: str = opt("imae", "cce | mae | gce | sce | imae.")
-    imae_t: float = opt(4.0, "IMAE temperature T: weight exp(T p_y (1 - p_y)). 4 did best or near best in every "
-                             "study we ran (docs/losses.md, Choosing T); choose it on a validation split.")
+    imae_t: float = opt(
+        4.0,
+        "IMAE temperature T: weight exp(T p_y (1 - p_y)). 4 did best or near best in every "
+        "study we ran (docs/losses.md, Choosing T); choose it on a validation split.",
+    )
     imae_normalize: str = opt("weight", "IMAE batch reduction: weight (divide by total weight) | mean.")
     gce_q: float = opt(0.7, "GCE q.")
     sce_alpha: float = opt(0.1, "SCE alpha (CE term).")
     sce_beta: float = opt(1.0, "SCE beta (reverse CE term).")
     label_smoothing: float = opt(0.0, "Label smoothing of the cce loss.")
-    model: str = opt("r2plus1d_18", "Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t, "
-                                    "resnet18-tap, resnet50-tap, tiny3d.")
+    model: str = opt(
+        "r2plus1d_18",
+        "Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t, resnet18-tap, resnet50-tap, tiny3d.",
+    )
     embedding_dim: int = opt(256, "Embedding size D.")
     scale: float = opt(16.0, "Cosine classifier scale s (logits bounded in [-s, s]).")
     weights: str | None = opt(None, "Local backbone weights file (state dict); nothing is downloaded.", cli_type=Path)
@@ -73,14 +78,20 @@ class TrainConfig:
     on_bad_video: str = opt("fail", "fail | skip: what to do with a video that does not decode.")
     cache: bool = opt(False, "Keep decoded videos in memory (small datasets).")
     stop_after_epoch: int | None = opt(None, "Stop after this epoch (time-boxed jobs); continue later with --resume.")
-    log_interval: int = opt(20, "Steps between reading the running loss and accuracy back from the device (the "
-                                "progress bar) and checking that the loss is finite.")
+    log_interval: int = opt(
+        20,
+        "Steps between reading the running loss and accuracy back from the device (the "
+        "progress bar) and checking that the loss is finite.",
+    )
     quiet: bool = opt(False, "No console output (library callers).", cli=False)
 
     def loss_kwargs(self) -> dict[str, Any]:
-        return {"imae": {"t": self.imae_t, "normalize": self.imae_normalize}, "gce": {"q": self.gce_q},
-                "sce": {"alpha": self.sce_alpha, "beta": self.sce_beta},
-                "cce": {"label_smoothing": self.label_smoothing}}.get(self.loss, {})
+        return {
+            "imae": {"t": self.imae_t, "normalize": self.imae_normalize},
+            "gce": {"q": self.gce_q},
+            "sce": {"alpha": self.sce_alpha, "beta": self.sce_beta},
+            "cce": {"label_smoothing": self.label_smoothing},
+        }.get(self.loss, {})
 
     def validate(self) -> None:
         from training.losses import build_loss, list_losses
@@ -89,15 +100,17 @@ class TrainConfig:
             raise UserError(f"--loss must be one of {', '.join(list_losses())}, got {self.loss!r}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for flag, value, ok in [("--epochs", self.epochs, self.epochs >= 1),
-                                ("--batch-size", self.batch_size, self.batch_size >= 2),
-                                ("--lr", self.lr, self.lr > 0), ("--weight-decay", self.weight_decay,
-                                                                 self.weight_decay >= 0),
-                                ("--workers", self.workers, self.workers >= 0),
-                                ("--embedding-dim", self.embedding_dim, self.embedding_dim >= 2),
-                                ("--warmup-epochs", self.warmup_epochs, self.warmup_epochs >= 0),
-                                ("--grad-clip", self.grad_clip, self.grad_clip >= 0),
-                                ("--log-interval", self.log_interval, self.log_interval >= 1)]:
+        for flag, value, ok in [
+            ("--epochs", self.epochs, self.epochs >= 1),
+            ("--batch-size", self.batch_size, self.batch_size >= 2),
+            ("--lr", self.lr, self.lr > 0),
+            ("--weight-decay", self.weight_decay, self.weight_decay >= 0),
+            ("--workers", self.workers, self.workers >= 0),
+            ("--embedding-dim", self.embedding_dim, self.embedding_dim >= 2),
+            ("--warmup-epochs", self.warmup_epochs, self.warmup_epochs >= 0),
+            ("--grad-clip", self.grad_clip, self.grad_clip >= 0),
+            ("--log-interval", self.log_interval, self.log_interval >= 1),
+        ]:
             if not ok:
                 raise UserError(f"{flag}: invalid value {value}")
         if (self.val_query is None) != (self.val_gallery is None):

@@ -40,31 +40,63 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "auto") -> Lo
     """Load a vidret checkpoint for inference (eval mode, on ``device``)."""
     ckpt = load_checkpoint_file(path)
     arch, inp = ckpt["arch"], ckpt["input"]
-    model = build_model(arch["name"], num_classes=int(arch["num_classes"]), embedding_dim=int(arch["embedding_dim"]),
-                        scale=float(arch["scale"]))
+    model = build_model(
+        arch["name"],
+        num_classes=int(arch["num_classes"]),
+        embedding_dim=int(arch["embedding_dim"]),
+        scale=float(arch["scale"]),
+    )
     model.load_state_dict(ckpt["model"])
     dev = device if isinstance(device, torch.device) else select_device(device)
     model.to(dev).eval()
-    spec = ClipSpec(frames=int(inp["frames"]), size=int(inp["size"]), sampling=str(inp["sampling"]),
-                    stride=int(inp.get("stride", 2)))
-    return LoadedModel(model=model, spec=spec, mean=tuple(inp["mean"]), std=tuple(inp["std"]),
-                       class_names=list(ckpt["classes"]), embedding_dim=int(arch["embedding_dim"]),
-                       sha256=sha256_file(path), device=dev, checkpoint_path=str(path))
+    spec = ClipSpec(
+        frames=int(inp["frames"]),
+        size=int(inp["size"]),
+        sampling=str(inp["sampling"]),
+        stride=int(inp.get("stride", 2)),
+    )
+    return LoadedModel(
+        model=model,
+        spec=spec,
+        mean=tuple(inp["mean"]),
+        std=tuple(inp["std"]),
+        class_names=list(ckpt["classes"]),
+        embedding_dim=int(arch["embedding_dim"]),
+        sha256=sha256_file(path),
+        device=dev,
+        checkpoint_path=str(path),
+    )
 
 
-def eval_loader(rows: Sequence[VideoRow], spec: ClipSpec, batch_size: int, workers: int,
-                mean: Sequence[float], std: Sequence[float], class_to_idx: dict[str, int] | None = None,
-                on_bad_video: str = "fail", cache: bool = False) -> DataLoader:
-    ds = VideoDataset(rows, spec, train=False, class_to_idx=class_to_idx, on_bad_video=on_bad_video, mean=mean,
-                      std=std, cache=cache)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-                      worker_init_fn=worker_init if workers else None, persistent_workers=False)
+def eval_loader(
+    rows: Sequence[VideoRow],
+    spec: ClipSpec,
+    batch_size: int,
+    workers: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_to_idx: dict[str, int] | None = None,
+    on_bad_video: str = "fail",
+    cache: bool = False,
+) -> DataLoader:
+    ds = VideoDataset(
+        rows, spec, train=False, class_to_idx=class_to_idx, on_bad_video=on_bad_video, mean=mean, std=std, cache=cache
+    )
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=worker_init if workers else None,
+        persistent_workers=False,
+    )
 
 
 @torch.no_grad()
-def run_inference(model: nn.Module, loader: DataLoader, device: torch.device, with_logits: bool = False,
-                  progress: str | None = None
-                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[tuple[str, str]]]:
+def run_inference(
+    model: nn.Module, loader: DataLoader, device: torch.device, with_logits: bool = False, progress: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[tuple[str, str]]]:
     """Embeddings (and logits) of the decodable rows in dataset order, their row indices, and the skipped videos."""
     from training.data.dataset import apply_bad_video_policy
 
@@ -120,8 +152,15 @@ def embed_video(loaded: LoadedModel, path: str | Path, max_frames: int | None = 
     return embed_clips(loaded, [clip])[0]
 
 
-def embed_manifest(checkpoint: str | Path, manifest: str | Path, out: str | Path, batch_size: int = 16,
-                   workers: int = 2, device: str = "auto", on_bad_video: str = "fail") -> Embeddings:
+def embed_manifest(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    batch_size: int = 16,
+    workers: int = 2,
+    device: str = "auto",
+    on_bad_video: str = "fail",
+) -> Embeddings:
     """Embed every row of a manifest and write the ``.npz`` of docs/formats.md."""
     from indexing.errors import UserError
 
@@ -134,7 +173,13 @@ def embed_manifest(checkpoint: str | Path, manifest: str | Path, out: str | Path
     for path, reason in skipped:
         print(f"skipped {path}: {reason}")
     kept = [rows[i] for i in kept_idx]
-    emb = Embeddings(ids=[r.id for r in kept], embeddings=embs, labels=[r.label or "" for r in kept],
-                     cameras=[r.camera for r in kept], paths=[r.path for r in kept], checkpoint_sha256=loaded.sha256)
+    emb = Embeddings(
+        ids=[r.id for r in kept],
+        embeddings=embs,
+        labels=[r.label or "" for r in kept],
+        cameras=[r.camera for r in kept],
+        paths=[r.path for r in kept],
+        checkpoint_sha256=loaded.sha256,
+    )
     save_embeddings(out, emb)
     return emb

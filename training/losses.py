@@ -207,8 +207,7 @@ class _IMAEFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, t: float,  # noqa: ANN001 - autograd ctx
-                by_weight: bool) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, t: float, by_weight: bool) -> torch.Tensor:
         idx = targets[:, None]
         others = logits.scatter(1, idx, float("-inf"))
         top = others.amax(dim=1, keepdim=True)  # finite for finite logits: there are at least 2 classes
@@ -223,7 +222,7 @@ class _IMAEFunction(torch.autograd.Function):
         return (half_w * margin).sum()
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205 - autograd signature
+    def backward(ctx, grad_out: torch.Tensor):
         exp_o, sum_o, half_w, idx = ctx.saved_tensors
         scale = half_w * grad_out
         grad = exp_o * (scale / sum_o)[:, None]  # (w/2) softmax over the non-target logits

@@ -56,8 +56,14 @@ def _tv_video(builder: str, head_attr: str) -> tuple[nn.Module, int]:
     return model, dim
 
 
-for _name, _attr in [("r3d_18", "fc"), ("mc3_18", "fc"), ("r2plus1d_18", "fc"), ("s3d", "classifier"),
-                     ("mvit_v2_s", "head"), ("swin3d_t", "head")]:
+for _name, _attr in [
+    ("r3d_18", "fc"),
+    ("mc3_18", "fc"),
+    ("r2plus1d_18", "fc"),
+    ("s3d", "classifier"),
+    ("mvit_v2_s", "head"),
+    ("swin3d_t", "head"),
+]:
     register_model(_name)(lambda _n=_name, _a=_attr: _tv_video(_n, _a))
 
 
@@ -96,9 +102,14 @@ class Tiny3D(nn.Module):
         c_in = 3
         for i, c in enumerate(widths):
             stride = (1, 2, 2) if i == 0 else (2 if i >= 2 else 1, 2, 2)
-            layers += [nn.Conv3d(c_in, c, kernel_size=3, stride=stride, padding=1, bias=False),
-                       nn.BatchNorm3d(c), nn.ReLU(inplace=True),
-                       nn.Conv3d(c, c, kernel_size=3, padding=1, bias=False), nn.BatchNorm3d(c), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv3d(c_in, c, kernel_size=3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm3d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv3d(c, c, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm3d(c),
+                nn.ReLU(inplace=True),
+            ]
             c_in = c
         self.features = nn.Sequential(*layers)
         self.out_dim = c_in
@@ -123,8 +134,9 @@ class CosineClassifier(nn.Module):
 
 
 class VideoEmbedder(nn.Module):
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, embedding_dim: int,
-                 scale: float) -> None:
+    def __init__(
+        self, backbone: nn.Module, feature_dim: int, num_classes: int, embedding_dim: int, scale: float
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = nn.Sequential(nn.Linear(feature_dim, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
@@ -138,8 +150,9 @@ class VideoEmbedder(nn.Module):
         return emb, self.classifier(emb)
 
 
-def build_model(name: str, num_classes: int, embedding_dim: int = 256, scale: float = 16.0,
-                weights: str | Path | None = None) -> VideoEmbedder:
+def build_model(
+    name: str, num_classes: int, embedding_dim: int = 256, scale: float = 16.0, weights: str | Path | None = None
+) -> VideoEmbedder:
     """Build a registered backbone with the embedding head; ``weights``: a local backbone state-dict file."""
     if name not in _REGISTRY:
         raise UserError(f"--model: unknown model {name!r}; choose one of: {', '.join(list_models())}")

@@ -7,11 +7,15 @@ from pathlib import Path
 from indexing.atomic import atomic_write
 
 
-def save_figure(fig, out: str | Path) -> Path:  # noqa: ANN001 - matplotlib Figure
+def save_figure(fig, out: str | Path) -> Path:
     """Write a matplotlib figure atomically (indexing/atomic.py), in the format its extension names."""
     out = Path(out)
-    return atomic_write(out, lambda fh: fig.savefig(fh, format=out.suffix.lstrip(".") or "png", dpi=120,
-                                                    bbox_inches="tight"), suffix=out.suffix)
+    return atomic_write(
+        out,
+        lambda fh: fig.savefig(fh, format=out.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight"),
+        suffix=out.suffix,
+    )
+
 
 def plot_weights(out: str | Path, ts: list[float]) -> Path:
     """Sample weight against p_y for CCE, MAE and IMAE at each T."""
@@ -30,21 +34,28 @@ def plot_weights(out: str | Path, ts: list[float]) -> Path:
         style = "--" if name in ("CCE", "MAE") else "-"
         ax.plot(p_y.numpy(), w.numpy(), style, label=name, linewidth=2 if style == "--" else 1.6)
         ax_n.plot(p_y.numpy(), (w / w.max()).numpy(), style, label=name)
-    ax.set(xlabel="$p_y$ (probability of the labelled class)", ylabel="sample weight $\\|\\partial L/\\partial z\\|_1$",
-           title="Sample weight vs $p_y$", yscale="log")
+    ax.set(
+        xlabel="$p_y$ (probability of the labelled class)",
+        ylabel="sample weight $\\|\\partial L/\\partial z\\|_1$",
+        title="Sample weight vs $p_y$",
+        yscale="log",
+    )
     ax_n.set(xlabel="$p_y$", ylabel="weight / max weight", title="Normalised: which samples dominate")
     for a in (ax, ax_n):
         a.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle("CCE favours hard samples (low $p_y$, often mislabelled); MAE starves them; "
-                 "IMAE's T sets the emphasis", fontsize=9)
+    fig.suptitle(
+        "CCE favours hard samples (low $p_y$, often mislabelled); MAE starves them; IMAE's T sets the emphasis",
+        fontsize=9,
+    )
     path = save_figure(fig, out)
     plt.close(fig)
     return path
 
 
-def plot_training(history: list[dict[str, float]], weights, flipped, known, loss: str,  # noqa: ANN001 - arrays
-                  out_dir: str | Path) -> list[Path]:
+def plot_training(
+    history: list[dict[str, float]], weights, flipped, known, loss: str, out_dir: str | Path
+) -> list[Path]:
     """A run's curves (loss, train accuracy, val mAP/CMC-1) and its final sample-weight histogram."""
     import matplotlib
 
@@ -61,8 +72,11 @@ def plot_training(history: list[dict[str, float]], weights, flipped, known, loss
     axes[0].set(title="cross-entropy vs given labels", xlabel="epoch")
     axes[1].plot(epochs, [h["train_acc"] for h in history], marker="o")
     axes[1].set(title="train accuracy (given labels)", xlabel="epoch")
-    val = [(e, h["val_mAP"], h["val_cmc1"]) for e, h in zip(epochs, history, strict=True)
-           if not math.isnan(h.get("val_mAP", float("nan")))]
+    val = [
+        (e, h["val_mAP"], h["val_cmc1"])
+        for e, h in zip(epochs, history, strict=True)
+        if not math.isnan(h.get("val_mAP", float("nan")))
+    ]
     if val:
         axes[2].plot([v[0] for v in val], [v[1] for v in val], marker="o", label="mAP")
         axes[2].plot([v[0] for v in val], [v[2] for v in val], marker="s", label="CMC-1")

@@ -85,6 +85,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save atomically (indexing/atomic.py): a kill leaves the old file intact."""
     return atomic_write(path, lambda fh: torch.save(obj, fh))
 
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

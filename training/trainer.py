@@ -54,8 +54,17 @@ from training.runtime import (
     select_device,
 )
 
-__all__ = ["OPTIMIZERS", "FitResult", "TrainConfig", "TrainingDiverged", "evaluate", "fit", "restore_checkpoint",
-           "save_checkpoint", "train_one_epoch"]
+__all__ = [
+    "OPTIMIZERS",
+    "FitResult",
+    "TrainConfig",
+    "TrainingDiverged",
+    "evaluate",
+    "fit",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "train_one_epoch",
+]
 
 
 @dataclass
@@ -71,9 +80,24 @@ class TrainingDiverged(UserError):
     pass
 
 
-METRIC_COLUMNS = ["epoch", "loss", "objective", "train_acc", "val_mAP", "val_cmc1", "val_cmc5", "lr", "clips_per_s",
-                  "data_wait_share", "weight_mean", "weight_mean_clean", "weight_mean_noisy", "weight_share_noisy",
-                  "epoch_seconds", "skipped_videos"]
+METRIC_COLUMNS = [
+    "epoch",
+    "loss",
+    "objective",
+    "train_acc",
+    "val_mAP",
+    "val_cmc1",
+    "val_cmc5",
+    "lr",
+    "clips_per_s",
+    "data_wait_share",
+    "weight_mean",
+    "weight_mean_clean",
+    "weight_mean_noisy",
+    "weight_share_noisy",
+    "epoch_seconds",
+    "skipped_videos",
+]
 
 
 # ---- grouped state ---------------------------------------------------------------------------------------------------
@@ -179,8 +203,13 @@ def fit(cfg: TrainConfig) -> FitResult:
             job.say(f"stopping after epoch {epoch + 1} as asked; continue with --resume")
             break
     _wrap_up(cfg, job, data, progress.history, stats, skipped, writer)
-    return FitResult(run_dir=job.run_dir, last_checkpoint=job.last_path, best_checkpoint=job.best_path,
-                     history=progress.history, skipped=sorted(skipped.items()))
+    return FitResult(
+        run_dir=job.run_dir,
+        last_checkpoint=job.last_path,
+        best_checkpoint=job.best_path,
+        history=progress.history,
+        skipped=sorted(skipped.items()),
+    )
 
 
 # ---- set-up ----------------------------------------------------------------------------------------------------------
@@ -207,23 +236,38 @@ def _setup_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Data:
     spec = ClipSpec(frames=cfg.frames, size=cfg.size, sampling=cfg.sampling, stride=cfg.stride)
     val = None
     if cfg.val_query:  # with --cache, validation clips are decoded once (in this process) and reused
-        val = tuple(VideoDataset(read_manifest(m, require_label=True), spec, train=False,
-                                 on_bad_video=cfg.on_bad_video, cache=cfg.cache)
-                    for m in (cfg.val_query, cfg.val_gallery))
+        val = tuple(
+            VideoDataset(
+                read_manifest(m, require_label=True), spec, train=False, on_bad_video=cfg.on_bad_video, cache=cfg.cache
+            )
+            for m in (cfg.val_query, cfg.val_gallery)
+        )
     flipped = np.array([r.clean_label is not None and r.clean_label != r.label for r in rows])
     known = np.array([r.clean_label is not None for r in rows])
-    train_ds = VideoDataset(rows, spec, train=True, class_to_idx=cmap, on_bad_video=cfg.on_bad_video,
-                            seed=cfg.seed, cache=cfg.cache)
+    train_ds = VideoDataset(
+        rows, spec, train=True, class_to_idx=cmap, on_bad_video=cfg.on_bad_video, seed=cfg.seed, cache=cfg.cache
+    )
     # (epoch, index) pairs: the epoch reaches the persistent workers' copies of the dataset
-    sampler = EpochSampler(DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                              seed=cfg.seed, drop_last=info.enabled))
+    sampler = EpochSampler(
+        DistributedSampler(
+            train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=info.enabled
+        )
+    )
     per_rank_batch = max(2, cfg.batch_size // info.world_size)
     # the loader's own generator: starting the workers must not draw from the global one, whose state the
     # checkpoint saves (persistent workers start in a run's first epoch, which a resumed run shifts)
-    loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.workers,
-                        collate_fn=collate, drop_last=len(train_ds) // info.world_size > per_rank_batch,
-                        worker_init_fn=worker_init if cfg.workers else None, persistent_workers=cfg.workers > 0,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        train_ds,
+        batch_size=per_rank_batch,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        drop_last=len(train_ds) // info.world_size > per_rank_batch,
+        worker_init_fn=worker_init if cfg.workers else None,
+        persistent_workers=cfg.workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     return Data(rows, classes, spec, sampler, loader, val, flipped, known)
 
 
@@ -234,19 +278,24 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _build_optimisation(cfg: TrainConfig, num_classes: int, steps_per_epoch: int, device: torch.device,
-                        precision: str) -> Optimisation:
+def _build_optimisation(
+    cfg: TrainConfig, num_classes: int, steps_per_epoch: int, device: torch.device, precision: str
+) -> Optimisation:
     """The model (on ``device``), the loss, AdamW/SGD without decay on biases and norms, warm-up + cosine schedule."""
-    model = build_model(cfg.model, num_classes=num_classes, embedding_dim=cfg.embedding_dim, scale=cfg.scale,
-                        weights=cfg.weights).to(device)
+    model = build_model(
+        cfg.model, num_classes=num_classes, embedding_dim=cfg.embedding_dim, scale=cfg.scale, weights=cfg.weights
+    ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs())
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = (torch.optim.AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw"
-           else torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True))
+    opt = (
+        torch.optim.AdamW(groups, lr=cfg.lr)
+        if cfg.optimizer == "adamw"
+        else torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    )
     total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup, total))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -258,7 +307,8 @@ def _wrap_for_training(cfg: TrainConfig, job: Job, optim: Optimisation) -> None:
     train_model: nn.Module = optim.model
     if job.info.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            optim.model, device_ids=[job.device.index] if job.device.type == "cuda" else None)
+            optim.model, device_ids=[job.device.index] if job.device.type == "cuda" else None
+        )
     if cfg.compile:
         train_model = torch.compile(train_model)
     optim.train_model = train_model
@@ -271,13 +321,21 @@ def _start_logging(cfg: TrainConfig, job: Job, data: Data) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(job.run_dir / "tb"))
-    resolved = {**asdict(cfg), "resolved_device": str(job.device), "resolved_precision": job.precision,
-                "world_size": job.info.world_size, "num_classes": len(data.classes),
-                "num_train_videos": len(data.rows), "mislabelled_known": int(data.known.sum()),
-                "mislabelled": int(data.flipped.sum())}
+    resolved = {
+        **asdict(cfg),
+        "resolved_device": str(job.device),
+        "resolved_precision": job.precision,
+        "world_size": job.info.world_size,
+        "num_classes": len(data.classes),
+        "num_train_videos": len(data.rows),
+        "mislabelled_known": int(data.known.sum()),
+        "mislabelled": int(data.flipped.sum()),
+    }
     atomic_write_text(job.run_dir / "config.json", json.dumps(resolved, indent=2))
-    job.say(f"training {cfg.model} with {cfg.loss} on {len(data.rows)} videos, {len(data.classes)} classes, device "
-            f"{job.device}, {job.precision}, {job.info.world_size} process(es)")
+    job.say(
+        f"training {cfg.model} with {cfg.loss} on {len(data.rows)} videos, {len(data.classes)} classes, device "
+        f"{job.device}, {job.precision}, {job.info.world_size} process(es)"
+    )
     return writer
 
 
@@ -298,13 +356,14 @@ def restore_checkpoint(cfg: TrainConfig, job: Job, classes: list[str], optim: Op
     optim.scaler.load_state_dict(ck["scaler"])
     torch.set_rng_state(ck["rng"]["torch"])
     if "cuda" in ck["rng"] and torch.cuda.is_available():  # the GPUs this machine has
-        torch.cuda.set_rng_state_all(ck["rng"]["cuda"][:torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all(ck["rng"]["cuda"][: torch.cuda.device_count()])
     job.say(f"resuming {job.run_dir} after epoch {int(ck['epoch'])}")
     return Progress(int(ck["epoch"]), float(ck["best_map"]), list(ck["history"]))
 
 
-def _checkpoint_state(cfg: TrainConfig, data: Data, optim: Optimisation, progress: Progress,
-                      epoch: int) -> dict[str, Any]:
+def _checkpoint_state(
+    cfg: TrainConfig, data: Data, optim: Optimisation, progress: Progress, epoch: int
+) -> dict[str, Any]:
     """The checkpoint of docs/formats.md: plain tensors and primitives (``torch.load(weights_only=True)``)."""
     from training.data.dataset import MEAN, STD
 
@@ -314,21 +373,39 @@ def _checkpoint_state(cfg: TrainConfig, data: Data, optim: Optimisation, progres
         rng["cuda"] = torch.cuda.get_rng_state_all()
     spec = data.spec
     return {
-        "format": "vidret-checkpoint", "version": 1,
-        "arch": {"name": cfg.model, "num_classes": len(data.classes), "embedding_dim": cfg.embedding_dim,
-                 "scale": cfg.scale},
-        "model": state, "classes": data.classes,
-        "input": {"frames": spec.frames, "size": spec.size, "sampling": spec.sampling, "stride": spec.stride,
-                  "mean": list(MEAN), "std": list(STD)},
-        "embedding_dim": cfg.embedding_dim, "config": asdict(cfg),
-        "epoch": epoch, "best_map": progress.best, "history": progress.history,
-        "optimizer": optim.opt.state_dict(), "scheduler": optim.sched.state_dict(),
-        "scaler": optim.scaler.state_dict(), "rng": rng,
+        "format": "vidret-checkpoint",
+        "version": 1,
+        "arch": {
+            "name": cfg.model,
+            "num_classes": len(data.classes),
+            "embedding_dim": cfg.embedding_dim,
+            "scale": cfg.scale,
+        },
+        "model": state,
+        "classes": data.classes,
+        "input": {
+            "frames": spec.frames,
+            "size": spec.size,
+            "sampling": spec.sampling,
+            "stride": spec.stride,
+            "mean": list(MEAN),
+            "std": list(STD),
+        },
+        "embedding_dim": cfg.embedding_dim,
+        "config": asdict(cfg),
+        "epoch": epoch,
+        "best_map": progress.best,
+        "history": progress.history,
+        "optimizer": optim.opt.state_dict(),
+        "scheduler": optim.sched.state_dict(),
+        "scaler": optim.scaler.state_dict(),
+        "rng": rng,
     }
 
 
-def save_checkpoint(cfg: TrainConfig, job: Job, data: Data, optim: Optimisation, progress: Progress, epoch: int,
-                    improved: bool) -> None:
+def save_checkpoint(
+    cfg: TrainConfig, job: Job, data: Data, optim: Optimisation, progress: Progress, epoch: int, improved: bool
+) -> None:
     """checkpoints/last.pt after every epoch, and best.pt when ``improved``; each written atomically."""
     ck = _checkpoint_state(cfg, data, optim, progress, epoch)
     atomic_torch_save(ck, job.last_path)
@@ -337,8 +414,9 @@ def save_checkpoint(cfg: TrainConfig, job: Job, data: Data, optim: Optimisation,
 
 
 # ---- one epoch -------------------------------------------------------------------------------------------------------
-def train_one_epoch(cfg: TrainConfig, job: Job, data: Data, optim: Optimisation, epoch: int,
-                    skipped: dict[str, str]) -> EpochStats:
+def train_one_epoch(
+    cfg: TrainConfig, job: Job, data: Data, optim: Optimisation, epoch: int, skipped: dict[str, str]
+) -> EpochStats:
     """One pass over this process's share of the training data; the statistics of every process.
 
     Every ``cfg.log_interval`` steps and at the end, the running sums are read back (the one sync) to refresh the
@@ -370,8 +448,9 @@ def train_one_epoch(cfg: TrainConfig, job: Job, data: Data, optim: Optimisation,
     return running.gather(wait_s, loop_s, t_start, job.info)
 
 
-def _train_step(cfg: TrainConfig, job: Job, optim: Optimisation,
-                batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _train_step(
+    cfg: TrainConfig, job: Job, optim: Optimisation, batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward (autocast), backward (scaled for fp16), clip, step; the float32 logits, targets and loss."""
     x = batch["clip"].to(job.device, non_blocking=True)
     if job.device.type == "cuda":
@@ -405,8 +484,15 @@ class _RunningSums:
         self.bad_loss = torch.zeros((), **f64)
 
     @torch.no_grad()
-    def add(self, step: int, index: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
-            loss_fn: nn.Module) -> None:
+    def add(
+        self,
+        step: int,
+        index: torch.Tensor,
+        logits: torch.Tensor,
+        y: torch.Tensor,
+        loss: torch.Tensor,
+        loss_fn: nn.Module,
+    ) -> None:
         idx = index.to(self.seen.device, non_blocking=True)
         self.weights[idx] = loss_fn.sample_weights(logits, y).double()
         self.p_label[idx] = logits.softmax(1).gather(1, y[:, None]).squeeze(1).double()
@@ -423,14 +509,16 @@ class _RunningSums:
     def read(self) -> tuple[float, float, bool, int, float]:
         """Cross-entropy and accuracy so far; whether every loss was finite, else the first bad one's step and value."""
         ce, _, correct, bad_step, bad_loss, finite = torch.cat(
-            [self.sums, torch.stack([self.bad_step, self.bad_loss, self.finite.double()])]).tolist()
+            [self.sums, torch.stack([self.bad_step, self.bad_loss, self.finite.double()])]
+        ).tolist()
         n = max(1, self.n)
         return ce / n, correct / n, finite == 1.0, int(bad_step), bad_loss
 
     def gather(self, wait_s: float, loop_s: float, t_start: float, info: DistInfo) -> EpochStats:
         """The epoch's statistics summed over every process (timings averaged), back on the host."""
-        totals = torch.cat([self.sums, torch.tensor([self.n, wait_s, loop_s], dtype=torch.float64,
-                                                    device=self.sums.device)])
+        totals = torch.cat(
+            [self.sums, torch.tensor([self.n, wait_s, loop_s], dtype=torch.float64, device=self.sums.device)]
+        )
         per_sample = torch.cat([self.weights, self.p_label, self.seen])
         if info.enabled:
             dist.all_reduce(totals)
@@ -458,51 +546,81 @@ def _read_back(running: _RunningSums, bar: Any, steps_done: int, epoch: int, cfg
     ce, acc, finite, bad_step, bad_loss = running.read()
     if not finite:
         last = job.last_path if job.last_path.exists() else "(none yet)"
-        raise TrainingDiverged(f"the loss became {bad_loss} at epoch {epoch + 1}, step {bad_step}; the last good "
-                               f"checkpoint is {last}; try a lower --lr or --precision fp32")
+        raise TrainingDiverged(
+            f"the loss became {bad_loss} at epoch {epoch + 1}, step {bad_step}; the last good "
+            f"checkpoint is {last}; try a lower --lr or --precision fp32"
+        )
     if bar is not None:
-        bar.update(bar.task_ids[0], completed=steps_done,
-                   description=f"epoch {epoch + 1}/{cfg.epochs} ce {ce:.3f} acc {acc:.3f}")
+        bar.update(
+            bar.task_ids[0],
+            completed=steps_done,
+            description=f"epoch {epoch + 1}/{cfg.epochs} ce {ce:.3f} acc {acc:.3f}",
+        )
 
 
 def _masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
     return float(values[mask].mean()) if mask.any() else float("nan")
 
 
-def _epoch_row(cfg: TrainConfig, epoch: int, stats: EpochStats, optim: Optimisation, num_skipped: int,
-               data: Data) -> dict[str, float]:
+def _epoch_row(
+    cfg: TrainConfig, epoch: int, stats: EpochStats, optim: Optimisation, num_skipped: int, data: Data
+) -> dict[str, float]:
     """The epoch's metrics.csv row (validation columns left NaN for ``evaluate``)."""
     n = max(1.0, stats.n)
     w, has, known, flipped = stats.weights, stats.seen > 0, data.known, data.flipped
     total_w = w[has].sum()
     return {
-        "epoch": epoch + 1, "loss": stats.ce / n,
+        "epoch": epoch + 1,
+        "loss": stats.ce / n,
         "objective": float("nan") if cfg.loss == "imae" else stats.objective / n,
-        "train_acc": stats.correct / n, "val_mAP": float("nan"), "val_cmc1": float("nan"),
-        "val_cmc5": float("nan"), "lr": optim.opt.param_groups[0]["lr"], "clips_per_s": n / stats.loop_s,
-        "data_wait_share": stats.wait_s / stats.loop_s, "weight_mean": _masked_mean(w, has),
+        "train_acc": stats.correct / n,
+        "val_mAP": float("nan"),
+        "val_cmc1": float("nan"),
+        "val_cmc5": float("nan"),
+        "lr": optim.opt.param_groups[0]["lr"],
+        "clips_per_s": n / stats.loop_s,
+        "data_wait_share": stats.wait_s / stats.loop_s,
+        "weight_mean": _masked_mean(w, has),
         "weight_mean_clean": _masked_mean(w, has & known & ~flipped),
         "weight_mean_noisy": _masked_mean(w, has & known & flipped),
         "weight_share_noisy": float(w[has & flipped].sum() / total_w) if total_w > 0 else float("nan"),
-        "epoch_seconds": time.perf_counter() - stats.t_start, "skipped_videos": num_skipped}
+        "epoch_seconds": time.perf_counter() - stats.t_start,
+        "skipped_videos": num_skipped,
+    }
 
 
 # ---- validation and logging ------------------------------------------------------------------------------------------
-def evaluate(model: nn.Module, cfg: TrainConfig, device: torch.device,
-             val: tuple[VideoDataset, VideoDataset]) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, val: tuple[VideoDataset, VideoDataset]
+) -> dict[str, float]:
     """Validation mAP and CMC-1/5 of the query split against the gallery split (indexing/metrics.py)."""
     from indexing.metrics import evaluate_retrieval
     from training.embed import run_inference
 
     out = []
     for ds in val:
-        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0 if cfg.cache else cfg.workers,
-                            collate_fn=collate, worker_init_fn=worker_init if cfg.workers and not cfg.cache else None)
+        loader = DataLoader(
+            ds,
+            batch_size=cfg.batch_size,
+            shuffle=False,
+            num_workers=0 if cfg.cache else cfg.workers,
+            collate_fn=collate,
+            worker_init_fn=worker_init if cfg.workers and not cfg.cache else None,
+        )
         emb, _, kept, _ = run_inference(model, loader, device)
         out.append((emb, [ds.rows[i] for i in kept]))
     (qe, qr), (ge, gr) = out
-    res = evaluate_retrieval(qe, [r.id for r in qr], [r.label for r in qr], [r.camera for r in qr],
-                             ge, [r.id for r in gr], [r.label for r in gr], [r.camera for r in gr], ks=(1, 5, 10))
+    res = evaluate_retrieval(
+        qe,
+        [r.id for r in qr],
+        [r.label for r in qr],
+        [r.camera for r in qr],
+        ge,
+        [r.id for r in gr],
+        [r.label for r in gr],
+        [r.camera for r in gr],
+        ks=(1, 5, 10),
+    )
     return {"val_mAP": res.mAP, "val_cmc1": res.cmc[1], "val_cmc5": res.cmc[5]}
 
 
@@ -524,18 +642,33 @@ def _log_epoch(cfg: TrainConfig, job: Job, writer: Any, history: list[dict[str, 
             writer.add_scalar(k, v, row["epoch"])
     writer.flush()
     val_txt = f" val mAP {row['val_mAP']:.3f} CMC-1 {row['val_cmc1']:.3f}" if validated else ""
-    job.say(f"epoch {row['epoch']}/{cfg.epochs}: loss(ce) {row['loss']:.4f} acc {row['train_acc']:.3f}{val_txt} "
-            f"{row['clips_per_s']:.1f} clips/s, data wait {row['data_wait_share']:.0%}")
+    job.say(
+        f"epoch {row['epoch']}/{cfg.epochs}: loss(ce) {row['loss']:.4f} acc {row['train_acc']:.3f}{val_txt} "
+        f"{row['clips_per_s']:.1f} clips/s, data wait {row['data_wait_share']:.0%}"
+    )
 
 
-def _wrap_up(cfg: TrainConfig, job: Job, data: Data, history: list[dict[str, float]], stats: EpochStats | None,
-             skipped: dict[str, str], writer: Any) -> None:
+def _wrap_up(
+    cfg: TrainConfig,
+    job: Job,
+    data: Data,
+    history: list[dict[str, float]],
+    stats: EpochStats | None,
+    skipped: dict[str, str],
+    writer: Any,
+) -> None:
     """The last epoch's per-sample weights, the skipped videos and the figures; then leave the process group."""
     if job.info.is_main:
         zeros = np.zeros(len(data.rows))  # no epoch trained in this call (a resumed, finished run)
         weights, p_label = (stats.weights, stats.p_label) if stats is not None else (zeros, zeros)
-        np.savez(job.run_dir / "sample_weights.npz", ids=np.array([r.id for r in data.rows]), weights=weights,
-                 p_label=p_label, flipped=data.flipped, known=data.known)
+        np.savez(
+            job.run_dir / "sample_weights.npz",
+            ids=np.array([r.id for r in data.rows]),
+            weights=weights,
+            p_label=p_label,
+            flipped=data.flipped,
+            known=data.known,
+        )
         if skipped:
             (job.run_dir / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())))
             job.say(f"skipped {len(skipped)} unreadable video(s), listed in {job.run_dir / 'skipped.txt'}")

@@ -25,8 +25,18 @@ def _evaluate(state: ServiceState, req: EvaluateRequest) -> EvaluateResponse:
             raise HTTPException(404, f"unknown query id {unknown[0]!r}")
         q_idx = [pos[q] for q in req.query_ids]
     ids, labels, cams = [m.id for m in metas], [m.label for m in metas], [m.camera for m in metas]
-    res = evaluate_retrieval(vecs[q_idx], [ids[i] for i in q_idx], [labels[i] for i in q_idx],
-                             [cams[i] for i in q_idx], vecs, ids, labels, cams, ks=req.ks, metric=state.index.metric)
+    res = evaluate_retrieval(
+        vecs[q_idx],
+        [ids[i] for i in q_idx],
+        [labels[i] for i in q_idx],
+        [cams[i] for i in q_idx],
+        vecs,
+        ids,
+        labels,
+        cams,
+        ks=req.ks,
+        metric=state.index.metric,
+    )
     return EvaluateResponse(**res.to_json())
 
 
@@ -37,7 +47,10 @@ async def evaluate(req: EvaluateRequest, state: ServiceState = Depends(ready_sta
     limit = state.settings.max_eval_queries
     n = state.index.count if req.all else len(req.query_ids)
     if n > limit:  # each query ranks the whole gallery: bound the work one request can ask for
-        raise HTTPException(422, f"this evaluation has {n} queries, more than VIDRET_MAX_EVAL_QUERIES={limit}: pass "
-                                 f"at most {limit} query_ids{' instead of all: true' if req.all else ''}, or raise "
-                                 "the setting")
+        raise HTTPException(
+            422,
+            f"this evaluation has {n} queries, more than VIDRET_MAX_EVAL_QUERIES={limit}: pass "
+            f"at most {limit} query_ids{' instead of all: true' if req.all else ''}, or raise "
+            "the setting",
+        )
     return await run_in_threadpool(_evaluate, state, req)

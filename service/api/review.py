@@ -64,16 +64,30 @@ def per_query_scores(state: ServiceState, req: EvaluateRequest) -> PerQueryRespo
             raise HTTPException(404, f"unknown query id {unknown[0]!r}")
         q_idx = [pos[q] for q in req.query_ids]
     ids, labels, cams = [m.id for m in metas], [m.label for m in metas], [m.camera for m in metas]
-    res = evaluate_retrieval(vecs[q_idx], [ids[i] for i in q_idx], [labels[i] for i in q_idx],
-                             [cams[i] for i in q_idx], vecs, ids, labels, cams, ks=req.ks, metric=state.index.metric)
+    res = evaluate_retrieval(
+        vecs[q_idx],
+        [ids[i] for i in q_idx],
+        [labels[i] for i in q_idx],
+        [cams[i] for i in q_idx],
+        vecs,
+        ids,
+        labels,
+        cams,
+        ks=req.ks,
+        metric=state.index.metric,
+    )
     queries = [metas[i] for i in q_idx]
     has = _has_relevant(queries, metas)
     if sum(has) != len(res.ap) or len(has) - sum(has) != res.skipped:  # the two readings of the protocol disagree
         raise RuntimeError(f"per-query AP: {sum(has)} queries with relevant items, {len(res.ap)} APs")
     aps = iter(res.ap.tolist())
-    return PerQueryResponse(**res.to_json(), queries=[QueryAP(id=m.id, label=m.label, camera=m.camera,
-                                                              ap=next(aps) if h else None)
-                                                      for m, h in zip(queries, has, strict=True)])
+    return PerQueryResponse(
+        **res.to_json(),
+        queries=[
+            QueryAP(id=m.id, label=m.label, camera=m.camera, ap=next(aps) if h else None)
+            for m, h in zip(queries, has, strict=True)
+        ],
+    )
 
 
 @evaluation_router.post("/evaluate/queries", response_model=PerQueryResponse, responses={404: {}, 422: {}, 503: {}})
@@ -86,9 +100,12 @@ async def evaluate_queries(req: EvaluateRequest, state: ServiceState = Depends(r
     limit = state.settings.max_eval_queries
     n = state.index.count if req.all else len(req.query_ids)
     if n > limit:
-        raise HTTPException(422, f"this evaluation has {n} queries, more than VIDRET_MAX_EVAL_QUERIES={limit}: pass "
-                                 f"at most {limit} query_ids{' instead of all: true' if req.all else ''}, or raise "
-                                 "the setting")
+        raise HTTPException(
+            422,
+            f"this evaluation has {n} queries, more than VIDRET_MAX_EVAL_QUERIES={limit}: pass "
+            f"at most {limit} query_ids{' instead of all: true' if req.all else ''}, or raise "
+            "the setting",
+        )
     return await run_in_threadpool(per_query_scores, state, req)
 
 
@@ -102,11 +119,17 @@ def _store_audit(state: ServiceState, rows: list[AuditRow], source: str, counts:
     return AuditImport(**info, **counts)
 
 
-@router.post("/audit", status_code=201, response_model=AuditImport, dependencies=[Depends(require_api_key)],
-             responses={401: {}, 403: {}, 413: {}, 422: {}, 503: {}})
-async def import_audit(file: UploadFile = File(..., description="A `vidret audit` CSV: id,label,p_label,predicted,"
-                                                                "p_predicted,suspicion"),
-                       state: ServiceState = Depends(ready_state)) -> AuditImport:
+@router.post(
+    "/audit",
+    status_code=201,
+    response_model=AuditImport,
+    dependencies=[Depends(require_api_key)],
+    responses={401: {}, 403: {}, 413: {}, 422: {}, 503: {}},
+)
+async def import_audit(
+    file: UploadFile = File(..., description="A `vidret audit` CSV: id,label,p_label,predicted,p_predicted,suspicion"),
+    state: ServiceState = Depends(ready_state),
+) -> AuditImport:
     """Import an audit (replaces the current one; decisions are kept). Rows naming no indexed video are counted in
     ``unknown_ids`` and left out."""
     data = await file.read()
@@ -124,21 +147,31 @@ def _compute(state: ServiceState) -> AuditImport:
     metas, _ = state.index.snapshot()
     rows, counts = compute_audit(state.model, metas)
     if not rows:
-        raise HTTPException(409, "no indexed video could be audited: the checkpoint's classes must include its label "
-                                 f"and its file must be available ({counts['unknown_label']} with another label, "
-                                 f"{counts['missing_file']} without a file, {counts['undecodable']} undecodable)")
+        raise HTTPException(
+            409,
+            "no indexed video could be audited: the checkpoint's classes must include its label "
+            f"and its file must be available ({counts['unknown_label']} with another label, "
+            f"{counts['missing_file']} without a file, {counts['undecodable']} undecodable)",
+        )
     return _store_audit(state, rows, "computed", counts)
 
 
-@router.post("/audit/compute", status_code=201, response_model=AuditImport, dependencies=[Depends(require_api_key)],
-             responses={401: {}, 403: {}, 409: {}, 503: {}})
+@router.post(
+    "/audit/compute",
+    status_code=201,
+    response_model=AuditImport,
+    dependencies=[Depends(require_api_key)],
+    responses={401: {}, 403: {}, 409: {}, 503: {}},
+)
 async def compute(state: ServiceState = Depends(ready_state)) -> AuditImport:
     """Audit the indexed videos with the server's checkpoint (as ``vidret audit`` does for a manifest): every video
     whose label is a class of the checkpoint and whose file is available. 409 without a checkpoint, while another
     audit is computed, or when no video can be audited. It decodes every such video: minutes for large indexes."""
     if state.model is None:
-        raise HTTPException(409, "the server has no checkpoint (vidret serve --checkpoint): import an audit made "
-                                 "by `vidret audit` instead")
+        raise HTTPException(
+            409,
+            "the server has no checkpoint (vidret serve --checkpoint): import an audit made by `vidret audit` instead",
+        )
     if not _computing.acquire(blocking=False):
         raise HTTPException(409, "an audit is already being computed")
     try:
@@ -154,40 +187,58 @@ def _queue(state: ServiceState, offset: int, limit: int, undecided: bool, neighb
     decided = sum(1 for r, _ in audited if r.id in decisions)
     if undecided:
         audited = [(r, m) for r, m in audited if r.id not in decisions]
-    page = audited[offset:offset + limit]
+    page = audited[offset : offset + limit]
     near: list[list] = [[] for _ in page]
     if page and neighbours:
         vecs = [state.index.vector(r.id) for r, _ in page]
         have = [i for i, v in enumerate(vecs) if v is not None]
         if have:
-            found = state.search(np.stack([vecs[i] for i in have]), neighbours,
-                                 exclude_ids=[page[i][0].id for i in have])
+            found = state.search(
+                np.stack([vecs[i] for i in have]), neighbours, exclude_ids=[page[i][0].id for i in have]
+            )
             for i, hits in zip(have, found, strict=True):
                 near[i] = hits
     items = []
     for (r, m), hits in zip(page, near, strict=True):
         d = decisions.get(r.id)
-        items.append(ReviewItem(id=r.id, label=m.label, camera=m.camera, audit_label=r.label, p_label=r.p_label,
-                                predicted=r.predicted, p_predicted=r.p_predicted, suspicion=r.suspicion,
-                                decision=DecisionInfo(**d.to_json()) if d else None,
-                                neighbours=[Hit(id=h.id, score=h.score, label=h.label, camera=h.camera)
-                                            for h in hits]))
+        items.append(
+            ReviewItem(
+                id=r.id,
+                label=m.label,
+                camera=m.camera,
+                audit_label=r.label,
+                p_label=r.p_label,
+                predicted=r.predicted,
+                p_predicted=r.p_predicted,
+                suspicion=r.suspicion,
+                decision=DecisionInfo(**d.to_json()) if d else None,
+                neighbours=[Hit(id=h.id, score=h.score, label=h.label, camera=h.camera) for h in hits],
+            )
+        )
     info = store.audit_info()
-    return ReviewQueue(items=items, total=len(audited), offset=offset, decided=decided,
-                       audit=AuditInfo(**info) if info else None)
+    return ReviewQueue(
+        items=items, total=len(audited), offset=offset, decided=decided, audit=AuditInfo(**info) if info else None
+    )
 
 
 @router.get("/queue", response_model=ReviewQueue, responses={503: {}})
-async def queue(offset: int = Query(0, ge=0), limit: int = Query(20, ge=1, le=200),
-                undecided: bool = Query(False, description="Only the videos without a decision."),
-                neighbours: int = Query(5, ge=0, le=MAX_NEIGHBOURS, description="Nearest neighbours per item."),
-                state: ServiceState = Depends(ready_state)) -> ReviewQueue:
+async def queue(
+    offset: int = Query(0, ge=0),
+    limit: int = Query(20, ge=1, le=200),
+    undecided: bool = Query(False, description="Only the videos without a decision."),
+    neighbours: int = Query(5, ge=0, le=MAX_NEIGHBOURS, description="Nearest neighbours per item."),
+    state: ServiceState = Depends(ready_state),
+) -> ReviewQueue:
     """The audited videos that are in the index, most suspect first, with their decisions and nearest neighbours."""
     return await run_in_threadpool(_queue, state, offset, limit, undecided, neighbours)
 
 
-@router.put("/decisions/{video_id:path}", response_model=DecisionInfo, dependencies=[Depends(require_api_key)],
-            responses={401: {}, 403: {}, 404: {}, 422: {}, 503: {}})
+@router.put(
+    "/decisions/{video_id:path}",
+    response_model=DecisionInfo,
+    dependencies=[Depends(require_api_key)],
+    responses={401: {}, 403: {}, 404: {}, 422: {}, 503: {}},
+)
 async def decide(video_id: str, req: DecisionRequest, state: ServiceState = Depends(ready_state)) -> DecisionInfo:
     """Keep, relabel (``label`` required) or drop an indexed video; replaces its previous decision. Committed
     (durable) before the answer."""
@@ -205,14 +256,20 @@ def _export(state: ServiceState) -> str:
     return cleaned_manifest(metas, review_store(state).decisions(), Path(state.settings.index)).text
 
 
-@router.get("/export", response_class=Response, responses={200: {"content": {"text/csv": {}}}, 503: {}},
-            dependencies=[Depends(require_api_key)])
+@router.get(
+    "/export",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}, 503: {}},
+    dependencies=[Depends(require_api_key)],
+)
 async def export(state: ServiceState = Depends(ready_state)) -> Response:
     """The cleaned manifest: every indexed video as ``path,label,id,camera`` with relabels applied and drops left
     out, for ``vidret train``. Paths of files inside the index folder are relative to it (``videos/<file>``); other
     paths are as stored, so that retraining finds them: the only answer that shows server paths, it needs the write
     policy (the API key, or a loopback server)."""
     text = await run_in_threadpool(_export, state)
-    return Response(text, media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": 'attachment; filename="cleaned.csv"',
-                             "Cache-Control": "no-store"})
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="cleaned.csv"', "Cache-Control": "no-store"},
+    )

@@ -30,8 +30,11 @@ router = APIRouter(prefix="/v1", tags=["search"])
 @router.get("/index", response_model=IndexInfo)
 def index_info(state: ServiceState = Depends(ready_state)) -> IndexInfo:
     ix = state.index
-    model = (ModelInfo(checkpoint=Path(state.settings.checkpoint).name, sha256=state.model.sha256)  # no server path
-             if state.model else None)
+    model = (
+        ModelInfo(checkpoint=Path(state.settings.checkpoint).name, sha256=state.model.sha256)  # no server path
+        if state.model
+        else None
+    )
     return IndexInfo(count=ix.count, dim=ix.dim, type=ix.type, metric=ix.metric, model=model, created=ix.created)
 
 
@@ -85,10 +88,10 @@ async def search_batch(req: BatchSearchRequest, state: ServiceState = Depends(re
     return BatchSearchResponse(results=results, took_ms=(time.perf_counter() - t0) * 1e3)
 
 
-@router.post("/search/video", response_model=SearchResponse,
-             responses={409: {}, 413: {}, 415: {}, 422: {}, 503: {}})
-async def search_video(file: UploadFile = File(...), k: int = Form(10),
-                       state: ServiceState = Depends(ready_state)) -> SearchResponse:
+@router.post("/search/video", response_model=SearchResponse, responses={409: {}, 413: {}, 415: {}, 422: {}, 503: {}})
+async def search_video(
+    file: UploadFile = File(...), k: int = Form(10), state: ServiceState = Depends(ready_state)
+) -> SearchResponse:
     require_model(state)
     check_k(state, k)
     t0 = time.perf_counter()

@@ -43,7 +43,7 @@ def public_path(state: ServiceState, path: str) -> str:
     return Path(path).name
 
 
-def _info(state: ServiceState, meta) -> VideoInfo:  # noqa: ANN001 - VideoMeta
+def _info(state: ServiceState, meta) -> VideoInfo:
     return VideoInfo(**{**meta.to_json(), "path": public_path(state, meta.path)})
 
 
@@ -72,20 +72,36 @@ def _matching(state: ServiceState, q: str) -> list[str]:
 
 
 @router.get("", response_model=VideoList)
-def list_videos(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
-                q: str | None = Query(None, max_length=200, description="Only videos whose id or label contains "
-                                      "this (case-insensitive), those starting with it first; total counts them."),
-                state: ServiceState = Depends(ready_state)) -> VideoList:
+def list_videos(
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    q: str | None = Query(
+        None,
+        max_length=200,
+        description="Only videos whose id or label contains "
+        "this (case-insensitive), those starting with it first; total counts them.",
+    ),
+    state: ServiceState = Depends(ready_state),
+) -> VideoList:
     ids = state.index.ids() if not q else _matching(state, q)
-    metas = [state.index.get(i) for i in ids[offset:offset + limit]]
+    metas = [state.index.get(i) for i in ids[offset : offset + limit]]
     return VideoList(videos=[_info(state, m) for m in metas if m is not None], total=len(ids))
 
 
-@router.post("", status_code=201, response_model=VideoInfo,
-             responses={401: {}, 403: {}, 409: {}, 413: {}, 415: {}, 422: {}, 503: {}},
-             dependencies=[Depends(require_api_key)])
-async def add_video(file: UploadFile = File(...), id: str = Form(...), label: str = Form(""),
-                    camera: str = Form(""), state: ServiceState = Depends(ready_state)) -> VideoInfo:
+@router.post(
+    "",
+    status_code=201,
+    response_model=VideoInfo,
+    responses={401: {}, 403: {}, 409: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+    dependencies=[Depends(require_api_key)],
+)
+async def add_video(
+    file: UploadFile = File(...),
+    id: str = Form(...),
+    label: str = Form(""),
+    camera: str = Form(""),
+    state: ServiceState = Depends(ready_state),
+) -> VideoInfo:
     require_model(state)
     if not ID_PATTERN.match(id):
         raise HTTPException(422, "id must be 1-200 characters of letters, digits and . _ : @ / + -")
@@ -112,8 +128,11 @@ async def add_video(file: UploadFile = File(...), id: str = Form(...), label: st
     return _info(state, state.index.get(id))
 
 
-@router.get("/{video_id:path}/thumbnail", response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}}, 404: {}, 503: {}})
+@router.get(
+    "/{video_id:path}/thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {}, 503: {}},
+)
 async def thumbnail(video_id: str, state: ServiceState = Depends(ready_state)) -> Response:
     from training.data.video import VideoDecodeError, middle_frame_jpeg
 
@@ -131,8 +150,15 @@ async def thumbnail(video_id: str, state: ServiceState = Depends(ready_state)) -
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
-VIDEO_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm", ".mkv": "video/x-matroska",
-               ".avi": "video/x-msvideo", ".mpg": "video/mpeg", ".ts": "video/mp2t"}  # by sniff_container's answer
+VIDEO_TYPES = {
+    ".mp4": "video/mp4",
+    ".mov": "video/quicktime",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
+    ".mpg": "video/mpeg",
+    ".ts": "video/mp2t",
+}  # by sniff_container's answer
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
 _DIGITS = 18  # longer numbers are past any file's end (and int() of huge digit strings is refused)
 STREAM_CHUNK = 1 << 16
@@ -147,8 +173,9 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     m = _RANGE.fullmatch(header)
     if m is None or (not m[1] and not m[2]):
         return None
-    unsatisfiable = HTTPException(416, f"range not satisfiable: the file has {size} bytes",
-                                  headers={"Content-Range": f"bytes */{size}"})
+    unsatisfiable = HTTPException(
+        416, f"range not satisfiable: the file has {size} bytes", headers={"Content-Range": f"bytes */{size}"}
+    )
     if not m[1]:  # the last n bytes
         n = int(m[2]) if len(m[2]) <= _DIGITS else size
         if n == 0 or size == 0:
@@ -163,7 +190,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-def _stream(fh, first: int, length: int):  # noqa: ANN001, ANN202 - an open file; a generator of bytes
+def _stream(fh, first: int, length: int):
     try:
         fh.seek(first)
         while length > 0:
@@ -176,13 +203,22 @@ def _stream(fh, first: int, length: int):  # noqa: ANN001, ANN202 - an open file
         fh.close()
 
 
-@router.get("/{video_id:path}/video", response_class=Response,
-            responses={200: {"content": {t: {} for t in VIDEO_TYPES.values()}, "description": "the whole file"},
-                       206: {"content": {t: {} for t in VIDEO_TYPES.values()}, "description": "the range asked"},
-                       404: {}, 416: {}, 503: {}})
-async def video_file(video_id: str, range_header: str | None = Header(None, alias="Range", description="bytes="
-                                                                     "first-last, first- or -count: one range"),
-                     state: ServiceState = Depends(ready_state)) -> Response:
+@router.get(
+    "/{video_id:path}/video",
+    response_class=Response,
+    responses={
+        200: {"content": {t: {} for t in VIDEO_TYPES.values()}, "description": "the whole file"},
+        206: {"content": {t: {} for t in VIDEO_TYPES.values()}, "description": "the range asked"},
+        404: {},
+        416: {},
+        503: {},
+    },
+)
+async def video_file(
+    video_id: str,
+    range_header: str | None = Header(None, alias="Range", description="bytes=first-last, first- or -count: one range"),
+    state: ServiceState = Depends(ready_state),
+) -> Response:
     """The stored video file, for playback: ``Accept-Ranges: bytes``, 206 with one range, 416 past the end. Only
     the file the video's metadata names (an added video's copy in the index's videos/ folder, or the indexed
     file), and only if it is a video container."""
@@ -211,8 +247,12 @@ async def video_file(video_id: str, range_header: str | None = Header(None, alia
     if span is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     headers["Content-Length"] = str(last - first + 1)
-    return StreamingResponse(_stream(fh, first, last - first + 1), status_code=206 if span else 200,
-                             media_type=VIDEO_TYPES[kind], headers=headers)
+    return StreamingResponse(
+        _stream(fh, first, last - first + 1),
+        status_code=206 if span else 200,
+        media_type=VIDEO_TYPES[kind],
+        headers=headers,
+    )
 
 
 @router.get("/{video_id:path}", response_model=VideoInfo, responses={404: {}, 503: {}})
@@ -223,8 +263,13 @@ def get_video(video_id: str, state: ServiceState = Depends(ready_state)) -> Vide
     return _info(state, meta)
 
 
-@router.delete("/{video_id:path}", status_code=204, response_class=Response,
-               responses={401: {}, 403: {}, 404: {}, 503: {}}, dependencies=[Depends(require_api_key)])
+@router.delete(
+    "/{video_id:path}",
+    status_code=204,
+    response_class=Response,
+    responses={401: {}, 403: {}, 404: {}, 503: {}},
+    dependencies=[Depends(require_api_key)],
+)
 async def delete_video(video_id: str, state: ServiceState = Depends(ready_state)) -> Response:
     meta = state.index.get(video_id)
     if meta is None:

@@ -17,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path):  # noqa: ANN202 - a module
+def _load(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up
@@ -32,9 +32,13 @@ bench = _load("vidret_bench_train", ROOT / "benchmarks" / "train.py")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run of the script: this machine has a GPU")
 def test_the_script_runs_on_a_cpu_machine_and_skips_the_gpu_parts(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHON": sys.executable, "VIDRET_GPU_DATA": "", "VIDRET_WHEELS": ""})
+    res = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable, "VIDRET_GPU_DATA": "", "VIDRET_WHEELS": ""},
+    )
     text = res.stdout
     assert res.returncode == 0, text[-4000:] + res.stderr[-3000:]
     assert "vidret GPU check: summary" in text and "gpu_check: " in text and " 0 failed" in text, text[-3000:]
@@ -53,8 +57,14 @@ def test_the_script_runs_on_a_cpu_machine_and_skips_the_gpu_parts(tmp_path: Path
     assert {(r["mode"], r["workers"]) for r in runs} == {("compute-only", 0), ("pipeline", 1)}
     assert all(r["clips_per_s"] > 0 and r["gpu_util"] is None and r["gpu_util_source"] == "n/a" for r in runs)
     assert summary["goals"] == []  # no verdicts off a GPU
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.log", "summary.json", "summary.txt",
-                                                     "tests.log", "tests.xml"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bench.json",
+        "bench.log",
+        "summary.json",
+        "summary.txt",
+        "tests.log",
+        "tests.xml",
+    ]
 
 
 def test_a_missing_dataset_and_missing_wheels_fail_clearly(tmp_path: Path) -> None:
@@ -88,21 +98,27 @@ def test_carried_wheels_are_picked_by_name_and_installed_without_the_network(tmp
     site = tmp_path / "site"
     res = gpu_check.install(sys.executable, found, site)
     assert res.returncode == 0, res.stderr
-    check = subprocess.run([sys.executable, "-c", "import vidret_fake_dep; print(vidret_fake_dep.VERSION)"],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)})
+    check = subprocess.run(
+        [sys.executable, "-c", "import vidret_fake_dep; print(vidret_fake_dep.VERSION)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
     assert check.stdout.strip() == "1.10"
 
 
-def test_the_environment_step_installs_what_is_missing_from_the_wheels(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_step_installs_what_is_missing_from_the_wheels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _wheel(wheels, "vidret_fake_dep", "0.1", "vidret_fake_dep")
     # a small set to look for (the real one imports every heavy module twice): one present, one to install
     monkeypatch.setattr(gpu_check, "REQUIRED", {"numpy": "numpy"})
     monkeypatch.setattr(gpu_check, "OPTIONAL", {"vidret_fake_dep": "vidret-fake-dep"})
-    st = gpu_check.State(out=tmp_path, scratch=tmp_path / "scratch", deadline=1e18,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    st = gpu_check.State(
+        out=tmp_path, scratch=tmp_path / "scratch", deadline=1e18, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     assert gpu_check.step_environment(st, sys.executable, wheels)
     names = {c.name: c for c in st.checks}
     assert names["install wheels"].status == "pass" and "vidret_fake_dep-0.1" in names["install wheels"].detail
@@ -123,20 +139,43 @@ def test_junit_results_become_rows(tmp_path: Path) -> None:
         </testsuite></testsuites>""")
     rows = gpu_check.parse_junit(xml)
     assert [(r.name, r.status, r.detail) for r in rows] == [
-        ("test test_a.py::test_ok", "pass", ""), ("test test_a.py::test_bad[x]", "fail", "assert 1 == 2"),
-        ("test test_b.py::test_skip", "skip", "needs a CUDA GPU: no"), ("test test_b.py::test_err", "fail",
-                                                                            "boom")]
+        ("test test_a.py::test_ok", "pass", ""),
+        ("test test_a.py::test_bad[x]", "fail", "assert 1 == 2"),
+        ("test test_b.py::test_skip", "skip", "needs a CUDA GPU: no"),
+        ("test test_b.py::test_err", "fail", "boom"),
+    ]
     assert rows[0].seconds == 1.5
 
 
 def _m(mode: str, workers: int, clips: float, wait: float, device: str = "cuda:0") -> object:
-    return bench.Measurement("r2plus1d_18", 16, 112, 16, mode, workers, device, "bf16", 768, 1, clips, wait, clips,
-                             wait, 90.0 if device != "cpu" else None, "torch.cuda.utilization", 10.0)
+    return bench.Measurement(
+        "r2plus1d_18",
+        16,
+        112,
+        16,
+        mode,
+        workers,
+        device,
+        "bf16",
+        768,
+        1,
+        clips,
+        wait,
+        clips,
+        wait,
+        90.0 if device != "cpu" else None,
+        "torch.cuda.utilization",
+        10.0,
+    )
 
 
 def test_verdicts_judge_the_steady_figures_against_compute_only() -> None:
-    results = [_m("compute-only", 0, 1000.0, 0.0), _m("pipeline", 8, 600.0, 0.05), _m("pipeline", 0, 100.0, 0.9),
-               _m("pipeline", 4, 400.0, 0.08)]
+    results = [
+        _m("compute-only", 0, 1000.0, 0.0),
+        _m("pipeline", 8, 600.0, 0.05),
+        _m("pipeline", 0, 100.0, 0.9),
+        _m("pipeline", 4, 400.0, 0.08),
+    ]
     vs = {v["workers"]: v for v in bench.verdicts(results)}
     assert vs[8]["steady_ratio_to_compute_only"] == pytest.approx(0.6)
     assert vs[8]["wait_goal_met"] and vs[8]["ratio_goal_met"]
@@ -182,7 +221,9 @@ def test_repeated_manifest_lists_every_video_again_under_new_ids(tmp_path: Path)
     (tmp_path / "train.csv").write_text("path,id,label,camera\nvideos/a.mp4,a,x,c1\n/abs/b.mp4,b,y,c2\n")
     out = bench.repeated_manifest(tmp_path / "train.csv", tmp_path / "r" / "train.csv", 3)
     lines = out.read_text().splitlines()
-    assert len(lines) == 1 + 6 and lines[1] == f"{tmp_path}/videos/a.mp4,a#0,x,c1" and lines[-1] == "/abs/b.mp4,b#2,y,c2"
+    assert (
+        len(lines) == 1 + 6 and lines[1] == f"{tmp_path}/videos/a.mp4,a#0,x,c1" and lines[-1] == "/abs/b.mp4,b#2,y,c2"
+    )
     assert bench.repeated_manifest(tmp_path / "train.csv", tmp_path / "x.csv", 1) == tmp_path / "train.csv"
 
 
@@ -191,8 +232,9 @@ def test_the_benchmark_keeps_its_plain_defaults() -> None:
     assert args.device == "auto" and args.epochs == 2 and args.batch_size == 8 and len(args.workers) == 1
     assert bench.cases(args) == [("tiny3d", 16, 112), ("r2plus1d_18", 8, 112)]
     assert bench.cases(bench.parse_args(["--quick"])) == [("tiny3d", 8, 64)]
-    gpu = bench.parse_args(["--device", "cuda", "--model", "r2plus1d_18", "--frames", "16", "--size", "112",
-                            "--workers", "0", "4", "8"])
+    gpu = bench.parse_args(
+        ["--device", "cuda", "--model", "r2plus1d_18", "--frames", "16", "--size", "112", "--workers", "0", "4", "8"]
+    )
     assert gpu.workers == [0, 4, 8] and bench.cases(gpu) == [("r2plus1d_18", 16, 112)]
     with pytest.raises(SystemExit):
         bench.parse_args(["--frames", "8"])  # --frames goes with --model
@@ -202,5 +244,11 @@ def test_the_gpu_run_asks_the_benchmark_for_the_issue_s_case(tmp_path: Path) -> 
     cmd = gpu_check.bench_command("python", tmp_path / "b.json", tmp_path / "data", True, "full", [8, 4, 0])
     assert cmd[:2] == ["python", "benchmarks/train.py"]
     args = bench.parse_args(cmd[2:])
-    assert (args.device, args.model, args.frames, args.size, args.workers) == ("cuda", "r2plus1d_18", 16, 112, [8, 4, 0])
+    assert (args.device, args.model, args.frames, args.size, args.workers) == (
+        "cuda",
+        "r2plus1d_18",
+        16,
+        112,
+        [8, 4, 0],
+    )
     assert args.data == tmp_path / "data" and args.json == tmp_path / "b.json" and args.epochs >= 2

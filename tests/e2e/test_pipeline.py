@@ -21,15 +21,19 @@ def test_embed_index_evaluate(embeddings: dict[str, Path], synth_dir: Path, tmp_
     assert res.returncode == 0, res.stderr
     info = json.loads((tmp_path / "ix" / "index.json").read_text())
     assert info["count"] == 18 and info["checkpoint_sha256"] == g.checkpoint_sha256
-    res = run_cli("evaluate", "--index", tmp_path / "ix", "--queries", embeddings["query"], "--json", tmp_path / "a.json")
+    res = run_cli(
+        "evaluate", "--index", tmp_path / "ix", "--queries", embeddings["query"], "--json", tmp_path / "a.json"
+    )
     assert res.returncode == 0 and "mAP" in res.stdout and "CMC@10" in res.stdout
-    res = run_cli("evaluate", "--gallery", embeddings["gallery"], "--queries", embeddings["query"], "--json",
-                  tmp_path / "b.json")
+    res = run_cli(
+        "evaluate", "--gallery", embeddings["gallery"], "--queries", embeddings["query"], "--json", tmp_path / "b.json"
+    )
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
     assert a == b and set(a) == {"mAP", "cmc", "num_queries", "skipped"} and 0 <= a["mAP"] <= 1
     assert a["num_queries"] == 6 and set(a["cmc"]) == {"1", "5", "10"}
-    res = run_cli("evaluate", "--index", tmp_path / "ix", "--gallery", embeddings["gallery"], "--queries",
-                  embeddings["query"])
+    res = run_cli(
+        "evaluate", "--index", tmp_path / "ix", "--gallery", embeddings["gallery"], "--queries", embeddings["query"]
+    )
     assert res.returncode == 1 and "exactly one of --index and --gallery" in res.stderr
 
 
@@ -40,20 +44,47 @@ def test_same_video_twice_gives_the_same_vector(checkpoint: Path, synth_dir: Pat
     assert res.returncode == 0, res.stderr
     e = load_embeddings(tmp_path / "e.npz")
     assert np.array_equal(e.embeddings[0], e.embeddings[1])
-    res = run_cli("embed", "--checkpoint", tmp_path / "m.csv", "--manifest", tmp_path / "m.csv", "--out", tmp_path / "x")
+    res = run_cli(
+        "embed", "--checkpoint", tmp_path / "m.csv", "--manifest", tmp_path / "m.csv", "--out", tmp_path / "x"
+    )
     assert res.returncode == 1 and "not a readable vidret checkpoint" in res.stderr
 
 
 def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
     # 4 training identities x 64 clips: with 32 clips an identity, runs that differed only in a few encoded pixels
     # gave AUROC 0.46-0.96; with 64, training seeds 0-5 gave 0.96-0.99
-    generate(tmp_path / "d", SynthConfig(identities=8, cameras=4, clips_per_camera=16, frames=8, size=32, noise=0.25,
-                                         seed=3), workers=1)
-    res = run_cli("train", "--train", tmp_path / "d" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
-                  "--epochs", "16", "--batch-size", "16", "--loss", "imae", "--cache")
+    generate(
+        tmp_path / "d",
+        SynthConfig(identities=8, cameras=4, clips_per_camera=16, frames=8, size=32, noise=0.25, seed=3),
+        workers=1,
+    )
+    res = run_cli(
+        "train",
+        "--train",
+        tmp_path / "d" / "train.csv",
+        "--out",
+        tmp_path / "run",
+        *TRAIN_ARGS,
+        "--epochs",
+        "16",
+        "--batch-size",
+        "16",
+        "--loss",
+        "imae",
+        "--cache",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
-    res = run_cli("audit", "--checkpoint", tmp_path / "run" / "checkpoints" / "last.pt", "--manifest",
-                  tmp_path / "d" / "train.csv", "--out", tmp_path / "audit.csv", "--workers", "0")
+    res = run_cli(
+        "audit",
+        "--checkpoint",
+        tmp_path / "run" / "checkpoints" / "last.pt",
+        "--manifest",
+        tmp_path / "d" / "train.csv",
+        "--out",
+        tmp_path / "audit.csv",
+        "--workers",
+        "0",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     with open(tmp_path / "audit.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -69,8 +100,17 @@ def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
     out = tmp_path / "b"
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["loss", "noise_rate", "seed", "final_mAP", "best_mAP", "final_cmc1", "best_cmc1",
-                             "train_acc_clean", "train_acc_noisy"]
+    assert list(rows[0]) == [
+        "loss",
+        "noise_rate",
+        "seed",
+        "final_mAP",
+        "best_mAP",
+        "final_cmc1",
+        "best_cmc1",
+        "train_acc_clean",
+        "train_acc_noisy",
+    ]
     assert {(r["loss"], float(r["noise_rate"])) for r in rows} == {(a, b) for a in ("cce", "imae") for b in (0, 0.4)}
     assert all(float(r["best_mAP"]) >= float(r["final_mAP"]) for r in rows)
     assert "best-epoch mAP" in (out / "results.md").read_text()

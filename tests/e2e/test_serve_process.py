@@ -29,10 +29,24 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Server:
-        self.proc = subprocess.Popen([*VIDRET, "serve", "--index", str(self.index), "--checkpoint",
-                                      str(self.checkpoint), "--port", str(self.port), "--device", "cpu", *self.args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env={**os.environ, "VIDRET_API_KEY": "k"})
+        self.proc = subprocess.Popen(
+            [
+                *VIDRET,
+                "serve",
+                "--index",
+                str(self.index),
+                "--checkpoint",
+                str(self.checkpoint),
+                "--port",
+                str(self.port),
+                "--device",
+                "cpu",
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "VIDRET_API_KEY": "k"},
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -66,8 +80,13 @@ def test_add_and_delete_survive_sigkill(index: Path, checkpoint: Path, synth_dir
     auth = {"Authorization": "Bearer k"}
     server = Server(index, checkpoint).start()
     try:
-        r = httpx.post(f"{server.url}/v1/videos", files={"file": ("v.mp4", video.read_bytes(), "video/mp4")},
-                       data={"id": "kept", "label": "L", "camera": "c5"}, headers=auth, timeout=60)
+        r = httpx.post(
+            f"{server.url}/v1/videos",
+            files={"file": ("v.mp4", video.read_bytes(), "video/mp4")},
+            data={"id": "kept", "label": "L", "camera": "c5"},
+            headers=auth,
+            timeout=60,
+        )
         assert r.status_code == 201, r.text
         server.kill()  # the instant after the 201
         server.start()
@@ -87,21 +106,32 @@ def test_add_and_delete_survive_sigkill(index: Path, checkpoint: Path, synth_dir
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _chromium(p):  # noqa: ANN001, ANN202
-    return p.chromium.launch(executable_path=CHROMIUM, args=[
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"])  # fresh profile
+def _chromium(p):
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )  # fresh profile
 
 
-def _page(browser):  # noqa: ANN001, ANN202
+def _page(browser):
     """A tab that ignores the page's content security policy: Playwright's wait_for_function evaluates its predicate
     with eval, which the policy forbids. So these tests check the page's own behaviour, without the policy's help;
     the policy is checked on its own (test_web_page_policy_blocks_injected_handlers)."""
     return browser.new_page(bypass_csp=True)
 
 
-ALL_THUMBNAILS_SHOWN = ("[...document.querySelectorAll('#results .card img')]"
-                        ".every(i => i.complete && i.naturalWidth > 0)")
+ALL_THUMBNAILS_SHOWN = (
+    "[...document.querySelectorAll('#results .card img')].every(i => i.complete && i.naturalWidth > 0)"
+)
 
 
 @pytest.mark.browser
@@ -144,9 +174,13 @@ def test_web_page_shows_labels_as_text_and_runs_none_of_them(index: Path, checkp
     server = Server(index, checkpoint).start()
     try:
         for vid in ("xss", "xss-twin"):  # the same video twice: each is the other's best match
-            r = httpx.post(f"{server.url}/v1/videos", files={"file": ("v.mp4", video, "video/mp4")},
-                           data={"id": vid, "label": PAYLOAD, "camera": "<b>cam</b>"},
-                           headers={"Authorization": "Bearer k"}, timeout=60)
+            r = httpx.post(
+                f"{server.url}/v1/videos",
+                files={"file": ("v.mp4", video, "video/mp4")},
+                data={"id": vid, "label": PAYLOAD, "camera": "<b>cam</b>"},
+                headers={"Authorization": "Bearer k"},
+                timeout=60,
+            )
             assert r.status_code == 201, r.text
         with sync_playwright() as p:
             browser = _chromium(p)

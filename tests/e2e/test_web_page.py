@@ -19,9 +19,10 @@ import pytest
 from tests.conftest import VIDRET
 from tests.e2e.test_serve_process import CHROMIUM, Server
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                 reason="Debian's chromium is not installed (.ci/run installs it)")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"),
+]
 PAYLOAD = '<img src=x onerror="window.__pwned=1">'
 GREEN, RED = "rgb(24, 128, 56)", "rgb(217, 48, 37)"
 MAX_EVAL = 10  # the server's VIDRET_MAX_EVAL_QUERIES: the evaluation view must split its 24 queries
@@ -37,9 +38,23 @@ def made(checkpoint: Path, synth_dir: Path, tmp_path_factory: pytest.TempPathFac
     from training.embed import embed_manifest
 
     out = tmp_path_factory.mktemp("webpage")
-    audit = subprocess.Popen([*VIDRET, "audit", "--checkpoint", str(checkpoint), "--manifest",
-                              str(synth_dir / "train.csv"), "--out", str(out / "suspects.csv"), "--workers", "0"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"})
+    audit = subprocess.Popen(
+        [
+            *VIDRET,
+            "audit",
+            "--checkpoint",
+            str(checkpoint),
+            "--manifest",
+            str(synth_dir / "train.csv"),
+            "--out",
+            str(out / "suspects.csv"),
+            "--workers",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     try:
         emb = embed_manifest(checkpoint, synth_dir / "train.csv", out / "train.npz", workers=0, device="cpu")
         VideoIndex.build(emb, out / "index", type="flat", checkpoint_sha256=emb.checkpoint_sha256).close()
@@ -50,14 +65,14 @@ def made(checkpoint: Path, synth_dir: Path, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module")
-def server(made: dict[str, Path], checkpoint: Path):  # noqa: ANN201
+def server(made: dict[str, Path], checkpoint: Path):
     srv = Server(made["index"], checkpoint, "--max-eval-queries", str(MAX_EVAL)).start()
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
+def browser():
     from playwright.sync_api import sync_playwright
 
     from tests.e2e.test_serve_process import _chromium
@@ -69,7 +84,7 @@ def browser():  # noqa: ANN201
 
 
 @pytest.fixture()
-def page(browser, server: Server):  # noqa: ANN001, ANN201
+def page(browser, server: Server):
     """A tab (that ignores the page's policy: Playwright's wait_for_function evaluates with eval; the policy is
     tested in test_serve_process.py) on the page, once it has loaded the index."""
     context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 860})
@@ -80,7 +95,7 @@ def page(browser, server: Server):  # noqa: ANN001, ANN201
     context.close()
 
 
-def _screenshot(page, name: str) -> None:  # noqa: ANN001
+def _screenshot(page, name: str) -> None:
     folder = os.environ.get("VIDRET_SCREENSHOT_DIR")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -93,7 +108,7 @@ def _api(server: Server, method: str, path: str, **kw) -> dict:
     return r.json()
 
 
-def test_suggest_box_keyboard_and_rank_list_marked_right_and_wrong(page, server: Server) -> None:  # noqa: ANN001
+def test_suggest_box_keyboard_and_rank_list_marked_right_and_wrong(page, server: Server) -> None:
     page.fill("#k-id", "23")  # every other video: some share the query's label, some do not
     page.click("#q")
     page.keyboard.type("ID0003_C2")  # ids and labels, case-insensitive
@@ -127,7 +142,7 @@ def test_suggest_box_keyboard_and_rank_list_marked_right_and_wrong(page, server:
     _screenshot(page, "rank_list.png")
 
 
-def test_a_hit_plays_its_clip_on_hover_and_click(page, server: Server) -> None:  # noqa: ANN001
+def test_a_hit_plays_its_clip_on_hover_and_click(page, server: Server) -> None:
     page.evaluate("location.hash = '#search/id0001_c1_s0'")
     card = page.locator("#results .card:not(.query)").first
     card.wait_for()
@@ -151,7 +166,7 @@ def test_a_hit_plays_its_clip_on_hover_and_click(page, server: Server) -> None: 
     assert video.is_visible() and card.locator("img").is_hidden()
 
 
-def test_gallery_is_paged(page) -> None:  # noqa: ANN001
+def test_gallery_is_paged(page) -> None:
     page.select_option("#gallery-size", "12")
     page.wait_for_function("document.querySelector('#gallery-page').textContent.startsWith('page 1 of 2')")
     first = page.locator("#gallery .gcard").evaluate_all("cs => cs.map(c => c.dataset.id)")
@@ -167,7 +182,7 @@ def test_gallery_is_paged(page) -> None:  # noqa: ANN001
     page.wait_for_selector(f"#results .card.query[data-id='{first[4]}']")
 
 
-def test_evaluation_draws_cmc_and_links_the_worst_queries(page, server: Server) -> None:  # noqa: ANN001
+def test_evaluation_draws_cmc_and_links_the_worst_queries(page, server: Server) -> None:
     statuses = []
     page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/v1/evaluate/queries") else None)
     page.click("#tab-eval")
@@ -187,10 +202,12 @@ def test_evaluation_draws_cmc_and_links_the_worst_queries(page, server: Server) 
         truth["n"] += r["num_queries"]
         for k in ks:
             truth["cmc"][str(k)] += r["cmc"][str(k)] * r["num_queries"]
-    assert float(page.locator("#eval-map").inner_text().rstrip("%")) == pytest.approx(100 * truth["mAP"] / truth["n"],
-                                                                                 abs=0.05)
+    assert float(page.locator("#eval-map").inner_text().rstrip("%")) == pytest.approx(
+        100 * truth["mAP"] / truth["n"], abs=0.05
+    )
     points = page.locator("#cmc circle.point").evaluate_all(
-        "cs => cs.map(c => [Number(c.dataset.rank), Number(c.dataset.value), Number(c.getAttribute('cy'))])")
+        "cs => cs.map(c => [Number(c.dataset.rank), Number(c.dataset.value), Number(c.getAttribute('cy'))])"
+    )
     assert [p[0] for p in points] == ks
     assert [p[1] for p in points] == pytest.approx([truth["cmc"][str(k)] / truth["n"] for k in ks])
     assert all(a[2] >= b[2] for a, b in zip(points, points[1:]))  # a CMC curve only rises (smaller y is higher)
@@ -201,8 +218,9 @@ def test_evaluation_draws_cmc_and_links_the_worst_queries(page, server: Server) 
     aps = [float(t) for t in rows.locator("td:first-child").all_inner_texts()]
     assert aps == sorted(aps)
     worst = rows.first.locator("a").inner_text()
-    assert _api(server, "POST", "/v1/evaluate", json={"query_ids": [worst]})["mAP"] == pytest.approx(aps[0],
-                                                                                                     abs=5e-4 + 1e-9)
+    assert _api(server, "POST", "/v1/evaluate", json={"query_ids": [worst]})["mAP"] == pytest.approx(
+        aps[0], abs=5e-4 + 1e-9
+    )
     rows.first.locator("a").click()  # opens that query's rank list
     page.wait_for_selector(f"#results .card.query[data-id='{worst}']")
     assert page.locator("#view-search").is_visible()
@@ -217,8 +235,9 @@ def test_evaluation_draws_cmc_and_links_the_worst_queries(page, server: Server) 
     assert "5 queries evaluated" in page.locator("#eval-counts").inner_text()
 
 
-def test_review_queue_by_keyboard_export_and_restart(page, server: Server, made: dict[str, Path],
-                                                     tmp_path: Path) -> None:  # noqa: ANN001
+def test_review_queue_by_keyboard_export_and_restart(
+    page, server: Server, made: dict[str, Path], tmp_path: Path
+) -> None:
     """Import the audit `vidret audit` wrote (one predicted label made markup, to be shown as text); decide four
     items by keyboard and one by mouse; see the cleaned manifest; kill -9 the server, restart it: the decisions are
     there."""
@@ -277,8 +296,12 @@ def test_review_queue_by_keyboard_export_and_restart(page, server: Server, made:
     assert page.evaluate("window.__pwned") is None and page.locator("img[src='x']").count() == 0
     decided = {i["id"]: i["decision"] for i in _api(server, "GET", "/v1/review/queue")["items"] if i["decision"]}
     assert {k: (v["action"], v["label"]) for k, v in decided.items()} == {
-        ids[0]: ("keep", None), ids[1]: ("relabel", rows[1]["predicted"]), ids[2]: ("relabel", "brand-new"),
-        ids[3]: ("drop", None), rows[8]["id"]: ("relabel", PAYLOAD)}
+        ids[0]: ("keep", None),
+        ids[1]: ("relabel", rows[1]["predicted"]),
+        ids[2]: ("relabel", "brand-new"),
+        ids[3]: ("drop", None),
+        rows[8]["id"]: ("relabel", PAYLOAD),
+    }
 
     # with a key, a clip is fetched with it and played from a blob URL
     media = items.first.locator("img.media")

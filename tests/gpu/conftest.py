@@ -20,6 +20,7 @@ from tests.gpu.helpers import fit_on_gpu
 # cuBLAS is deterministic only with a fixed workspace, set before CUDA starts (the exact-resume test needs it)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+
 def cuda_missing_reason() -> str | None:
     """None where a CUDA GPU is usable, else why not (the skip reason)."""
     import torch
@@ -27,8 +28,11 @@ def cuda_missing_reason() -> str | None:
     if torch.cuda.is_available():
         return None
     built = torch.version.cuda
-    return ("needs a CUDA GPU: torch.cuda.is_available() is False (torch " + torch.__version__
-            + (f", built for CUDA {built}: no GPU or driver here)" if built else ", a CPU-only build)"))
+    return (
+        "needs a CUDA GPU: torch.cuda.is_available() is False (torch "
+        + torch.__version__
+        + (f", built for CUDA {built}: no GPU or driver here)" if built else ", a CPU-only build)")
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -60,8 +64,11 @@ def gpu_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.data.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("gpu_data")
-    generate(out, SynthConfig(identities=12, cameras=2, clips_per_camera=2, frames=16, size=128, noise=0.2, seed=0),
-             workers=min(8, os.cpu_count() or 1))
+    generate(
+        out,
+        SynthConfig(identities=12, cameras=2, clips_per_camera=2, frames=16, size=128, noise=0.2, seed=0),
+        workers=min(8, os.cpu_count() or 1),
+    )
     return out
 
 
@@ -70,8 +77,12 @@ def deterministic() -> Iterator[None]:
     """cuDNN and every other op that has one on its deterministic algorithm (warning where there is none)."""
     import torch
 
-    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    saved = (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -82,7 +93,11 @@ def deterministic() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def gpu_run(gpu_data: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a FitResult
+def gpu_run(gpu_data: Path, tmp_path_factory: pytest.TempPathFactory):
     """tiny3d, two epochs on the GPU with 4 DataLoader workers, --precision auto, validated every epoch."""
-    return fit_on_gpu(gpu_data, tmp_path_factory.mktemp("gpu_run") / "run",
-                      val_query=str(gpu_data / "query.csv"), val_gallery=str(gpu_data / "gallery.csv"))
+    return fit_on_gpu(
+        gpu_data,
+        tmp_path_factory.mktemp("gpu_run") / "run",
+        val_query=str(gpu_data / "query.csv"),
+        val_gallery=str(gpu_data / "gallery.csv"),
+    )

@@ -29,9 +29,22 @@ def fit_on_gpu(data: Path, out: Path, **kw: Any) -> Any:
     """fit() on the GPU with the test sizes (a FitResult); ``kw`` overrides any TrainConfig field."""
     from training.trainer import TrainConfig, fit
 
-    cfg = {"train": str(data / "train.csv"), "out": str(out), "model": "tiny3d", "frames": FRAMES, "size": SIZE,
-           "batch_size": BATCH, "epochs": 2, "workers": 4, "embedding_dim": 64, "lr": 3e-3, "seed": 0,
-           "device": "cuda", "quiet": True, **kw}
+    cfg = {
+        "train": str(data / "train.csv"),
+        "out": str(out),
+        "model": "tiny3d",
+        "frames": FRAMES,
+        "size": SIZE,
+        "batch_size": BATCH,
+        "epochs": 2,
+        "workers": 4,
+        "embedding_dim": 64,
+        "lr": 3e-3,
+        "seed": 0,
+        "device": "cuda",
+        "quiet": True,
+        **kw,
+    }
     return fit(TrainConfig(**cfg))
 
 
@@ -71,8 +84,7 @@ class GradResult:
     scale: float  # the gradient scaler's scale that gave them (1.0 without a scaler)
 
 
-def imae_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, max_tries: int = 24
-               ) -> GradResult:
+def imae_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, max_tries: int = 24) -> GradResult:
     """The IMAE gradients of every parameter for one batch, computed as ``_train_step`` does: the forward under
     autocast, float32 logits, the loss, and for fp16 the backward through a GradScaler (unscaled before reading;
     an overflowing try is skipped and the scale lowered, as in training)."""
@@ -112,8 +124,10 @@ class GradDiff:
         return not self.nonfinite and self.rel_error <= rel and self.cosine >= cos
 
     def __str__(self) -> str:
-        return (f"relative error {self.rel_error:.4f}, cosine {self.cosine:.6f}, worst {self.worst} "
-                f"({self.worst_rel_error:.4f})" + (f", non-finite: {self.nonfinite}" if self.nonfinite else ""))
+        return (
+            f"relative error {self.rel_error:.4f}, cosine {self.cosine:.6f}, worst {self.worst} "
+            f"({self.worst_rel_error:.4f})" + (f", non-finite: {self.nonfinite}" if self.nonfinite else "")
+        )
 
 
 def compare_grads(ref: dict[str, torch.Tensor], other: dict[str, torch.Tensor], floor: float = 1e-3) -> GradDiff:
@@ -130,8 +144,11 @@ def compare_grads(ref: dict[str, torch.Tensor], other: dict[str, torch.Tensor], 
     rel = float((a - b).norm()) / norm if norm > 0 else float((a - b).norm())
     cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if norm > 0 and float(b.norm()) > 0 else 0.0
     biggest = max(float(v.norm()) for v in ref.values())
-    per = {k: float((ref[k] - other[k]).norm()) / float(ref[k].norm()) for k in ref
-           if float(ref[k].norm()) >= floor * biggest and biggest > 0}
+    per = {
+        k: float((ref[k] - other[k]).norm()) / float(ref[k].norm())
+        for k in ref
+        if float(ref[k].norm()) >= floor * biggest and biggest > 0
+    }
     worst = max(per, key=per.get) if per else ""
     return GradDiff(rel, cos, worst, per.get(worst, 0.0), [])
 

@@ -17,19 +17,20 @@ pytestmark = pytest.mark.gpu
 MAX_ABS, MIN_COS = 5e-3, 0.9995
 
 
-def test_gpu_embeddings_equal_cpu_embeddings(gpu_run, gpu_data: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_gpu_embeddings_equal_cpu_embeddings(gpu_run, gpu_data: Path, tmp_path: Path) -> None:
     ckpt = gpu_run.last_checkpoint
     out = {}
     for device in ("cpu", "cuda"):
-        out[device] = embed_manifest(ckpt, gpu_data / "gallery.csv", tmp_path / f"{device}.npz", batch_size=8,
-                                     workers=2, device=device)
+        out[device] = embed_manifest(
+            ckpt, gpu_data / "gallery.csv", tmp_path / f"{device}.npz", batch_size=8, workers=2, device=device
+        )
     cpu, gpu = out["cpu"], out["cuda"]
     assert list(cpu.ids) == list(gpu.ids) and len(cpu.ids) == len(read_manifest(gpu_data / "gallery.csv"))
     max_abs, min_cos = embedding_agreement(cpu.embeddings, gpu.embeddings)
     assert max_abs <= MAX_ABS and min_cos >= MIN_COS, f"GPU vs CPU: max |diff| {max_abs:.2e}, min cosine {min_cos:.6f}"
 
 
-def test_the_service_path_embeds_a_video_alike_on_gpu_and_cpu(gpu_run, gpu_data: Path) -> None:  # noqa: ANN001
+def test_the_service_path_embeds_a_video_alike_on_gpu_and_cpu(gpu_run, gpu_data: Path) -> None:
     rows = read_manifest(gpu_data / "query.csv")[:3]
     models = {d: load_checkpoint(gpu_run.last_checkpoint, device=d) for d in ("cpu", "cuda")}
     assert models["cuda"].device.type == "cuda"
@@ -42,8 +43,10 @@ def test_faiss_on_the_gpu_finds_what_the_cpu_index_finds(tmp_path: Path) -> None
     try:
         import faiss  # noqa: F401
     except ImportError:
-        pytest.skip("faiss is not installed here (a GPU build, faiss-gpu-cu12, needs the CUDA 12 runtime and cuBLAS "
-                    "wheels: far beyond a 64 MiB carry)")
+        pytest.skip(
+            "faiss is not installed here (a GPU build, faiss-gpu-cu12, needs the CUDA 12 runtime and cuBLAS "
+            "wheels: far beyond a 64 MiB carry)"
+        )
     from indexing.embeddings import Embeddings
     from indexing.index import VideoIndex, gpu_available
 
@@ -52,8 +55,9 @@ def test_faiss_on_the_gpu_finds_what_the_cpu_index_finds(tmp_path: Path) -> None
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(2000, 64)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    emb = Embeddings(ids=[f"v{i}" for i in range(len(vecs))], embeddings=vecs, labels=["a"] * len(vecs),
-                     cameras=["c1"] * len(vecs))
+    emb = Embeddings(
+        ids=[f"v{i}" for i in range(len(vecs))], embeddings=vecs, labels=["a"] * len(vecs), cameras=["c1"] * len(vecs)
+    )
     queries = vecs[:50] + 0.01 * rng.normal(size=(50, 64)).astype(np.float32)
     hits = {}
     for gpu in (False, True):

@@ -27,8 +27,9 @@ TOLERANCE = {"bf16": (0.15, 0.99), "fp16": (0.03, 0.9995)}
 TRAIN_COSINE = {"bf16": 0.95, "fp16": 0.99}
 
 
-def _grads(name: str, device: torch.device, precision: str, train: bool, frames: int, size: int,
-           batch: int = 8) -> GradResult:
+def _grads(
+    name: str, device: torch.device, precision: str, train: bool, frames: int, size: int, batch: int = 8
+) -> GradResult:
     model = make_model(name, CLASSES, device).train(train)
     x, y = clip_batch(batch, frames, size, CLASSES)
     with exact_fp32():

@@ -17,7 +17,7 @@ from tests.gpu.helpers import TIMING, clip_batch, compare_grads, exact_fp32, fit
 pytestmark = pytest.mark.gpu
 
 
-def _check_run(res, epochs: int, precision: str | None = None, validated: bool = False) -> dict:  # noqa: ANN001
+def _check_run(res, epochs: int, precision: str | None = None, validated: bool = False) -> dict:
     """A finished run: every epoch's row finite, metrics.csv written, on the GPU; its resolved config."""
     assert len(res.history) == epochs
     for row in res.history:
@@ -34,14 +34,21 @@ def _check_run(res, epochs: int, precision: str | None = None, validated: bool =
     return config
 
 
-def test_tiny3d_trains_two_epochs_on_the_gpu_with_workers(gpu_run) -> None:  # noqa: ANN001
+def test_tiny3d_trains_two_epochs_on_the_gpu_with_workers(gpu_run) -> None:
     config = _check_run(gpu_run, 2, validated=True)
     assert config["workers"] == 4
 
 
 def test_r2plus1d_18_trains_two_epochs_on_the_gpu_with_workers(gpu_data: Path, tmp_path: Path) -> None:
-    res = fit_on_gpu(gpu_data, tmp_path / "run", model="r2plus1d_18", size=112, embedding_dim=128,
-                     val_query=str(gpu_data / "query.csv"), val_gallery=str(gpu_data / "gallery.csv"))
+    res = fit_on_gpu(
+        gpu_data,
+        tmp_path / "run",
+        model="r2plus1d_18",
+        size=112,
+        embedding_dim=128,
+        val_query=str(gpu_data / "query.csv"),
+        val_gallery=str(gpu_data / "gallery.csv"),
+    )
     _check_run(res, 2, validated=True)
 
 
@@ -76,12 +83,13 @@ def test_channels_last_gives_what_the_default_layout_gives(name: str, size: int)
     assert diff.ok(1e-3, 0.99999), f"gradients, channels-last vs default layout: {diff}"
 
 
-def test_the_trainer_keeps_model_and_clips_channels_last_on_the_gpu(gpu_data: Path, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_trainer_keeps_model_and_clips_channels_last_on_the_gpu(
+    gpu_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[bool] = []
     real_step = trainer._train_step
 
-    def watching(cfg, job, optim, batch):  # noqa: ANN001, ANN202
+    def watching(cfg, job, optim, batch):
         convs = [m.weight for m in optim.model.modules() if isinstance(m, torch.nn.Conv3d)]
         seen.append(all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs))
         return real_step(cfg, job, optim, batch)
@@ -95,7 +103,7 @@ def test_compile_trains_on_the_gpu(gpu_data: Path, tmp_path: Path, monkeypatch: 
     compiled: list[object] = []
     real_compile = torch.compile
 
-    def recording(model, *a, **k):  # noqa: ANN001, ANN202
+    def recording(model, *a, **k):
         compiled.append(model)
         return real_compile(model, *a, **k)
 
@@ -112,7 +120,7 @@ def _learnt(history: list[dict[str, float]]) -> list[dict[str, str]]:
     return [{k: repr(v) for k, v in h.items() if k not in TIMING} for h in history]  # repr: nan == nan
 
 
-def _weight_differences(a_run, b_run) -> dict[str, float]:  # noqa: ANN001 - FitResults
+def _weight_differences(a_run, b_run) -> dict[str, float]:
     a = torch.load(a_run.last_checkpoint, weights_only=True)["model"]
     b = torch.load(b_run.last_checkpoint, weights_only=True)["model"]
     return {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
@@ -123,7 +131,9 @@ def test_resume_on_the_gpu_is_exact(gpu_data: Path, tmp_path: Path, deterministi
     # first the GPU itself: the same run twice (else a difference below could not be told from a resume bug)
     again = fit_on_gpu(gpu_data, tmp_path / "again", workers=2)
     differ = _weight_differences(straight, again)
-    assert not differ, f"two identical GPU runs differ, even on deterministic algorithms (largest differences): {differ}"
+    assert not differ, (
+        f"two identical GPU runs differ, even on deterministic algorithms (largest differences): {differ}"
+    )
     first = fit_on_gpu(gpu_data, tmp_path / "resumed", workers=2, stop_after_epoch=1)
     assert len(first.history) == 1
     resumed = fit_on_gpu(gpu_data, tmp_path / "resumed", workers=2, resume=True)

@@ -14,7 +14,7 @@ from indexing.atomic import atomic_write, atomic_write_text
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
     target = atomic_write_text(tmp_path / "a.json", "old")
 
-    def broken(fh) -> None:  # noqa: ANN001
+    def broken(fh) -> None:
         fh.write(b"half of the new")
         raise RuntimeError("disk full")
 
@@ -39,7 +39,7 @@ def test_the_file_is_on_disk_before_the_rename_and_the_rename_after_it(tmp_path:
         events.append(("fsync", "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
         real_fsync(fd)
 
-    def replace(src, dst) -> None:  # noqa: ANN001
+    def replace(src, dst) -> None:
         events.append(("rename", Path(dst).name))
         real_replace(src, dst)
 

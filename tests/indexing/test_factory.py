@@ -23,11 +23,12 @@ FACTORY = {"flat": "IDMap2,Flat", "hnsw": "IDMap2,HNSW32", "ivf": "IVF51,Flat", 
 def _emb(n: int = N, dim: int = DIM, seed: int = 3) -> Embeddings:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(20, dim))[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, dim))
-    return Embeddings(ids=[f"v{i}" for i in range(n)], embeddings=l2_normalize(x), labels=["p"] * n,
-                      cameras=["c"] * n, paths=[""] * n)
+    return Embeddings(
+        ids=[f"v{i}" for i in range(n)], embeddings=l2_normalize(x), labels=["p"] * n, cameras=["c"] * n, paths=[""] * n
+    )
 
 
-def _old_set(index, params: dict) -> None:  # noqa: ANN001
+def _old_set(index, params: dict) -> None:
     """The hand-written parameter setting that ParameterSpace replaced."""
     base = faiss.downcast_index(index.index) if hasattr(index, "index") else faiss.downcast_index(index)
     if "nprobe" in params and hasattr(base, "nprobe"):
@@ -36,7 +37,7 @@ def _old_set(index, params: dict) -> None:  # noqa: ANN001
         base.hnsw.efSearch = int(params["efSearch"])
 
 
-def _old_build(kind: str, metric: str, x: np.ndarray):  # noqa: ANN202
+def _old_build(kind: str, metric: str, x: np.ndarray):
     """The construction, training and tuning as VideoIndex.build did them before index_factory, written out."""
     n, d = x.shape
     mt = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
@@ -77,7 +78,7 @@ def _old_build(kind: str, metric: str, x: np.ndarray):  # noqa: ANN202
     return index, params
 
 
-def _search_params(index) -> dict[str, int]:  # noqa: ANN001
+def _search_params(index) -> dict[str, int]:
     """The search (and HNSW build) parameters set on a FAISS index, read from the index itself."""
     base = faiss.downcast_index(index.index) if hasattr(index, "index") else faiss.downcast_index(index)
     if hasattr(base, "hnsw"):
@@ -160,7 +161,7 @@ def test_gpu_indexes_get_their_parameters_through_gpu_parameter_space(monkeypatc
     calls: list[tuple[str, str, float]] = []
 
     class GpuParameterSpace:
-        def set_index_parameter(self, index, name, value) -> None:  # noqa: ANN001
+        def set_index_parameter(self, index, name, value) -> None:
             calls.append((type(index).__name__, name, value))
 
     fake = SimpleNamespace(GpuIndex=GpuIndex, GpuParameterSpace=GpuParameterSpace, ParameterSpace=faiss.ParameterSpace)

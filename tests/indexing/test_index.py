@@ -25,8 +25,13 @@ def _emb(n: int, dim: int = 16, seed: int = 0, clusters: int = 0) -> Embeddings:
         x = centres[rng.integers(0, clusters, n)] + 0.25 * rng.normal(size=(n, dim))
     else:
         x = rng.normal(size=(n, dim))
-    return Embeddings(ids=[f"v{i}" for i in range(n)], embeddings=l2_normalize(x),
-                      labels=[f"p{i % 7}" for i in range(n)], cameras=[f"c{i % 3}" for i in range(n)], paths=[f"/videos/{i}.mp4" for i in range(n)])
+    return Embeddings(
+        ids=[f"v{i}" for i in range(n)],
+        embeddings=l2_normalize(x),
+        labels=[f"p{i % 7}" for i in range(n)],
+        cameras=[f"c{i % 3}" for i in range(n)],
+        paths=[f"/videos/{i}.mp4" for i in range(n)],
+    )
 
 
 def _exact_top(x: np.ndarray, q: np.ndarray, k: int) -> list[list[int]]:
@@ -98,8 +103,9 @@ os.kill(os.getpid(), 9)
 def test_a_returned_add_or_remove_survives_kill_9(tmp_path: Path) -> None:
     VideoIndex.build(_emb(500), tmp_path / "ix", type="flat").close()
     for op in ("add", "remove"):
-        res = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path / "ix"), op], capture_output=True, text=True,
-                             timeout=120)
+        res = subprocess.run(
+            [sys.executable, "-c", KILLER, str(tmp_path / "ix"), op], capture_output=True, text=True, timeout=120
+        )
         assert res.returncode == -9 and "returned" in res.stdout, res.stderr
     ix = VideoIndex.load(tmp_path / "ix")
     assert ix.get("durable") is not None and ix.get("v3") is None and ix.count == 500
@@ -118,14 +124,14 @@ def test_concurrent_searches_during_writes_are_consistent(tmp_path: Path) -> Non
                 for hs in ix.search(emb.embeddings[:20], 5):
                     assert len(hs) == 5 and len({h.id for h in hs}) == 5
                     assert all(ix.get(h.id) is not None or h.id.startswith("w") for h in hs)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=searcher) for _ in range(4)]
     for t in threads:
         t.start()
     for i in range(100):
-        ix.add([f"w{i}"], emb.embeddings[i:i + 1], ["x"], [""], [""])
+        ix.add([f"w{i}"], emb.embeddings[i : i + 1], ["x"], [""], [""])
         if i % 2:
             ix.remove([f"w{i - 1}"])
     stop.set()
@@ -163,12 +169,22 @@ def test_embeddings_file_validation(tmp_path: Path) -> None:
     bad = Embeddings(ids=["a", "a"], embeddings=l2_normalize(np.ones((2, 3))), labels=["x", "y"], cameras=["", ""])
     with pytest.raises(UserError, match="duplicate id 'a'"):
         save_embeddings(tmp_path / "d.npz", bad)
-    np.savez(tmp_path / "nan.npz", ids=np.array(["a"]), embeddings=np.full((1, 3), np.nan, np.float32),
-             labels=np.array(["x"]), cameras=np.array([""]))
+    np.savez(
+        tmp_path / "nan.npz",
+        ids=np.array(["a"]),
+        embeddings=np.full((1, 3), np.nan, np.float32),
+        labels=np.array(["x"]),
+        cameras=np.array([""]),
+    )
     with pytest.raises(UserError, match="NaN or inf"):
         load_embeddings(tmp_path / "nan.npz")
-    np.savez(tmp_path / "short.npz", ids=np.array(["a", "b"]), embeddings=np.ones((1, 3), np.float32),
-             labels=np.array(["x"]), cameras=np.array([""]))
+    np.savez(
+        tmp_path / "short.npz",
+        ids=np.array(["a", "b"]),
+        embeddings=np.ones((1, 3), np.float32),
+        labels=np.array(["x"]),
+        cameras=np.array([""]),
+    )
     with pytest.raises(UserError, match="'ids' has 2 entries for 1 embeddings"):
         load_embeddings(tmp_path / "short.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk")
@@ -179,23 +195,23 @@ def test_embeddings_file_validation(tmp_path: Path) -> None:
 class _FakeGpuFaiss:
     """Stands in for the GPU half of faiss-gpu: counts the transfers the index makes."""
 
-    def __init__(self, real) -> None:  # noqa: ANN001
+    def __init__(self, real) -> None:
         self.real, self.to_gpu, self.to_cpu = real, 0, 0
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self.real, name)
 
     def get_num_gpus(self) -> int:
         return 1
 
-    def StandardGpuResources(self):  # noqa: ANN201, N802
+    def StandardGpuResources(self):
         return object()
 
-    def index_cpu_to_gpu(self, res, device, index):  # noqa: ANN001, ANN201
+    def index_cpu_to_gpu(self, res, device, index):
         self.to_gpu += 1
         return index
 
-    def index_gpu_to_cpu(self, index):  # noqa: ANN001, ANN201
+    def index_gpu_to_cpu(self, index):
         self.to_cpu += 1
         return index
 
@@ -260,7 +276,9 @@ def test_loads_the_first_layout_and_moves_it_to_a_generation_on_save(tmp_path: P
     ix.save()
     ix.close()
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("metadata.sqlite")) == [
-        "gen-1", "index.json"]
+        "gen-1",
+        "index.json",
+    ]
     assert json.loads((folder / "index.json").read_text())["generation"] == 1
     ix = VideoIndex.load(folder)
     assert ix.count == 200 and ix.get("v9") is None and ix.search(emb.embeddings[9:10], 1)[0][0].id == "new"
@@ -275,7 +293,7 @@ def test_hnsw_snapshot_keeps_the_writes_made_while_it_rebuilds(tmp_path: Path, m
     ix.remove(["v1", "v2"])
     real = VideoIndex._fresh_index
 
-    def rebuild_with_writes_meanwhile(self, vectors, rows):  # noqa: ANN001, ANN202
+    def rebuild_with_writes_meanwhile(self, vectors, rows):
         index = real(self, vectors, rows)
         self.add(["during"], emb.embeddings[1:2], ["d"], [""], [""])
         self.remove(["v5"])
@@ -295,14 +313,14 @@ def test_hnsw_snapshot_keeps_the_writes_made_while_it_rebuilds(tmp_path: Path, m
 class _Concurrency:
     """A search index that notes how many searches run in it at once."""
 
-    def __init__(self, index) -> None:  # noqa: ANN001
+    def __init__(self, index) -> None:
         self.index, self.active, self.most = index, 0, 0
         self._lock = threading.Lock()
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self.index, name)
 
-    def search(self, q, k):  # noqa: ANN001, ANN201
+    def search(self, q, k):
         with self._lock:
             self.active += 1
             self.most = max(self.most, self.active)
@@ -321,7 +339,7 @@ def _search_from_threads(ix: VideoIndex, emb: Embeddings) -> list[str]:
     def run(i: int) -> None:
         start.wait()
         for j in range(5):
-            tops.append(ix.search(emb.embeddings[i * 5 + j:i * 5 + j + 1], 1)[0][0].id)
+            tops.append(ix.search(emb.embeddings[i * 5 + j : i * 5 + j + 1], 1)[0][0].id)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
     for t in threads:
@@ -341,7 +359,7 @@ def test_searches_on_a_gpu_index_run_one_at_a_time(tmp_path: Path, monkeypatch) 
     VideoIndex.build(emb, tmp_path / "ix", type="flat", gpu=False).close()
     gpu_copies: list[_Concurrency] = []
 
-    def to_gpu(index):  # noqa: ANN001, ANN202
+    def to_gpu(index):
         gpu_copies.append(_Concurrency(faiss.clone_index(index)))
         return gpu_copies[-1]
 
@@ -380,7 +398,7 @@ def test_overwrite_removes_the_old_folder_only_once_the_new_one_is_in_place(tmp_
     VideoIndex.build(_emb(100), tmp_path / "ix", type="flat").close()
     real_rmtree, seen = shutil.rmtree, []
 
-    def rmtree(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def rmtree(path, *args, **kwargs):
         seen.append((Path(path).name, json.loads((tmp_path / "ix" / "index.json").read_text())["count"]))
         return real_rmtree(path, *args, **kwargs)
 
@@ -394,7 +412,7 @@ def test_overwrite_removes_the_old_folder_only_once_the_new_one_is_in_place(tmp_
 
     real_rename = os.rename
 
-    def failing_rename(src, dst):  # noqa: ANN001, ANN202
+    def failing_rename(src, dst):
         if Path(dst) == tmp_path / "ix" and not Path(src).name.startswith(".ix.old-"):  # the new one into place
             raise OSError("disk pulled")
         return real_rename(src, dst)

@@ -78,8 +78,16 @@ def test_matches_sklearn_average_precision_without_ties() -> None:
 
 def test_queries_without_relevant_items_are_skipped_and_counted() -> None:
     g = np.eye(4, dtype=np.float32)
-    res = evaluate_retrieval(np.eye(4, dtype=np.float32)[:2], ["a", "b"], ["x", "nobody"], ["c1", "c1"], g,
-                             ["g0", "g1", "g2", "g3"], ["x", "x", "y", "x"], ["c1", "c2", "c2", "c1"])
+    res = evaluate_retrieval(
+        np.eye(4, dtype=np.float32)[:2],
+        ["a", "b"],
+        ["x", "nobody"],
+        ["c1", "c1"],
+        g,
+        ["g0", "g1", "g2", "g3"],
+        ["x", "x", "y", "x"],
+        ["c1", "c2", "c2", "c1"],
+    )
     # query a: g0 and g3 share label and camera (junk), g1 is relevant; query b has no relevant item
     assert res.skipped == 1 and res.num_queries == 1
     assert res.to_json()["skipped"] == 1
@@ -88,8 +96,9 @@ def test_queries_without_relevant_items_are_skipped_and_counted() -> None:
 
 def test_perfect_and_l2_metric() -> None:
     g = np.eye(3, dtype=np.float32)
-    res = evaluate_retrieval(g, ["q0", "q1", "q2"], ["a", "b", "c"], None, g, ["g0", "g1", "g2"], ["a", "b", "c"],
-                             None, metric="l2")
+    res = evaluate_retrieval(
+        g, ["q0", "q1", "q2"], ["a", "b", "c"], None, g, ["g0", "g1", "g2"], ["a", "b", "c"], None, metric="l2"
+    )
     assert res.mAP == 1.0 and res.cmc[1] == 1.0
     assert res.to_json() == {"mAP": 1.0, "cmc": {"1": 1.0, "5": 1.0, "10": 1.0}, "num_queries": 3, "skipped": 0}
 

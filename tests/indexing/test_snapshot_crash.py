@@ -23,8 +23,17 @@ DIM = 8
 # Where a snapshot is interrupted: before or after the i-th file rename into the index folder (the snapshot's
 # files, then the index.json that publishes it), or once the journal is trimmed (before the previous snapshot is
 # removed).
-POINTS = [("before", 1), ("after", 1), ("before", 2), ("after", 2), ("before", 3), ("after", 3), ("before", 4),
-          ("after", 4), ("trimmed", 0)]
+POINTS = [
+    ("before", 1),
+    ("after", 1),
+    ("before", 2),
+    ("after", 2),
+    ("before", 3),
+    ("after", 3),
+    ("before", 4),
+    ("after", 4),
+    ("trimmed", 0),
+]
 
 State = dict[str, tuple[str, str, str, bytes]]  # id -> label, camera, path, float32 vector bytes
 
@@ -35,12 +44,18 @@ class Crash(Exception):
 
 def build(folder: Path) -> State:
     rng = np.random.default_rng(0)
-    emb = Embeddings(ids=[f"v{i}" for i in range(30)], embeddings=l2_normalize(rng.normal(size=(30, DIM))),
-                     labels=[f"p{i % 4}" for i in range(30)], cameras=["c1"] * 30,
-                     paths=[f"/videos/{i}.mp4" for i in range(30)])
+    emb = Embeddings(
+        ids=[f"v{i}" for i in range(30)],
+        embeddings=l2_normalize(rng.normal(size=(30, DIM))),
+        labels=[f"p{i % 4}" for i in range(30)],
+        cameras=["c1"] * 30,
+        paths=[f"/videos/{i}.mp4" for i in range(30)],
+    )
     VideoIndex.build(emb, folder, type="flat").close()
-    return {i: (lab, cam, p, v.tobytes())
-            for i, lab, cam, p, v in zip(emb.ids, emb.labels, emb.cameras, emb.paths, emb.embeddings, strict=True)}
+    return {
+        i: (lab, cam, p, v.tobytes())
+        for i, lab, cam, p, v in zip(emb.ids, emb.labels, emb.cameras, emb.paths, emb.embeddings, strict=True)
+    }
 
 
 def acknowledged_writes(ix: VideoIndex, state: State, tag: str = "a") -> State:
@@ -82,15 +97,16 @@ def assert_clean(folder: Path) -> None:
     assert not [n for n in names if n.startswith(".") or n in ("index.faiss", "vectors.npy", "rows.npy")], names
 
 
-def interrupt_at(folder: Path, when: str, n: int, crash: Callable[[], None],
-                 patch: Callable[[object, str, object], None] = setattr) -> None:
+def interrupt_at(
+    folder: Path, when: str, n: int, crash: Callable[[], None], patch: Callable[[object, str, object], None] = setattr
+) -> None:
     """Make the next snapshot of ``folder`` in this process call ``crash`` at the given point (by patching
     os.replace and the journal trim with ``patch``)."""
     real_replace, real_trim = os.replace, MetadataStore.truncate_journal
     root = folder.resolve()
     renames = 0
 
-    def replace(src, dst, **kw) -> None:  # noqa: ANN001
+    def replace(src, dst, **kw) -> None:
         nonlocal renames
         inside = root in Path(os.path.abspath(dst)).parents
         renames += inside
@@ -110,8 +126,9 @@ def interrupt_at(folder: Path, when: str, n: int, crash: Callable[[], None],
 
 
 @pytest.mark.parametrize(("when", "n"), POINTS)
-def test_an_exception_during_a_snapshot_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str,
-                                                      n: int) -> None:
+def test_an_exception_during_a_snapshot_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str, n: int
+) -> None:
     folder = tmp_path / "ix"
     state = build(folder)
     ix = VideoIndex.load(folder)
@@ -158,9 +175,15 @@ def test_sigkill_at_every_point_of_a_snapshot_loses_nothing(tmp_path: Path) -> N
     folders = {point: tmp_path / f"{point[0]}{point[1]}" for point in POINTS}
     for folder in folders.values():
         shutil.copytree(tmp_path / "base", folder)
-    procs = {point: subprocess.Popen([sys.executable, "-c", KILLED_DURING_SNAPSHOT, str(folder), *map(str, point),
-                                      str(REPO)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for point, folder in folders.items()}
+    procs = {
+        point: subprocess.Popen(
+            [sys.executable, "-c", KILLED_DURING_SNAPSHOT, str(folder), *map(str, point), str(REPO)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for point, folder in folders.items()
+    }
     for point, proc in procs.items():
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL and out == "acknowledged\n", (point, out, err[-2000:])

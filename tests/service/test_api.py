@@ -22,7 +22,7 @@ def _client(index: Path, checkpoint: Path | None, **kw) -> TestClient:
 
 
 @pytest.fixture()
-def client(fresh_index: Path, checkpoint: Path):  # noqa: ANN201
+def client(fresh_index: Path, checkpoint: Path):
     with _client(fresh_index, checkpoint, api_key=KEY, max_upload_mb=1, max_k=50) as c:
         yield c
 
@@ -63,23 +63,29 @@ def test_search_by_id_embedding_and_batch(client: TestClient) -> None:
     hits = r.json()["results"]
     assert len(hits) == 5 and ids[0] not in [h["id"] for h in hits] and r.json()["took_ms"] >= 0
     assert hits == sorted(hits, key=lambda h: -h["score"])
-    assert client.post("/v1/search", json={"id": ids[0], "k": 3, "exclude_self": False}).json()["results"][0]["id"] == ids[0]
+    assert (
+        client.post("/v1/search", json={"id": ids[0], "k": 3, "exclude_self": False}).json()["results"][0]["id"]
+        == ids[0]
+    )
     vec = np.random.default_rng(0).normal(size=32).tolist()
     assert len(client.post("/v1/search", json={"embedding": vec, "k": 4}).json()["results"]) == 4
     batch = client.post("/v1/search/batch", json={"queries": [{"id": ids[1]}, {"embedding": vec}], "k": 2}).json()
     assert [len(r) for r in batch["results"]] == [2, 2]
 
 
-@pytest.mark.parametrize("body,status,needle", [
-    ({"id": "nope"}, 404, "unknown video id 'nope'"),
-    ({"embedding": [0.1, 0.2]}, 422, "2 values, the index has dimension 32"),
-    ({"embedding": [0.0] * 32}, 422, "non-zero"),
-    ({"id": "x", "embedding": [1.0]}, 422, "exactly one of"),
-    ({}, 422, "exactly one of"),
-    ({"id": "x", "k": 0}, 422, "k"),
-    ({"id": "x", "k": 51}, 422, "VIDRET_MAX_K=50"),
-    ({"id": "x", "colour": "red"}, 422, "colour"),
-])
+@pytest.mark.parametrize(
+    "body,status,needle",
+    [
+        ({"id": "nope"}, 404, "unknown video id 'nope'"),
+        ({"embedding": [0.1, 0.2]}, 422, "2 values, the index has dimension 32"),
+        ({"embedding": [0.0] * 32}, 422, "non-zero"),
+        ({"id": "x", "embedding": [1.0]}, 422, "exactly one of"),
+        ({}, 422, "exactly one of"),
+        ({"id": "x", "k": 0}, 422, "k"),
+        ({"id": "x", "k": 51}, 422, "VIDRET_MAX_K=50"),
+        ({"id": "x", "colour": "red"}, 422, "colour"),
+    ],
+)
 def test_search_errors(client: TestClient, body: dict, status: int, needle: str) -> None:
     r = client.post("/v1/search", json=body)
     assert r.status_code == status and needle in r.json()["detail"]
@@ -102,10 +108,14 @@ def test_upload_search_matches_vidret_embed(client: TestClient, video: Path, emb
 
 
 def test_add_get_thumbnail_delete_with_auth(client: TestClient, video: Path) -> None:
-    def add(headers: dict, vid: str = "added1"):  # noqa: ANN202
+    def add(headers: dict, vid: str = "added1"):
         with open(video, "rb") as fh:
-            return client.post("/v1/videos", files={"file": ("a.mp4", fh, "video/mp4")},
-                               data={"id": vid, "label": "p", "camera": "c9"}, headers=headers)
+            return client.post(
+                "/v1/videos",
+                files={"file": ("a.mp4", fh, "video/mp4")},
+                data={"id": vid, "label": "p", "camera": "c9"},
+                headers=headers,
+            )
 
     assert add({}).status_code == 401
     assert add({"Authorization": "Bearer wrong"}).status_code == 403
@@ -114,7 +124,9 @@ def test_add_get_thumbnail_delete_with_auth(client: TestClient, video: Path) -> 
     assert add(AUTH).status_code == 409
     assert client.get("/v1/videos/added1").json()["id"] == "added1"
     thumb = client.get("/v1/videos/added1/thumbnail")
-    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
+    assert (
+        thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
+    )
     hits = client.post("/v1/search", json={"id": "id0008_c2_s1", "k": 1}).json()["results"]
     assert hits[0]["id"] == "added1"
     assert client.delete("/v1/videos/added1").status_code == 401
@@ -196,8 +208,13 @@ def test_web_page(client: TestClient) -> None:
     assert "/v1/search/video" in r.text and "/thumbnail" in r.text
 
 
-def _assert_same_ranking(body: dict, got: list[dict], expected: list[dict], wider: list[dict], tol: float = 1e-5,
-                         ) -> None:
+def _assert_same_ranking(
+    body: dict,
+    got: list[dict],
+    expected: list[dict],
+    wider: list[dict],
+    tol: float = 1e-5,
+) -> None:
     """``got`` answers ``body`` as ``expected`` does. A batched index call (a matrix product) rounds scores
     differently from a single one, so items whose scores tie within ``tol`` may swap places, and at the k-th place
     another member of the same tie may stand in (``wider`` is the uncoalesced answer with a larger k)."""
@@ -223,7 +240,9 @@ def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusio
     answer (its k, its self-exclusion) -- the same as with coalescing switched off."""
     with _client(fresh_index, None, search_coalesce=1) as direct:
         ids = [v["id"] for v in direct.get("/v1/videos").json()["videos"]]
-        bodies = [{"id": ids[i % len(ids)], "k": 1 + i % 7, "exclude_self": i % 3 != 0} for i in range(32)]  # fewer than anyio's 40 worker threads: all wait at once
+        bodies = [
+            {"id": ids[i % len(ids)], "k": 1 + i % 7, "exclude_self": i % 3 != 0} for i in range(32)
+        ]  # fewer than anyio's 40 worker threads: all wait at once
         expected = [direct.post("/v1/search", json=b).json()["results"] for b in bodies]
         wider = [direct.post("/v1/search", json={**b, "k": b["k"] + 5}).json()["results"] for b in bodies]
         assert direct.app.state.vidret.searcher is None
@@ -233,7 +252,7 @@ def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusio
         busy, release = threading.Event(), threading.Event()
         first_call = []  # the queries the first (held) index call answers
 
-        def held_search(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 -- the first call holds the index busy
+        def held_search(*args, **kwargs):
             if not busy.is_set():
                 first_call.append(len(args[0]))
                 busy.set()

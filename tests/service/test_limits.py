@@ -31,8 +31,10 @@ def _server(index: Path) -> RealServer:
 
 def test_a_declared_oversized_body_is_refused_without_reading_it(index_dir: Path) -> None:
     with _server(index_dir) as server, socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
-        conn.sendall(b"POST /v1/search/video HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; "
-                     b"boundary=x\r\nContent-Length: 10000000000\r\n\r\n")  # 10 GB announced, not one byte sent
+        conn.sendall(
+            b"POST /v1/search/video HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; "
+            b"boundary=x\r\nContent-Length: 10000000000\r\n\r\n"
+        )  # 10 GB announced, not one byte sent
         t0 = time.monotonic()
         status, body = _response(conn)
     assert status == 413 and "VIDRET_MAX_UPLOAD_MB=1" in body["detail"]
@@ -42,10 +44,14 @@ def test_a_declared_oversized_body_is_refused_without_reading_it(index_dir: Path
 def test_a_chunked_body_is_cut_off_at_the_limit(index_dir: Path) -> None:
     sent = 0
     with _server(index_dir) as server, socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
-        conn.sendall(b"POST /v1/search/video HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; "
-                     b"boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n")
-        head = (b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
-                b"Content-Type: video/mp4\r\n\r\n")  # a well-formed part whose file never ends
+        conn.sendall(
+            b"POST /v1/search/video HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; "
+            b"boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        head = (
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
+            b"Content-Type: video/mp4\r\n\r\n"
+        )  # a well-formed part whose file never ends
         conn.sendall(b"%x\r\n%s\r\n" % (len(head), head))
         chunk = b"\x00" * (256 * 1024)
         try:
@@ -61,6 +67,10 @@ def test_a_chunked_body_is_cut_off_at_the_limit(index_dir: Path) -> None:
 
 def test_bodies_under_the_limit_pass(index_dir: Path) -> None:
     with _server(index_dir) as server:
-        status, text = server.request("POST", "/v1/search", [b"Content-Type: application/json"],
-                                      json.dumps({"id": "id0008_c2_s1", "k": 2}).encode())
+        status, text = server.request(
+            "POST",
+            "/v1/search",
+            [b"Content-Type: application/json"],
+            json.dumps({"id": "id0008_c2_s1", "k": 2}).encode(),
+        )
     assert status == 200 and len(json.loads(text)["results"]) == 2

@@ -25,8 +25,17 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def train_index(checkpoint: Path, synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The training split indexed (its labels are the checkpoint's classes, 25% of them wrong)."""
     out = tmp_path_factory.mktemp("review")
-    res = run_cli("embed", "--checkpoint", checkpoint, "--manifest", synth_dir / "train.csv", "--out",
-                  out / "train.npz", "--workers", "0")
+    res = run_cli(
+        "embed",
+        "--checkpoint",
+        checkpoint,
+        "--manifest",
+        synth_dir / "train.csv",
+        "--out",
+        out / "train.npz",
+        "--workers",
+        "0",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     res = run_cli("index", "build", "--embeddings", out / "train.npz", "--out", out / "index")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -36,8 +45,9 @@ def train_index(checkpoint: Path, synth_dir: Path, tmp_path_factory: pytest.Temp
 @pytest.fixture(scope="module")
 def audit_csv(checkpoint: Path, synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("audit") / "suspects.csv"
-    res = run_cli("audit", "--checkpoint", checkpoint, "--manifest", synth_dir / "train.csv", "--out", out,
-                  "--workers", "0")
+    res = run_cli(
+        "audit", "--checkpoint", checkpoint, "--manifest", synth_dir / "train.csv", "--out", out, "--workers", "0"
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return out
 
@@ -54,7 +64,7 @@ def _client(index: Path, checkpoint: Path | None, **kw) -> TestClient:
 
 
 @pytest.fixture()
-def client(fresh: Path, checkpoint: Path):  # noqa: ANN201
+def client(fresh: Path, checkpoint: Path):
     with _client(fresh, checkpoint, api_key=KEY) as c:
         yield c
 
@@ -72,34 +82,58 @@ def test_video_is_served_with_range_requests(client: TestClient, synth_dir: Path
     assert r.status_code == 200 and r.content == data
     assert r.headers["content-type"] == "video/mp4" and r.headers["accept-ranges"] == "bytes"
     assert int(r.headers["content-length"]) == size
-    for header, (first, last) in {"bytes=0-99": (0, 99), "bytes=100-": (100, size - 1), "bytes=-50": (size - 50,
-                                  size - 1), "bytes=10-10": (10, 10), f"bytes=5-{size + 1000}": (5, size - 1),
-                                  "BYTES = 3 - 7": (3, 7), f"bytes=-{size + 5}": (0, size - 1),
-                                  "bytes=-" + "9" * 5000: (0, size - 1)}.items():
+    for header, (first, last) in {
+        "bytes=0-99": (0, 99),
+        "bytes=100-": (100, size - 1),
+        "bytes=-50": (size - 50, size - 1),
+        "bytes=10-10": (10, 10),
+        f"bytes=5-{size + 1000}": (5, size - 1),
+        "BYTES = 3 - 7": (3, 7),
+        f"bytes=-{size + 5}": (0, size - 1),
+        "bytes=-" + "9" * 5000: (0, size - 1),
+    }.items():
         r = client.get(url, headers={"Range": header})
         assert r.status_code == 206, header[:40]
         assert r.headers["content-range"] == f"bytes {first}-{last}/{size}", header[:40]
-        assert r.content == data[first:last + 1] and int(r.headers["content-length"]) == last - first + 1
+        assert r.content == data[first : last + 1] and int(r.headers["content-length"]) == last - first + 1
         assert r.headers["content-type"] == "video/mp4"
     for header in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0", "bytes=" + "9" * 40 + "-"):
         r = client.get(url, headers={"Range": header})
         assert r.status_code == 416, header
         assert r.headers["content-range"] == f"bytes */{size}" and "range not satisfiable" in r.json()["detail"]
     # malformed, several ranges, other units: the header is ignored (RFC 9110), the whole file is sent, never a 5xx
-    for header in ("bytes=abc", "bytes=9-2", "items=0-1", "bytes=0-1,3-4", "bytes=", "bytes=-", "bytes", "0-10",
-                   "bytes=1-2-3", "bytes=\u00e9-1", "bytes=" + "9" * 5000, " ", "bytes=0x10-"):
+    for header in (
+        "bytes=abc",
+        "bytes=9-2",
+        "items=0-1",
+        "bytes=0-1,3-4",
+        "bytes=",
+        "bytes=-",
+        "bytes",
+        "0-10",
+        "bytes=1-2-3",
+        "bytes=\u00e9-1",
+        "bytes=" + "9" * 5000,
+        " ",
+        "bytes=0x10-",
+    ):
         r = client.get(url, headers={"Range": header.encode("utf-8")})
         assert r.status_code == 200 and r.content == data, header[:40]
     assert client.get("/v1/videos/nope/video").status_code == 404
 
 
-def test_video_route_serves_only_the_stored_file(client: TestClient, fresh: Path, synth_dir: Path,
-                                                 tmp_path: Path) -> None:
+def test_video_route_serves_only_the_stored_file(
+    client: TestClient, fresh: Path, synth_dir: Path, tmp_path: Path
+) -> None:
     """An added video plays from the index's videos/ folder; a missing file or a non-video gives 404 (the client
     never names a path)."""
     video = synth_dir / "videos" / "id0001" / "c2_s1.mp4"
-    r = client.post("/v1/videos", files={"file": ("x.mp4", video.read_bytes(), "video/mp4")},
-                    data={"id": "added/one", "label": "L"}, headers=AUTH)
+    r = client.post(
+        "/v1/videos",
+        files={"file": ("x.mp4", video.read_bytes(), "video/mp4")},
+        data={"id": "added/one", "label": "L"},
+        headers=AUTH,
+    )
     assert r.status_code == 201, r.text
     r = client.get("/v1/videos/added/one/video", headers={"Range": "bytes=0-9"})
     assert r.status_code == 206 and r.content == video.read_bytes()[:10]
@@ -151,12 +185,20 @@ def test_listing_filters_by_id_and_label(client: TestClient) -> None:
 def test_per_query_ap_is_the_evaluation_of_each_query(client: TestClient, synth_dir: Path) -> None:
     # five more videos, not in the training split (copies would tie with their originals: float rounding of a
     # block's matrix product may then order them differently from a single query's)
-    for vid, label, camera, clip in (("solo", "only-one", "c1", "id0008/c2_s1"), ("pair-a", "pair", "c7", "id0009/c1_s0"),
-                                     ("pair-b", "pair", "c7", "id0009/c2_s1"), ("nocam-a", "nocam", "", "id0010/c1_s0"),
-                                     ("nocam-b", "nocam", "", "id0011/c2_s0")):
+    for vid, label, camera, clip in (
+        ("solo", "only-one", "c1", "id0008/c2_s1"),
+        ("pair-a", "pair", "c7", "id0009/c1_s0"),
+        ("pair-b", "pair", "c7", "id0009/c2_s1"),
+        ("nocam-a", "nocam", "", "id0010/c1_s0"),
+        ("nocam-b", "nocam", "", "id0011/c2_s0"),
+    ):
         video = (synth_dir / "videos" / f"{clip}.mp4").read_bytes()
-        r = client.post("/v1/videos", files={"file": ("x.mp4", video, "video/mp4")},
-                        data={"id": vid, "label": label, "camera": camera}, headers=AUTH)
+        r = client.post(
+            "/v1/videos",
+            files={"file": ("x.mp4", video, "video/mp4")},
+            data={"id": vid, "label": label, "camera": camera},
+            headers=AUTH,
+        )
         assert r.status_code == 201, r.text
     ids = [v["id"] for v in client.get("/v1/videos").json()["videos"]]
     whole = client.post("/v1/evaluate", json={"all": True, "ks": [1, 5]}).json()
@@ -205,8 +247,7 @@ def _import(client: TestClient, data: bytes, headers: dict | None = AUTH) -> htt
 
 
 def test_review_without_an_audit_is_empty(client: TestClient, fresh: Path) -> None:
-    assert client.get("/v1/review/queue").json() == {"items": [], "total": 0, "offset": 0, "decided": 0,
-                                                     "audit": None}
+    assert client.get("/v1/review/queue").json() == {"items": [], "total": 0, "offset": 0, "decided": 0, "audit": None}
     assert not (fresh / "review.sqlite").exists()  # reads create nothing
     export = _rows(client.get("/v1/review/export", headers=AUTH).text)
     assert len(export) == 24
@@ -233,15 +274,22 @@ def test_import_queue_decide_export(client: TestClient, audit_csv: Path, fresh: 
     assert [n["id"] for n in near] == [h["id"] for h in hits]
 
     ids = [i["id"] for i in q["items"]]
-    put = lambda vid, body, headers=AUTH: client.put(f"/v1/review/decisions/{vid}", json=body,  # noqa: E731
-                                                     headers=headers)
+
+    def put(vid: str, body: dict, headers: dict = AUTH) -> httpx.Response:
+        return client.put(f"/v1/review/decisions/{vid}", json=body, headers=headers)
+
     assert put(ids[0], {"action": "keep"}, headers={}).status_code == 401
     assert put(ids[0], {"action": "keep"}, headers={"Authorization": "Bearer nope"}).status_code == 403
     assert put("nope", {"action": "keep"}).status_code == 404
-    for body, needle in (({"action": "bless"}, "action"), ({"action": "relabel"}, "label"),
-                         ({"action": "relabel", "label": "  "}, "label"), ({"action": "keep", "label": "x"}, "label"),
-                         ({"action": "drop", "extra": 1}, "extra"), ({"action": "relabel", "label": "a\nb"}, "label"),
-                         ({}, "action")):
+    for body, needle in (
+        ({"action": "bless"}, "action"),
+        ({"action": "relabel"}, "label"),
+        ({"action": "relabel", "label": "  "}, "label"),
+        ({"action": "keep", "label": "x"}, "label"),
+        ({"action": "drop", "extra": 1}, "extra"),
+        ({"action": "relabel", "label": "a\nb"}, "label"),
+        ({}, "action"),
+    ):
         r = put(ids[0], body)
         assert r.status_code == 422 and needle in r.json()["detail"], (body, r.text)
     r = put(ids[0], {"action": "keep"})
@@ -265,8 +313,10 @@ def test_import_queue_decide_export(client: TestClient, audit_csv: Path, fresh: 
     assert rows[ids[1]]["label"] == "id0005" and rows[ids[0]]["label"] == q["items"][0]["label"]
     manifest = {row["id"]: row for row in csv.DictReader(open(synth_dir / "train.csv"))}
     for vid, row in rows.items():  # paths as stored (outside the index folder: the synthetic videos' own)
-        assert Path(row["path"]) == (synth_dir / manifest[vid]["path"]).resolve() and row["camera"] == \
-            manifest[vid]["camera"]
+        assert (
+            Path(row["path"]) == (synth_dir / manifest[vid]["path"]).resolve()
+            and row["camera"] == manifest[vid]["camera"]
+        )
         if vid != ids[1]:
             assert row["label"] == manifest[vid]["label"]
 
@@ -282,8 +332,12 @@ def test_export_paths_of_added_videos(client: TestClient, fresh: Path, synth_dir
     """A video added through the API lives in the index folder: the export names it videos/<file> (relative to the
     index folder); the CLI names it relative to the manifest it writes, so `vidret train` finds it from there."""
     video = synth_dir / "videos" / "id0001" / "c2_s1.mp4"
-    r = client.post("/v1/videos", files={"file": ("x.mp4", video.read_bytes(), "video/mp4")},
-                    data={"id": "new", "label": "L", "camera": "c9"}, headers=AUTH)
+    r = client.post(
+        "/v1/videos",
+        files={"file": ("x.mp4", video.read_bytes(), "video/mp4")},
+        data={"id": "new", "label": "L", "camera": "c9"},
+        headers=AUTH,
+    )
     assert r.status_code == 201
     rows = {row["id"]: row for row in _rows(client.get("/v1/review/export", headers=AUTH).text)}
     stored = rows["new"]["path"]
@@ -305,8 +359,12 @@ def test_deleting_a_video_forgets_its_review(client: TestClient, audit_csv: Path
     q = client.get("/v1/review/queue", params={"limit": 50}).json()
     assert q["total"] == 23 and q["decided"] == 0 and "id0002_c1_s0" not in {i["id"] for i in q["items"]}
     video = (synth_dir / "videos" / "id0002" / "c1_s0.mp4").read_bytes()
-    r = client.post("/v1/videos", files={"file": ("x.mp4", video, "video/mp4")}, data={"id": "id0002_c1_s0",
-                    "label": "id0002"}, headers=AUTH)
+    r = client.post(
+        "/v1/videos",
+        files={"file": ("x.mp4", video, "video/mp4")},
+        data={"id": "id0002_c1_s0", "label": "id0002"},
+        headers=AUTH,
+    )
     assert r.status_code == 201  # a new video under the old id: not dropped by the old decision
     assert "id0002_c1_s0" in {row["id"] for row in _rows(client.get("/v1/review/export", headers=AUTH).text)}
 
@@ -316,22 +374,32 @@ def test_review_export_cli_errors(tmp_path: Path) -> None:
     assert res.returncode == 1 and res.stderr.startswith("error: ") and "not an index folder" in res.stderr
 
 
-@pytest.mark.parametrize(("data", "needle"), [
-    (b"id,label,p_label,predicted,p_predicted\nid0000_c1_s0,a,0.1,b,0.5\n", "no column 'suspicion'"),
-    (b"label,p_label,predicted,p_predicted,suspicion\n", "no column 'id'"),
-    (b"", "empty"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\n", "no rows"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,0.1,b,0.5,0.9\nid0000_c1_s1,a,x,b,.5,.9\n",
-     "row 2: p_label 'x' is not a number"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,0.1,b,0.5,1.5\n", "row 1: suspicion"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,nan,b,0.5,0.5\n", "row 1: p_label"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,,0.1,b,0.5,0.9\n", "row 1: missing value in column 'label'"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,0.1,b,0.5\n", "row 1: 5 fields"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,.1,b,.5,.9\nid0000_c1_s0,a,.1,b,.5,.9\n",
-     "row 2: duplicate id 'id0000_c1_s0' (first at row 1)"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\n\xff\xfe,a,.1,b,.5,.9\n", "not UTF-8"),
-    (b"id,label,p_label,predicted,p_predicted,suspicion\nnot-indexed,a,.1,b,.5,.9\n", "none of its 1 ids"),
-])
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (b"id,label,p_label,predicted,p_predicted\nid0000_c1_s0,a,0.1,b,0.5\n", "no column 'suspicion'"),
+        (b"label,p_label,predicted,p_predicted,suspicion\n", "no column 'id'"),
+        (b"", "empty"),
+        (b"id,label,p_label,predicted,p_predicted,suspicion\n", "no rows"),
+        (
+            b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,0.1,b,0.5,0.9\nid0000_c1_s1,a,x,b,.5,.9\n",
+            "row 2: p_label 'x' is not a number",
+        ),
+        (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,0.1,b,0.5,1.5\n", "row 1: suspicion"),
+        (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,nan,b,0.5,0.5\n", "row 1: p_label"),
+        (
+            b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,,0.1,b,0.5,0.9\n",
+            "row 1: missing value in column 'label'",
+        ),
+        (b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,0.1,b,0.5\n", "row 1: 5 fields"),
+        (
+            b"id,label,p_label,predicted,p_predicted,suspicion\nid0000_c1_s0,a,.1,b,.5,.9\nid0000_c1_s0,a,.1,b,.5,.9\n",
+            "row 2: duplicate id 'id0000_c1_s0' (first at row 1)",
+        ),
+        (b"id,label,p_label,predicted,p_predicted,suspicion\n\xff\xfe,a,.1,b,.5,.9\n", "not UTF-8"),
+        (b"id,label,p_label,predicted,p_predicted,suspicion\nnot-indexed,a,.1,b,.5,.9\n", "none of its 1 ids"),
+    ],
+)
 def test_bad_audits_are_refused_with_the_column_or_row(client: TestClient, data: bytes, needle: str) -> None:
     r = _import(client, data)
     assert r.status_code == 422 and needle in r.json()["detail"], r.text
@@ -369,12 +437,14 @@ def test_server_computes_the_audit_as_vidret_audit_does(client: TestClient, audi
     for i in items:
         a = cli[i["id"]]
         assert i["label"] == a.label and i["predicted"] == a.predicted
-        assert i["p_label"] == pytest.approx(a.p_label, abs=2e-6) and i["suspicion"] == pytest.approx(a.suspicion,
-                                                                                                       abs=2e-6)
+        assert i["p_label"] == pytest.approx(a.p_label, abs=2e-6) and i["suspicion"] == pytest.approx(
+            a.suspicion, abs=2e-6
+        )
 
 
-def test_compute_needs_a_checkpoint_and_known_labels(fresh: Path, checkpoint: Path,
-                                                     embeddings: dict[str, Path], tmp_path: Path) -> None:
+def test_compute_needs_a_checkpoint_and_known_labels(
+    fresh: Path, checkpoint: Path, embeddings: dict[str, Path], tmp_path: Path
+) -> None:
     with _client(fresh, None, api_key=KEY) as c:
         r = c.post("/v1/review/audit/compute", headers=AUTH)
         assert r.status_code == 409 and "checkpoint" in r.json()["detail"]
@@ -419,11 +489,16 @@ def test_a_decision_survives_sigkill(train_index: Path, checkpoint: Path, audit_
     auth = {"Authorization": "Bearer k"}
     server = Server(index, checkpoint).start()
     try:
-        r = httpx.post(f"{server.url}/v1/review/audit", files={"file": ("a.csv", audit_csv.read_bytes())},
-                       headers=auth, timeout=60)
+        r = httpx.post(
+            f"{server.url}/v1/review/audit", files={"file": ("a.csv", audit_csv.read_bytes())}, headers=auth, timeout=60
+        )
         assert r.status_code == 201, r.text
-        r = httpx.put(f"{server.url}/v1/review/decisions/id0001_c2_s0", json={"action": "relabel", "label": "zz"},
-                      headers=auth, timeout=60)
+        r = httpx.put(
+            f"{server.url}/v1/review/decisions/id0001_c2_s0",
+            json={"action": "relabel", "label": "zz"},
+            headers=auth,
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         server.kill()  # the instant after the 200
         server.start()

@@ -19,14 +19,14 @@ from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def fuzz_index(embeddings: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def fuzz_index(embeddings: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("fuzz") / "index"
     assert run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", out).returncode == 0
     yield out
     shutil.rmtree(out, ignore_errors=True)
 
 
-def _started(settings: Settings):  # noqa: ANN202
+def _started(settings: Settings):
     from fastapi.testclient import TestClient
 
     application = create_app(settings, load_in_background=False)
@@ -34,7 +34,7 @@ def _started(settings: Settings):  # noqa: ANN202
 
 
 @pytest.fixture(scope="module")
-def app(fuzz_index: Path, checkpoint: Path):  # noqa: ANN201
+def app(fuzz_index: Path, checkpoint: Path):
     application, client = _started(Settings(index=fuzz_index, checkpoint=checkpoint, device="cpu", api_key="k"))
     with client:
         yield application
@@ -45,26 +45,35 @@ schema = schemathesis.from_pytest_fixture("api_schema")
 
 
 @pytest.fixture(scope="module")
-def api_schema(app):  # noqa: ANN001, ANN201
+def api_schema(app):
     return schemathesis.from_asgi("/openapi.json", app)
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much])
-def test_no_server_errors_and_schema_conformance(case) -> None:  # noqa: ANN001
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_no_server_errors_and_schema_conformance(case) -> None:
     response = case.call_asgi(headers={"Authorization": "Bearer k"})
     assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"
-    case.validate_response(response, checks=(schemathesis.checks.not_a_server_error,
-                                              schemathesis.checks.status_code_conformance,
-                                              schemathesis.checks.content_type_conformance,
-                                              schemathesis.checks.response_schema_conformance))
+    case.validate_response(
+        response,
+        checks=(
+            schemathesis.checks.not_a_server_error,
+            schemathesis.checks.status_code_conformance,
+            schemathesis.checks.content_type_conformance,
+            schemathesis.checks.response_schema_conformance,
+        ),
+    )
 
 
 # ---- headers, as raw bytes straight into the ASGI app (an HTTP client would re-encode them) ----
 
 WRITE, READ = "w-key", "r-key"
-MULTIPART = b"--b\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\nx\r\n--b--\r\n"
+MULTIPART = b'--b\r\nContent-Disposition: form-data; name="id"\r\n\r\nx\r\n--b--\r\n'
 ROUTES = [  # (method, path, body, content type): reads and writes
     ("GET", "/v1/videos", b"", b""),
     ("GET", "/v1/index", b"", b""),
@@ -77,17 +86,28 @@ ROUTES = [  # (method, path, body, content type): reads and writes
 
 
 @pytest.fixture(scope="module")
-def locked_app(fuzz_index: Path):  # noqa: ANN201 -- both keys, all interfaces: every route checks Authorization
+def locked_app(fuzz_index: Path):
     application, client = _started(Settings(index=fuzz_index, host="0.0.0.0", api_key=WRITE, read_api_key=READ))
     with client:
         yield application
 
 
-def call(app, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> tuple[int, bytes]:  # noqa: ANN001
+def call(app, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> tuple[int, bytes]:
     """One request through the ASGI interface, headers exactly as given."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
-             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: dict = {"status": None, "body": b""}
 
@@ -108,15 +128,30 @@ AUTHORIZATION = st.one_of(
     st.binary(max_size=80),
     st.binary(max_size=80).map(lambda b: b"Bearer " + b),
     st.text(max_size=40).map(lambda t: f"Bearer {t}".encode()),
-    st.sampled_from([b"", b"Bearer", b"Bearer ", b"Basic xyz", b"bearer \xe9", b"Bearer " + b"\xff" * 20_000,
-                     f"Bearer  {WRITE}x".encode(), f"Bearer {READ}\x00".encode(), READ.encode()]),
+    st.sampled_from(
+        [
+            b"",
+            b"Bearer",
+            b"Bearer ",
+            b"Basic xyz",
+            b"bearer \xe9",
+            b"Bearer " + b"\xff" * 20_000,
+            f"Bearer  {WRITE}x".encode(),
+            f"Bearer {READ}\x00".encode(),
+            READ.encode(),
+        ]
+    ),
 )
 
 
 @given(route=st.sampled_from(ROUTES), value=AUTHORIZATION)
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-def test_any_authorization_bytes_get_401_or_403(locked_app, route, value: bytes) -> None:  # noqa: ANN001
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_any_authorization_bytes_get_401_or_403(locked_app, route, value: bytes) -> None:
     assume(value.strip() not in (f"Bearer {WRITE}".encode(), f"Bearer {READ}".encode()))
     method, path, body, ctype = route
     headers = [(b"authorization", value), *([(b"content-type", ctype)] if ctype else [])]
@@ -125,16 +160,36 @@ def test_any_authorization_bytes_get_401_or_403(locked_app, route, value: bytes)
     assert json.loads(text)["detail"]
 
 
-OTHER_HEADERS = [b"content-length", b"content-type", b"accept", b"accept-encoding", b"host", b"cookie", b"range",
-                 b"transfer-encoding", b"x-forwarded-for", b"origin", b"if-none-match"]
+OTHER_HEADERS = [
+    b"content-length",
+    b"content-type",
+    b"accept",
+    b"accept-encoding",
+    b"host",
+    b"cookie",
+    b"range",
+    b"transfer-encoding",
+    b"x-forwarded-for",
+    b"origin",
+    b"if-none-match",
+]
 
 
-@given(route=st.sampled_from(ROUTES), name=st.sampled_from(OTHER_HEADERS),
-       value=st.one_of(st.binary(max_size=60), st.sampled_from([b"\xb2", b"\xb9\xb3", b"-1", b"99999999999999999999",
-                                                                b"\xff" * 10_000])))
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-def test_any_other_header_bytes_get_no_server_error(locked_app, route, name: bytes, value: bytes) -> None:  # noqa: ANN001
+@given(
+    route=st.sampled_from(ROUTES),
+    name=st.sampled_from(OTHER_HEADERS),
+    value=st.one_of(
+        st.binary(max_size=60),
+        st.sampled_from([b"\xb2", b"\xb9\xb3", b"-1", b"99999999999999999999", b"\xff" * 10_000]),
+    ),
+)
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_any_other_header_bytes_get_no_server_error(locked_app, route, name: bytes, value: bytes) -> None:
     method, path, body, ctype = route
     headers = [(b"authorization", f"Bearer {WRITE}".encode()), (name, value)]
     if ctype and name != b"content-type":

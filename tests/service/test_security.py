@@ -39,7 +39,7 @@ def _client(index: Path, checkpoint: Path | None = None, **kw) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def locked(index_dir: Path, checkpoint: Path):  # noqa: ANN201 -- both keys set, on all interfaces
+def locked(index_dir: Path, checkpoint: Path):
     with _client(index_dir, checkpoint, host="0.0.0.0", api_key=WRITE, read_api_key=READ) as c:
         yield c
 
@@ -66,8 +66,9 @@ def _requests(video: Path) -> dict[str, tuple[str, str, dict]]:
     }
 
 
-def test_every_authorization_value_gets_401_or_403_on_every_route(locked: TestClient, index_dir: Path,
-                                                                   video: Path) -> None:
+def test_every_authorization_value_gets_401_or_403_on_every_route(
+    locked: TestClient, index_dir: Path, video: Path
+) -> None:
     def check(client: TestClient, routes: dict) -> None:
         for route, (method, path, kw) in routes.items():
             for name, value in ODD_AUTHORIZATION.items():
@@ -91,8 +92,9 @@ class RealServer:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(create_app(settings, load_in_background=False),
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(settings, load_in_background=False), log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> RealServer:
@@ -108,8 +110,13 @@ class RealServer:
         self.thread.join(timeout=30)
 
     def request(self, method: str, path: str, headers: list[bytes], body: bytes = b"") -> tuple[int, bytes]:
-        head = [f"{method} {path} HTTP/1.1".encode(), b"Host: test", b"Connection: close",
-                f"Content-Length: {len(body)}".encode(), *headers]
+        head = [
+            f"{method} {path} HTTP/1.1".encode(),
+            b"Host: test",
+            b"Connection: close",
+            f"Content-Length: {len(body)}".encode(),
+            *headers,
+        ]
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as c:
             c.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
             data = b""
@@ -126,8 +133,11 @@ def test_raw_authorization_bytes_through_uvicorn(index_dir: Path) -> None:
     search = json.dumps({"id": "id0008_c2_s1", "k": 2}).encode()
     with RealServer(settings) as server:
         for name, value in ODD_AUTHORIZATION.items():
-            for method, path, body in (("GET", "/v1/videos", b""), ("DELETE", "/v1/videos/x", b""),
-                                       ("POST", "/v1/search", search)):
+            for method, path, body in (
+                ("GET", "/v1/videos", b""),
+                ("DELETE", "/v1/videos/x", b""),
+                ("POST", "/v1/search", search),
+            ):
                 extra = [b"Content-Type: application/json"] if body else []
                 status, text = server.request(method, path, [b"Authorization: " + value, *extra], body)
                 assert status in (401, 403), f"{name} {method} {path}: {status} {text[:200]!r}"
@@ -142,8 +152,9 @@ def test_raw_authorization_bytes_through_uvicorn(index_dir: Path) -> None:
         assert server.request("GET", "/v1/videos", [b"Authorization: Bearer cl\xe9"])[0] == 403  # latin-1
 
 
-def test_writes_without_a_key_are_refused_off_loopback(fresh_index: Path, video: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writes_without_a_key_are_refused_off_loopback(
+    fresh_index: Path, video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with _client(fresh_index, host="0.0.0.0") as c:
         r = c.delete("/v1/videos/id0008_c2_s0")
         assert r.status_code == 403
@@ -168,8 +179,9 @@ def test_writes_without_a_key_are_refused_off_loopback(fresh_index: Path, video:
         assert c.delete(f"/v1/videos/{vid}", headers={"Authorization": f"Bearer {WRITE}"}).status_code == 204
 
 
-def test_read_key_guards_every_read_and_the_write_key_opens_them_too(locked: TestClient, index_dir: Path,
-                                                                     video: Path) -> None:
+def test_read_key_guards_every_read_and_the_write_key_opens_them_too(
+    locked: TestClient, index_dir: Path, video: Path
+) -> None:
     for route, (method, path, kw) in _requests(video).items():
         if "write" in route:
             continue
@@ -191,15 +203,24 @@ def test_every_published_route_is_under_the_read_and_write_policies(index_dir: P
     """Walks the OpenAPI document, so a route added later without the policies fails here: with a read key set,
     every /v1 route refuses a request without a key; every route that is not a known read-only one is a write and is
     refused, even with the read key, on a server without a write key that listens on all interfaces."""
-    reads = {("post", "/v1/search"), ("post", "/v1/search/batch"), ("post", "/v1/search/video"),
-             ("post", "/v1/evaluate"), ("post", "/v1/evaluate/queries")}
+    reads = {
+        ("post", "/v1/search"),
+        ("post", "/v1/search/batch"),
+        ("post", "/v1/search/video"),
+        ("post", "/v1/evaluate"),
+        ("post", "/v1/evaluate/queries"),
+    }
     with _client(index_dir, host="0.0.0.0", read_api_key=READ) as c:
         paths = c.get("/openapi.json").json()["paths"]
         operations = [(method, path) for path, item in paths.items() for method in item]
         writes = [(m, p) for m, p in operations if m not in ("get", "head") and (m, p) not in reads]
-        assert sorted(writes) == [("delete", "/v1/videos/{video_id}"), ("post", "/v1/review/audit"),
-                                  ("post", "/v1/review/audit/compute"), ("post", "/v1/videos"),
-                                  ("put", "/v1/review/decisions/{video_id}")]
+        assert sorted(writes) == [
+            ("delete", "/v1/videos/{video_id}"),
+            ("post", "/v1/review/audit"),
+            ("post", "/v1/review/audit/compute"),
+            ("post", "/v1/videos"),
+            ("put", "/v1/review/decisions/{video_id}"),
+        ]
         writes.append(("get", "/v1/review/export"))  # a read that shows server paths: under the write policy
         for method, path in operations:
             url = path.replace("{video_id}", "id0008_c2_s1")
@@ -260,6 +281,8 @@ def test_user_errors_do_not_show_server_paths(index_dir: Path, tmp_path: Path) -
 
     from service.deps import redact_paths
 
-    assert redact_paths("unknown id 'a/b', k must be >= 1, see https://x.org/a/b") == \
-        "unknown id 'a/b', k must be >= 1, see https://x.org/a/b"  # ids, relative paths and URLs stay
+    assert (
+        redact_paths("unknown id 'a/b', k must be >= 1, see https://x.org/a/b")
+        == "unknown id 'a/b', k must be >= 1, see https://x.org/a/b"
+    )  # ids, relative paths and URLs stay
     assert redact_paths("/srv/data/index: not an index folder") == "index: not an index folder"

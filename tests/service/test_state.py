@@ -25,8 +25,12 @@ DIM = 8
 
 
 def _index(tmp_path: Path, n: int = 20) -> Path:
-    emb = Embeddings(ids=[f"v{i}" for i in range(n)], embeddings=l2_normalize(np.eye(n, DIM) + 0.01),
-                     labels=["x"] * n, cameras=[""] * n)
+    emb = Embeddings(
+        ids=[f"v{i}" for i in range(n)],
+        embeddings=l2_normalize(np.eye(n, DIM) + 0.01),
+        labels=["x"] * n,
+        cameras=[""] * n,
+    )
     VideoIndex.build(emb, tmp_path / "ix", type="flat").close()
     return tmp_path / "ix"
 
@@ -42,7 +46,7 @@ def within(fn: Callable[[], Any], seconds: float = 5.0) -> Any:
     def run() -> None:
         try:
             out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             out["error"] = exc
 
     t = threading.Thread(target=run, daemon=True)
@@ -59,8 +63,9 @@ def _write(state: ServiceState, vid: str, seed: int) -> None:
     state.note_write()
 
 
-def test_snapshots_are_written_in_the_background_and_close_finishes_them(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_snapshots_are_written_in_the_background_and_close_finishes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = _index(tmp_path)
     state = ServiceState(Settings(index=folder, snapshot_every=2))
     state.load()
@@ -93,8 +98,9 @@ def test_snapshots_are_written_in_the_background_and_close_finishes_them(tmp_pat
     ix.close()
 
 
-def test_a_failed_snapshot_is_reported_by_close_and_loses_nothing(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_snapshot_is_reported_by_close_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = _index(tmp_path)
     state = ServiceState(Settings(index=folder, snapshot_every=100))
     state.load()
@@ -137,7 +143,7 @@ class WorkerKilled(BaseException):
 def _outcome(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except BaseException as exc:  # noqa: BLE001 - compared by the test
+    except BaseException as exc:
         return exc
 
 
@@ -151,8 +157,9 @@ def test_requests_waiting_when_the_worker_dies_get_503_and_later_ones_at_once() 
 
     b = MicroBatcher(fn, 0.0, max_batch=1, name="vidret-test")
     results: dict[int, Any] = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _outcome(lambda: b.submit(i))))
-               for i in range(3)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, _outcome(lambda: b.submit(i)))) for i in range(3)
+    ]
     threads[0].start()
     assert entered.wait(5)  # request 0 is being served; 1 and 2 wait in the queue
     for t in threads[1:]:

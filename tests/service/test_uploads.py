@@ -31,7 +31,7 @@ def _frames(n: int, h: int, w: int) -> np.ndarray:
 
 
 @pytest.fixture()
-def client(fresh_index: Path, checkpoint: Path):  # noqa: ANN201
+def client(fresh_index: Path, checkpoint: Path):
     settings = Settings(index=fresh_index, checkpoint=checkpoint, device="cpu", api_key=KEY, max_upload_mb=1)
     with TestClient(create_app(settings, load_in_background=False), raise_server_exceptions=False) as c:
         yield c
@@ -64,7 +64,8 @@ def _frame_list(image: Path, sync_every_packet: bool) -> bytes:
 
 @pytest.mark.parametrize("sync_every_packet", [False, True])
 def test_a_frames_upload_naming_a_server_image_is_415_and_never_opens_it(
-        client: TestClient, tmp_path: Path, image_opens: list, sync_every_packet: bool) -> None:
+    client: TestClient, tmp_path: Path, image_opens: list, sync_every_packet: bool
+) -> None:
     secret = tmp_path / "private" / "secret.png"
     secret.parent.mkdir()
     Image.fromarray(_frames(1, 64, 64)[0]).save(secret)
@@ -82,12 +83,16 @@ def test_a_frames_upload_naming_a_server_image_is_415_and_never_opens_it(
     assert client.get("/v1/videos/evil").status_code == 404
 
 
-@pytest.mark.parametrize("body", [
-    b"hello, I am text\n" * 40,
-    b"G" + b"not a transport stream " * 40,  # the old one-byte MPEG-TS check let this through
-    b"RIFF\x00\x00\x00\x00WAVEfmt " + bytes(64),
-    b"\x89PNG\r\n\x1a\n" + bytes(64),
-], ids=["text", "G-text", "wav", "png"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"hello, I am text\n" * 40,
+        b"G" + b"not a transport stream " * 40,  # the old one-byte MPEG-TS check let this through
+        b"RIFF\x00\x00\x00\x00WAVEfmt " + bytes(64),
+        b"\x89PNG\r\n\x1a\n" + bytes(64),
+    ],
+    ids=["text", "G-text", "wav", "png"],
+)
 def test_a_video_name_on_non_video_bytes_is_415(client: TestClient, fresh_index: Path, body: bytes) -> None:
     r = client.post("/v1/search/video", files={"file": ("clip.mp4", body, "video/mp4")})
     assert r.status_code == 415 and "not a video file" in r.json()["detail"]
@@ -106,11 +111,14 @@ def test_undecodable_uploads_say_why_without_a_server_path(client: TestClient, f
     assert not list((fresh_index / "videos").glob("*"))
 
 
-def test_uploads_are_stored_under_the_type_their_bytes_show(client: TestClient, fresh_index: Path, video: Path,
-                                                           tmp_path: Path) -> None:
+def test_uploads_are_stored_under_the_type_their_bytes_show(
+    client: TestClient, fresh_index: Path, video: Path, tmp_path: Path
+) -> None:
     ts = write_container(tmp_path / "clip.ts", _frames(8, 32, 32), "mpegts", "libx264")
-    for vid, name, data, ext in (("as-mp4", "clip.frames", video.read_bytes(), ".mp4"),
-                                 ("as-ts", "movie.mp4", ts.read_bytes(), ".ts")):
+    for vid, name, data, ext in (
+        ("as-mp4", "clip.frames", video.read_bytes(), ".mp4"),
+        ("as-ts", "movie.mp4", ts.read_bytes(), ".ts"),
+    ):
         r = client.post("/v1/videos", files={"file": (name, data)}, data={"id": vid}, headers=AUTH)
         assert r.status_code == 201, r.text
         path = r.json()["path"]
@@ -122,7 +130,8 @@ def test_uploads_are_stored_under_the_type_their_bytes_show(client: TestClient, 
 
 
 def test_a_48px_upload_decord_cannot_decode_is_searched_added_and_thumbnailed(
-        client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "w48.mp4"
     write_mp4(path, _frames(10, 26, 48))  # the checkpoint decodes at short side 27: 48 px wide, not resized
     caplog.set_level(logging.DEBUG, logger="training.data.video")
@@ -146,8 +155,15 @@ def test_video_routes_show_no_server_path(client: TestClient, fresh_index: Path,
     listing = client.get("/v1/videos", params={"limit": 1000})
     gallery = client.get("/v1/videos/id0008_c2_s1")
     assert gallery.json()["path"] == "c2_s1.mp4"  # a video indexed from a manifest: its file name
-    bodies = [r, listing, gallery, client.get("/v1/videos/mine"), client.get("/v1/index"),
-              client.get("/v1/videos/nope"), client.get("/v1/videos/nope/thumbnail")]
+    bodies = [
+        r,
+        listing,
+        gallery,
+        client.get("/v1/videos/mine"),
+        client.get("/v1/index"),
+        client.get("/v1/videos/nope"),
+        client.get("/v1/videos/nope/thumbnail"),
+    ]
     for resp in bodies:
         assert str(fresh_index.resolve()) not in resp.text and str(fresh_index) not in resp.text, resp.text[:300]
         assert not ABSOLUTE_PATH.search(resp.text), resp.text[:300]

@@ -16,19 +16,22 @@ KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def test_concurrent_adds_of_one_id_keep_the_winners_file(index_dir: Path, checkpoint: Path, synth_dir: Path,
-                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_adds_of_one_id_keep_the_winners_file(
+    index_dir: Path, checkpoint: Path, synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     index = tmp_path / "index"
     shutil.copytree(index_dir, index)
-    uploads = {"A": (synth_dir / "videos" / "id0008" / "c2_s1.mp4").read_bytes(),
-               "B": (synth_dir / "videos" / "id0009" / "c1_s1.mp4").read_bytes()}
+    uploads = {
+        "A": (synth_dir / "videos" / "id0008" / "c2_s1.mp4").read_bytes(),
+        "B": (synth_dir / "videos" / "id0009" / "c1_s1.mp4").read_bytes(),
+    }
     assert uploads["A"] != uploads["B"]
     settings = Settings(index=index, checkpoint=checkpoint, device="cpu", api_key=KEY)
     with TestClient(create_app(settings, load_in_background=False), raise_server_exceptions=False) as client:
         state = client.app.state.vidret
         real_add, both_there = state.index.add, threading.Barrier(2, timeout=60)
 
-        def add_together(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 -- both adds passed the id check
+        def add_together(*args, **kwargs):
             both_there.wait()
             return real_add(*args, **kwargs)
 
@@ -36,8 +39,12 @@ def test_concurrent_adds_of_one_id_keep_the_winners_file(index_dir: Path, checkp
         answers: dict[str, object] = {}
 
         def post(label: str) -> None:
-            answers[label] = client.post("/v1/videos", files={"file": ("v.mp4", uploads[label], "video/mp4")},
-                                         data={"id": "dup", "label": label}, headers=AUTH)
+            answers[label] = client.post(
+                "/v1/videos",
+                files={"file": ("v.mp4", uploads[label], "video/mp4")},
+                data={"id": "dup", "label": label},
+                headers=AUTH,
+            )
 
         threads = [threading.Thread(target=post, args=(label,)) for label in uploads]
         for t in threads:

@@ -25,7 +25,7 @@ def _train_command() -> click.Command:
     return typer.main.get_command(app).commands["train"]
 
 
-def _default(f: dataclasses.Field):  # noqa: ANN202
+def _default(f: dataclasses.Field):
     if f.default is not dataclasses.MISSING:
         return f.default
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
@@ -54,18 +54,26 @@ def test_the_command_hands_the_config_to_fit(monkeypatch: pytest.MonkeyPatch) ->
     import training.trainer as trainer
 
     got: list[TrainConfig] = []
-    monkeypatch.setattr(trainer, "fit", lambda cfg: got.append(cfg) or trainer.FitResult(Path(), Path(), Path(), [],
-                                                                                          []))
-    _train_command().main(["--train", "a/train.csv", "--out", "runs//x/", "--compile", "--lr", "0.5",
-                           "--stop-after-epoch", "3"], standalone_mode=False)
+    monkeypatch.setattr(
+        trainer, "fit", lambda cfg: got.append(cfg) or trainer.FitResult(Path(), Path(), Path(), [], [])
+    )
+    _train_command().main(
+        ["--train", "a/train.csv", "--out", "runs//x/", "--compile", "--lr", "0.5", "--stop-after-epoch", "3"],
+        standalone_mode=False,
+    )
     expected = TrainConfig(train="a/train.csv", out="runs/x", compile=True, lr=0.5, stop_after_epoch=3)
     assert got == [expected]  # paths parsed as paths, handed on as str; every other field its default
     assert isinstance(got[0].out, str) and got[0].val_query is None
 
 
 def test_train_help_lists_every_flag() -> None:
-    res = subprocess.run([sys.executable, "-m", "service.cli", "train", "--help"], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "COLUMNS": "250"})
+    res = subprocess.run(
+        [sys.executable, "-m", "service.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert res.returncode == 0, res.stderr
     for f in cli_fields():
         flag = f"--{f.name.replace('_', '-')}"

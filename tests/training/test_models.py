@@ -27,8 +27,17 @@ def test_every_model_builds_and_runs_forward(name: str) -> None:
 
 
 def test_registry_lists_the_contract_models() -> None:
-    assert {"r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t", "resnet18-tap", "resnet50-tap",
-            "tiny3d"} <= set(list_models())
+    assert {
+        "r3d_18",
+        "mc3_18",
+        "r2plus1d_18",
+        "s3d",
+        "mvit_v2_s",
+        "swin3d_t",
+        "resnet18-tap",
+        "resnet50-tap",
+        "tiny3d",
+    } <= set(list_models())
 
 
 def test_local_weights_load_and_errors(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ def _metrics(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _train(synth_dir: Path, out: Path, *extra: str):  # noqa: ANN202
+def _train(synth_dir: Path, out: Path, *extra: str):
     return run_cli("train", "--train", synth_dir / "train.csv", "--out", out, *TRAIN_ARGS, *extra)
 
 
@@ -31,16 +31,31 @@ def test_run_directory_and_checkpoint_follow_the_contract(trained_run: Path) -> 
     assert cfg["model"] == "tiny3d" and cfg["loss"] == "imae" and cfg["resolved_device"] == "cpu"
     rows = _metrics(trained_run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for col in ("loss", "train_acc", "val_mAP", "val_cmc1", "lr", "clips_per_s", "data_wait_share",
-                "weight_mean_clean", "weight_mean_noisy"):
+    for col in (
+        "loss",
+        "train_acc",
+        "val_mAP",
+        "val_cmc1",
+        "lr",
+        "clips_per_s",
+        "data_wait_share",
+        "weight_mean_clean",
+        "weight_mean_noisy",
+    ):
         assert rows[-1][col] != "", col
     assert 0.0 <= float(rows[-1]["val_mAP"]) <= 1.0
     assert list((trained_run / "tb").glob("events.out.tfevents.*"))
     assert (trained_run / "plots" / "curves.png").stat().st_size > 1000
     ck = torch.load(trained_run / "checkpoints" / "last.pt", weights_only=True)  # plain tensors and primitives
     assert ck["arch"]["name"] == "tiny3d" and ck["embedding_dim"] == 32 and ck["epoch"] == 2
-    assert ck["input"] == {"frames": 4, "size": 24, "sampling": "segments", "stride": 2, "mean": ck["input"]["mean"],
-                           "std": ck["input"]["std"]}
+    assert ck["input"] == {
+        "frames": 4,
+        "size": 24,
+        "sampling": "segments",
+        "stride": 2,
+        "mean": ck["input"]["mean"],
+        "std": ck["input"]["std"],
+    }
     assert len(ck["classes"]) == 6 and {"optimizer", "scheduler", "scaler", "rng"} <= set(ck)
     assert (trained_run / "checkpoints" / "best.pt").exists()
     for written in ("checkpoints/last.pt", "metrics.csv", "config.json", "plots/curves.png"):  # atomic, not 0600
@@ -51,8 +66,22 @@ def test_loss_falls(tmp_path: Path) -> None:
     from training.data.synth import SynthConfig, generate
 
     generate(tmp_path / "data", SynthConfig(identities=16, cameras=2, clips_per_camera=3, frames=8, size=32), workers=1)
-    res = run_cli("train", "--train", tmp_path / "data" / "train.csv", "--out", tmp_path / "run", *TRAIN_ARGS,
-                  "--epochs", "2", "--loss", "cce", "--lr", "1e-3", "--warmup-epochs", "0")
+    res = run_cli(
+        "train",
+        "--train",
+        tmp_path / "data" / "train.csv",
+        "--out",
+        tmp_path / "run",
+        *TRAIN_ARGS,
+        "--epochs",
+        "2",
+        "--loss",
+        "cce",
+        "--lr",
+        "1e-3",
+        "--warmup-epochs",
+        "0",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     losses = [float(r["loss"]) for r in _metrics(tmp_path / "run")]
     assert losses[1] < 0.9 * losses[0]
@@ -78,9 +107,24 @@ def test_torchrun_two_processes_write_one_run_and_resume_it_exactly(synth_dir: P
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
 
     def torchrun(out: Path, *extra: str) -> None:
-        cmd = [str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--no-python", "vidret", "train", "--train",
-               str(synth_dir / "train.csv"), "--out", str(out), "--epochs", "2", *TRAIN_ARGS,
-               "--workers", "2", *extra]  # the last --workers counts
+        cmd = [
+            str(bin_dir / "torchrun"),
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+            "vidret",
+            "train",
+            "--train",
+            str(synth_dir / "train.csv"),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            *TRAIN_ARGS,
+            "--workers",
+            "2",
+            *extra,
+        ]  # the last --workers counts
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         assert res.returncode == 0, res.stderr[-3000:]
 
@@ -93,10 +137,13 @@ def test_torchrun_two_processes_write_one_run_and_resume_it_exactly(synth_dir: P
     torchrun(tmp_path / "resumed", "--stop-after-epoch", "1")
     torchrun(tmp_path / "resumed", "--resume")
     learnt = ("epoch", "loss", "train_acc", "lr", "weight_mean", "weight_share_noisy")
-    assert ([[r[c] for c in learnt] for r in _metrics(tmp_path / "resumed")]
-            == [[r[c] for c in learnt] for r in _metrics(tmp_path / "ddp")])
-    straight, resumed = (torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
-                         for run in (tmp_path / "ddp", tmp_path / "resumed"))
+    assert [[r[c] for c in learnt] for r in _metrics(tmp_path / "resumed")] == [
+        [r[c] for c in learnt] for r in _metrics(tmp_path / "ddp")
+    ]
+    straight, resumed = (
+        torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+        for run in (tmp_path / "ddp", tmp_path / "resumed")
+    )
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
@@ -114,15 +161,18 @@ def test_bad_video_policy(synth_dir: Path, tmp_path: Path) -> None:
     assert "broken.mp4" in (tmp_path / "skip" / "skipped.txt").read_text()
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (("--loss", "focal"), "--loss must be one of"),
-    (("--epochs", "0"), "--epochs: invalid value 0"),
-    (("--device", "cuda"), "CUDA is not available"),
-    (("--sampling", "dense"), "--sampling must be one of"),
-    (("--model", "resnet9000"), "unknown model 'resnet9000'"),
-    (("--imae-normalize", "sum"), "normalize must be"),
-    (("--log-interval", "0"), "--log-interval: invalid value 0"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (("--loss", "focal"), "--loss must be one of"),
+        (("--epochs", "0"), "--epochs: invalid value 0"),
+        (("--device", "cuda"), "CUDA is not available"),
+        (("--sampling", "dense"), "--sampling must be one of"),
+        (("--model", "resnet9000"), "unknown model 'resnet9000'"),
+        (("--imae-normalize", "sum"), "normalize must be"),
+        (("--log-interval", "0"), "--log-interval: invalid value 0"),
+    ],
+)
 def test_bad_flags_give_one_line_errors(synth_dir: Path, tmp_path: Path, flags: tuple, needle: str) -> None:
     res = _train(synth_dir, tmp_path / "run", "--epochs", "1", *flags)
     assert res.returncode == 1 and needle in res.stderr, res.stderr[-2000:]
@@ -130,8 +180,9 @@ def test_bad_flags_give_one_line_errors(synth_dir: Path, tmp_path: Path, flags: 
 
 
 @pytest.mark.parametrize("log_interval", [2, 20])  # read back mid-epoch (a step late) and at the epoch's end
-def test_nan_loss_stops_with_the_last_good_checkpoint_intact(synth_dir: Path, tmp_path: Path, monkeypatch,
-                                                            log_interval: int) -> None:
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(
+    synth_dir: Path, tmp_path: Path, monkeypatch, log_interval: int
+) -> None:
     import training.trainer as trainer
     from training.losses import build_loss
 
@@ -143,15 +194,25 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(synth_dir: Path, tm
             self.inner = build_loss("cce")
             self.sample_weights = self.inner.sample_weights
 
-        def forward(self, logits, targets):  # noqa: ANN001, ANN201
+        def forward(self, logits, targets):
             calls["n"] += 1
             out = self.inner(logits, targets)
             return out * float("nan") if calls["n"] > 3 else out
 
     monkeypatch.setattr(trainer, "build_loss", lambda *a, **k: NanAfterFirstEpoch())
-    cfg = trainer.TrainConfig(train=str(synth_dir / "train.csv"), out=str(tmp_path / "run"), model="tiny3d",
-                              frames=4, size=24, batch_size=8, workers=0, epochs=3, quiet=True, loss="cce",
-                              log_interval=log_interval)
+    cfg = trainer.TrainConfig(
+        train=str(synth_dir / "train.csv"),
+        out=str(tmp_path / "run"),
+        model="tiny3d",
+        frames=4,
+        size=24,
+        batch_size=8,
+        workers=0,
+        epochs=3,
+        quiet=True,
+        loss="cce",
+        log_interval=log_interval,
+    )
     # three steps an epoch: the fourth loss is the first step of epoch 2, whenever it is read back
     with pytest.raises(trainer.TrainingDiverged, match=r"became nan at epoch 2, step 1; the last good checkpoint"):
         trainer.fit(cfg)
@@ -160,14 +221,25 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(synth_dir: Path, tm
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_resume_restores_the_gpu_generators_saved_in_the_checkpoint(synth_dir: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_restores_the_gpu_generators_saved_in_the_checkpoint(
+    synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import training.plots as plots
     import training.trainer as trainer
 
     monkeypatch.setattr(plots, "plot_training", lambda *a, **k: None)  # seconds; the figures are not the point here
-    cfg = trainer.TrainConfig(train=str(synth_dir / "train.csv"), out=str(tmp_path / "run"), model="tiny3d",
-                              frames=4, size=24, batch_size=8, workers=0, epochs=1, quiet=True, device="cpu")
+    cfg = trainer.TrainConfig(
+        train=str(synth_dir / "train.csv"),
+        out=str(tmp_path / "run"),
+        model="tiny3d",
+        frames=4,
+        size=24,
+        batch_size=8,
+        workers=0,
+        epochs=1,
+        quiet=True,
+        device="cpu",
+    )
     trainer.fit(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     ck = torch.load(last, weights_only=True)

@@ -36,7 +36,7 @@ class InputDropout(torch.nn.Module):
 
 def _recording_loader(epochs: list[dict[int, torch.Tensor]]) -> type:
     class RecordingLoader(trainer.DataLoader):
-        def __iter__(self):  # noqa: ANN204
+        def __iter__(self):
             seen: dict[int, torch.Tensor] = {}
             epochs.append(seen)
             for batch in super().__iter__():
@@ -47,16 +47,29 @@ def _recording_loader(epochs: list[dict[int, torch.Tensor]]) -> type:
     return RecordingLoader
 
 
-def _fit(train: Path, out: Path, monkeypatch: pytest.MonkeyPatch, epochs: list | None = None,
-         **kw) -> trainer.FitResult:
+def _fit(
+    train: Path, out: Path, monkeypatch: pytest.MonkeyPatch, epochs: list | None = None, **kw
+) -> trainer.FitResult:
     real_build = trainer.build_model
     with monkeypatch.context() as m:
         m.setattr(trainer, "build_model", lambda *a, **k: InputDropout(real_build(*a, **k)))
         m.setattr(plots, "plot_training", lambda *a, **k: None)
         if epochs is not None:
             m.setattr(trainer, "DataLoader", _recording_loader(epochs))
-        cfg = trainer.TrainConfig(train=str(train), out=str(out), model="tiny3d", frames=4, size=24, batch_size=8,
-                                  lr=3e-3, embedding_dim=32, seed=SEED, epochs=2, quiet=True, **{"workers": 2, **kw})
+        cfg = trainer.TrainConfig(
+            train=str(train),
+            out=str(out),
+            model="tiny3d",
+            frames=4,
+            size=24,
+            batch_size=8,
+            lr=3e-3,
+            embedding_dim=32,
+            seed=SEED,
+            epochs=2,
+            quiet=True,
+            **{"workers": 2, **kw},
+        )
         return trainer.fit(cfg)
 
 
@@ -75,8 +88,9 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 
 
 def _same_clips(a: list[dict[int, torch.Tensor]], b: list[dict[int, torch.Tensor]]) -> bool:
-    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[i], y[i]) for i in x)
-                                    for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(torch.equal(x[i], y[i]) for i in x) for x, y in zip(a, b, strict=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +105,9 @@ def workers_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 def test_each_epoch_reaches_the_workers(synth_dir: Path, workers_run: tuple) -> None:
     _, epochs = workers_run
     rows = read_manifest(synth_dir / "train.csv", require_label=True)
-    ds = VideoDataset(rows, ClipSpec(frames=4, size=24), train=True, class_to_idx=class_map(r.label for r in rows),
-                      seed=SEED)
+    ds = VideoDataset(
+        rows, ClipSpec(frames=4, size=24), train=True, class_to_idx=class_map(r.label for r in rows), seed=SEED
+    )
     assert len(epochs) == 2 and all(sorted(e) == list(range(len(rows))) for e in epochs)
     first, second = epochs
     assert not torch.equal(first[0], second[0])  # index 0: other frames, crop or flip in epoch 2 than in epoch 1
@@ -103,20 +118,23 @@ def test_each_epoch_reaches_the_workers(synth_dir: Path, workers_run: tuple) -> 
 
 
 def test_runs_with_the_same_seed_are_identical_whatever_workers_and_cache(
-        synth_dir: Path, workers_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synth_dir: Path, workers_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, first_epochs = workers_run
     # --workers and --log-interval (how often sums are read back from the device) are speed settings, not result ones
     for name, workers, log_interval in (("again", 2, 20), ("in-process", 0, 1)):
         epochs: list[dict[int, torch.Tensor]] = []
-        again = _fit(synth_dir / "train.csv", tmp_path / name, monkeypatch, epochs, workers=workers,
-                     log_interval=log_interval)
+        again = _fit(
+            synth_dir / "train.csv", tmp_path / name, monkeypatch, epochs, workers=workers, log_interval=log_interval
+        )
         assert _same_clips(epochs, first_epochs), f"--workers {workers}: other clips"
         assert _learnt(again.history) == _learnt(first.history), f"--workers {workers}: other metrics"
         _assert_same_weights(again.run_dir, first.run_dir)
 
 
-def test_resume_with_workers_is_exact(synth_dir: Path, workers_run: tuple, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_with_workers_is_exact(
+    synth_dir: Path, workers_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     straight, _ = workers_run
     first = _fit(synth_dir / "train.csv", tmp_path / "run", monkeypatch, stop_after_epoch=1)
     assert len(first.history) == 1

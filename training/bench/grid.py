@@ -69,9 +69,22 @@ class NoiseBenchConfig:
     @classmethod
     def quick(cls, out_dir: str) -> NoiseBenchConfig:
         """Tiny: checks the plumbing in a minute or two."""
-        return cls(out_dir=out_dir, losses=["cce", "imae"], rates=[0.0, 0.4], seeds=1, identities=16, cameras=2,
-                   clips_per_camera=2, video_frames=8, video_size=32, frames=4, size=24, epochs=2, batch_size=8,
-                   t_candidates=[4.0, 16.0])
+        return cls(
+            out_dir=out_dir,
+            losses=["cce", "imae"],
+            rates=[0.0, 0.4],
+            seeds=1,
+            identities=16,
+            cameras=2,
+            clips_per_camera=2,
+            video_frames=8,
+            video_size=32,
+            frames=4,
+            size=24,
+            epochs=2,
+            batch_size=8,
+            t_candidates=[4.0, 16.0],
+        )
 
     def validate(self) -> None:
         from training.losses import list_losses
@@ -92,8 +105,15 @@ class NoiseBenchConfig:
 def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
     from training.data.synth import SynthConfig, generate
 
-    scfg = SynthConfig(identities=cfg.identities, cameras=cfg.cameras, clips_per_camera=cfg.clips_per_camera,
-                       frames=cfg.video_frames, size=cfg.video_size, noise=0.0, seed=cfg.data_seed)
+    scfg = SynthConfig(
+        identities=cfg.identities,
+        cameras=cfg.cameras,
+        clips_per_camera=cfg.clips_per_camera,
+        frames=cfg.video_frames,
+        size=cfg.video_size,
+        noise=0.0,
+        seed=cfg.data_seed,
+    )
     stamp = folder / "synth.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("config") == asdict(scfg):
         return
@@ -106,8 +126,9 @@ def _noisy_rows(rows: list[VideoRow], rate: float, kind: str, seed: int) -> tupl
     cmap = class_map(r.clean_label or r.label for r in rows)
     names = sorted(cmap, key=cmap.get)
     res = inject_noise(np.array([cmap[r.clean_label or r.label] for r in rows]), len(names), rate, kind, seed)
-    return [replace(r, label=names[y], clean_label=r.clean_label or r.label) for r, y in zip(rows, res.labels,
-                                                                                           strict=True)], res.rate
+    return [
+        replace(r, label=names[y], clean_label=r.clean_label or r.label) for r, y in zip(rows, res.labels, strict=True)
+    ], res.rate
 
 
 def carve_validation(rows: list[VideoRow], fraction: float, seed: int) -> tuple[list, list, list]:
@@ -130,14 +151,30 @@ def carve_validation(rows: list[VideoRow], fraction: float, seed: int) -> tuple[
     return fit, query, gallery
 
 
-def _train(cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, q_csv: Path, g_csv: Path, run: Path,
-           seed: int) -> list[dict]:
+def _train(
+    cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, q_csv: Path, g_csv: Path, run: Path, seed: int
+) -> list[dict]:
     from training.trainer import TrainConfig, fit
 
-    tcfg = TrainConfig(train=str(train_csv), out=str(run), val_query=str(q_csv), val_gallery=str(g_csv), loss=loss,
-                       imae_t=t, model=cfg.model, frames=cfg.frames, size=cfg.size, epochs=cfg.epochs,
-                       batch_size=cfg.batch_size, lr=cfg.lr, workers=cfg.workers, seed=seed, cache=True, quiet=True,
-                       warmup_epochs=min(1.0, cfg.epochs / 4))
+    tcfg = TrainConfig(
+        train=str(train_csv),
+        out=str(run),
+        val_query=str(q_csv),
+        val_gallery=str(g_csv),
+        loss=loss,
+        imae_t=t,
+        model=cfg.model,
+        frames=cfg.frames,
+        size=cfg.size,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        workers=cfg.workers,
+        seed=seed,
+        cache=True,
+        quiet=True,
+        warmup_epochs=min(1.0, cfg.epochs / 4),
+    )
     done = run / "done.json"
     if done.exists():
         record = json.loads(done.read_text())
@@ -150,26 +187,33 @@ def _train(cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, q_csv: P
     return res.history
 
 
-def _train_fit(cfg: NoiseBenchConfig, run: Path, train_csv: Path, loss: str, t: float
-               ) -> tuple[float, float, np.ndarray, np.ndarray]:
+def _train_fit(
+    cfg: NoiseBenchConfig, run: Path, train_csv: Path, loss: str, t: float
+) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Accuracy against the given labels on clean / mislabelled training samples, final weights, flipped mask."""
     import torch
 
     from training.audit import predict
     from training.losses import build_loss
 
-    rows, probs, given, _ = predict(run / "checkpoints" / "last.pt", train_csv,
-                                    batch_size=cfg.batch_size, workers=cfg.workers, device="auto", cache=True)
+    rows, probs, given, _ = predict(
+        run / "checkpoints" / "last.pt",
+        train_csv,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        device="auto",
+        cache=True,
+    )
     flipped = np.array([r.clean_label != r.label for r in rows])
     correct = probs.argmax(1) == given
     kwargs = {"t": t} if loss == "imae" else {}
     logits = torch.from_numpy(np.log(np.clip(probs, 1e-30, None)))
     weights = build_loss(loss, **kwargs).sample_weights(logits, torch.from_numpy(given)).numpy()
-    acc = (lambda m: float(correct[m].mean()) if m.any() else float("nan"))  # noqa: E731
+    acc = lambda m: float(correct[m].mean()) if m.any() else float("nan")  # noqa: E731
     return acc(~flipped), acc(flipped), weights, flipped
 
 
-def select_t(cfg: NoiseBenchConfig, rows: list[VideoRow], out: Path, log) -> float:  # noqa: ANN001
+def select_t(cfg: NoiseBenchConfig, rows: list[VideoRow], out: Path, log) -> float:
     fit_rows, query, gallery = carve_validation(rows, cfg.val_fraction, cfg.data_seed)
     noisy, _ = _noisy_rows(fit_rows, cfg.select_rate, cfg.noise_type, seed=12345)
     folder = out / "t_selection"
@@ -178,17 +222,26 @@ def select_t(cfg: NoiseBenchConfig, rows: list[VideoRow], out: Path, log) -> flo
         write_manifest(folder / name, rs)
     scores = {}
     for t in cfg.t_candidates:
-        hist = _train(cfg, "imae", t, folder / "train.csv", folder / "val_query.csv", folder / "val_gallery.csv",
-                      folder / f"imae_t{t:g}", seed=0)
+        hist = _train(
+            cfg,
+            "imae",
+            t,
+            folder / "train.csv",
+            folder / "val_query.csv",
+            folder / "val_gallery.csv",
+            folder / f"imae_t{t:g}",
+            seed=0,
+        )
         scores[t] = hist[-1]["val_mAP"]
         log(f"T selection: T={t:g} -> validation mAP {scores[t]:.4f} (noise {cfg.select_rate:g})")
     best = max(scores, key=lambda t: scores[t])
-    (folder / "selection.json").write_text(json.dumps({"candidates": scores, "chosen": best,
-                                                       "noise_rate": cfg.select_rate}, indent=2))
+    (folder / "selection.json").write_text(
+        json.dumps({"candidates": scores, "chosen": best, "noise_rate": cfg.select_rate}, indent=2)
+    )
     return best
 
 
-def run_noise_bench(cfg: NoiseBenchConfig, log=print) -> list[RunResult]:  # noqa: ANN001
+def run_noise_bench(cfg: NoiseBenchConfig, log=print) -> list[RunResult]:
     """The whole grid. Every run trains on and is tested on the same videos: they are decoded once, in memory."""
     from training.data.dataset import shared_frame_cache
 
@@ -197,7 +250,7 @@ def run_noise_bench(cfg: NoiseBenchConfig, log=print) -> list[RunResult]:  # noq
         return _run_grid(cfg, log)
 
 
-def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:  # noqa: ANN001
+def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
@@ -227,17 +280,32 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:  # noqa: ANN001
                 acc_clean, acc_noisy, w, flipped = _train_fit(cfg, run, train_csv, loss, t)
                 maps = [h["val_mAP"] for h in hist]
                 best = int(np.argmax(maps))
-                results.append(RunResult(loss, rate, seed, maps[-1], maps[best], hist[-1]["val_cmc1"],
-                                         max(h["val_cmc1"] for h in hist), acc_clean, acc_noisy))
+                results.append(
+                    RunResult(
+                        loss,
+                        rate,
+                        seed,
+                        maps[-1],
+                        maps[best],
+                        hist[-1]["val_cmc1"],
+                        max(h["val_cmc1"] for h in hist),
+                        acc_clean,
+                        acc_noisy,
+                    )
+                )
                 curves.setdefault((rate, seed), {})[loss] = hist
                 if seed == 0:
                     weights.setdefault(rate, {})[loss] = (w, flipped)
-                log(f"    final mAP {maps[-1]:.4f}, best {maps[best]:.4f} (epoch {best + 1}); train acc clean "
-                    f"{acc_clean:.3f}, mislabelled {acc_noisy if not math.isnan(acc_noisy) else float('nan'):.3f}")
+                log(
+                    f"    final mAP {maps[-1]:.4f}, best {maps[best]:.4f} (epoch {best + 1}); train acc clean "
+                    f"{acc_clean:.3f}, mislabelled {acc_noisy if not math.isnan(acc_noisy) else float('nan'):.3f}"
+                )
     write_results_csv(out / "results.csv", results)
-    header = (f"# Noise benchmark\n\n{cfg.model}, {cfg.epochs} epochs, {cfg.identities // 2} train identities, "
-              f"{cfg.noise_type} noise, {cfg.seeds} seed(s); IMAE T = {t:g}; test = clean query/gallery of unseen "
-              f"identities.\n")
+    header = (
+        f"# Noise benchmark\n\n{cfg.model}, {cfg.epochs} epochs, {cfg.identities // 2} train identities, "
+        f"{cfg.noise_type} noise, {cfg.seeds} seed(s); IMAE T = {t:g}; test = clean query/gallery of unseen "
+        f"identities.\n"
+    )
     atomic_write_text(out / "results.md", results_markdown(results, header))
     plots = out / "plots"
     plot_map_vs_noise(results, plots / "map_vs_noise.png")

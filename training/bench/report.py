@@ -45,8 +45,15 @@ def write_results_csv(path: Path, results: Sequence[RunResult]) -> None:
 
 def read_results_csv(path: Path) -> list[RunResult]:
     with open(path, newline="", encoding="utf-8") as fh:
-        return [RunResult(loss=row["loss"], noise_rate=float(row["noise_rate"]), seed=int(row["seed"]),
-                          **{k: float(row[k]) for k in RESULT_COLUMNS[3:]}) for row in csv.DictReader(fh)]
+        return [
+            RunResult(
+                loss=row["loss"],
+                noise_rate=float(row["noise_rate"]),
+                seed=int(row["seed"]),
+                **{k: float(row[k]) for k in RESULT_COLUMNS[3:]},
+            )
+            for row in csv.DictReader(fh)
+        ]
 
 
 def _group(results: Sequence[RunResult]) -> dict[tuple[str, float], list[RunResult]]:
@@ -68,11 +75,14 @@ def results_markdown(results: Sequence[RunResult], header: str = "") -> str:
     rates = sorted({r.noise_rate for r in results})
     seeds = len({r.seed for r in results})
     lines = [header] if header else []
-    for title, attr in [("final-epoch mAP", "final_mAP"), ("best-epoch mAP", "best_mAP"),
-                        ("final-epoch CMC-1", "final_cmc1"), ("best-epoch CMC-1", "best_cmc1"),
-                        ("train accuracy on mislabelled samples (given label; lower = less memorised)",
-                         "train_acc_noisy"),
-                        ("train accuracy on correctly labelled samples", "train_acc_clean")]:
+    for title, attr in [
+        ("final-epoch mAP", "final_mAP"),
+        ("best-epoch mAP", "best_mAP"),
+        ("final-epoch CMC-1", "final_cmc1"),
+        ("best-epoch CMC-1", "best_cmc1"),
+        ("train accuracy on mislabelled samples (given label; lower = less memorised)", "train_acc_noisy"),
+        ("train accuracy on correctly labelled samples", "train_acc_clean"),
+    ]:
         lines.append(f"\n**{title}** (%, mean ± std over {seeds} seed{'s' if seeds > 1 else ''})\n")
         lines.append("| loss | " + " | ".join(f"noise {r:g}" for r in rates) + " |")
         lines.append("|---|" + "---|" * len(rates))
@@ -100,8 +110,15 @@ def plot_map_vs_noise(results: Sequence[RunResult], out: Path) -> Path:
         for loss in losses:
             means = [np.mean([getattr(r, attr) for r in groups[(loss, q)]]) * 100 for q in rates]
             stds = [np.std([getattr(r, attr) for r in groups[(loss, q)]]) * 100 for q in rates]
-            ax.errorbar(rates, means, yerr=stds, marker="o", capsize=3, label=loss.upper(),
-                        linewidth=2.2 if loss == "imae" else 1.4)
+            ax.errorbar(
+                rates,
+                means,
+                yerr=stds,
+                marker="o",
+                capsize=3,
+                label=loss.upper(),
+                linewidth=2.2 if loss == "imae" else 1.4,
+            )
         ax.set(xlabel="training label noise rate", title=f"test mAP, {title}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mAP (%)")

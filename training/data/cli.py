@@ -30,15 +30,26 @@ def synth_cmd(
     """Write a synthetic open-set re-ID video dataset with noisy training labels (real H.264 mp4 files)."""
     from training.data.synth import SynthConfig, generate
 
-    cfg = SynthConfig(identities=identities, cameras=cameras, clips_per_camera=clips_per_camera, frames=frames,
-                      size=size, noise=noise, noise_type=noise_type, seed=seed, occluders=occluders)
+    cfg = SynthConfig(
+        identities=identities,
+        cameras=cameras,
+        clips_per_camera=clips_per_camera,
+        frames=frames,
+        size=size,
+        noise=noise,
+        noise_type=noise_type,
+        seed=seed,
+        occluders=occluders,
+    )
     cfg.validate()
     with progress_bar("encoding videos") as bar:
         task = bar.add_task("synth", total=None)
         summary = generate(out_dir, cfg, workers=workers, progress=lambda d, n: bar.update(task, completed=d, total=n))
-    typer.echo(f"wrote {summary['train_videos']} train videos ({summary['train_identities']} identities, "
-               f"label noise {summary['realised_noise_rate']:.3f}), {summary['query_videos']} query and "
-               f"{summary['gallery_videos']} gallery videos ({summary['test_identities']} identities) to {out_dir}")
+    typer.echo(
+        f"wrote {summary['train_videos']} train videos ({summary['train_identities']} identities, "
+        f"label noise {summary['realised_noise_rate']:.3f}), {summary['query_videos']} query and "
+        f"{summary['gallery_videos']} gallery videos ({summary['test_identities']} identities) to {out_dir}"
+    )
 
 
 @data_app.command("manifest")
@@ -88,8 +99,9 @@ def noise_cmd(
         res = inject_noise([cmap[r.label] for r in rows], len(cmap), rate, type_, seed)
     except ValueError as exc:
         raise UserError(f"{exc} (--rate / --type)") from None
-    noisy = [replace(r, label=names[y], clean_label=r.clean_label or r.label) for r, y in zip(rows, res.labels,
-                                                                                           strict=True)]
+    noisy = [
+        replace(r, label=names[y], clean_label=r.clean_label or r.label) for r, y in zip(rows, res.labels, strict=True)
+    ]
     write_manifest(out, noisy)
     typer.echo(f"realised noise rate {res.rate:.4f} ({int(res.flipped.sum())} of {len(rows)} labels changed)")
 

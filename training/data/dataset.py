@@ -38,8 +38,14 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def clip_transform(clip: torch.Tensor, spec: ClipSpec, train: bool, rng: np.random.Generator | None = None,
-                   mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
+def clip_transform(
+    clip: torch.Tensor,
+    spec: ClipSpec,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    mean: Sequence[float] = MEAN,
+    std: Sequence[float] = STD,
+) -> torch.Tensor:
     """uint8 (T, H, W, C) -> normalised float (C, T, size, size); the same crop and flip for every frame.
 
     Frames arrive with their short side at ``spec.decode_short_side`` (8/7 of the crop, resized at decode time, as
@@ -58,7 +64,7 @@ def clip_transform(clip: torch.Tensor, spec: ClipSpec, train: bool, rng: np.rand
             h, w = x.shape[-2:]
         top = int(rng.integers(0, h - s + 1))
         left = int(rng.integers(0, w - s + 1))
-        x = x[..., top:top + s, left:left + s]
+        x = x[..., top : top + s, left : left + s]
         if rng.random() < 0.5:
             x = x.flip(-1)
     else:
@@ -67,7 +73,7 @@ def clip_transform(clip: torch.Tensor, spec: ClipSpec, train: bool, rng: np.rand
             x = _resize(x, (max(s, round(h * short / min(h, w))), max(s, round(w * short / min(h, w)))))
             h, w = x.shape[-2:]
         top, left = (h - s) // 2, (w - s) // 2
-        x = x[..., top:top + s, left:left + s]
+        x = x[..., top : top + s, left : left + s]
     m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
     sd = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     return ((x - m) / sd).permute(1, 0, 2, 3).contiguous()
@@ -92,10 +98,19 @@ def shared_frame_cache() -> Iterator[dict[tuple, torch.Tensor]]:
 class VideoDataset(Dataset):
     """Clips of the videos of a manifest, with targets from ``class_to_idx`` (-1 where a row has no label)."""
 
-    def __init__(self, rows: Sequence[VideoRow], spec: ClipSpec, train: bool,
-                 class_to_idx: dict[str, int] | None = None, on_bad_video: str = "fail", seed: int = 0,
-                 cache: bool = False, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
-                 label_field: str = "label") -> None:
+    def __init__(
+        self,
+        rows: Sequence[VideoRow],
+        spec: ClipSpec,
+        train: bool,
+        class_to_idx: dict[str, int] | None = None,
+        on_bad_video: str = "fail",
+        seed: int = 0,
+        cache: bool = False,
+        mean: Sequence[float] = MEAN,
+        std: Sequence[float] = STD,
+        label_field: str = "label",
+    ) -> None:
         if on_bad_video not in BAD_VIDEO_POLICIES:
             raise UserError(f"--on-bad-video must be one of {', '.join(BAD_VIDEO_POLICIES)}, got {on_bad_video!r}")
         self.rows = list(rows)
@@ -130,8 +145,12 @@ class VideoDataset(Dataset):
             if frames is None:
                 from training.data.video import num_frames
 
-                frames = read_clip(path, ClipSpec(frames=num_frames(path), size=self.spec.size, sampling="uniform"),
-                                   train=False, decode_short_side=self.spec.decode_short_side)[0]
+                frames = read_clip(
+                    path,
+                    ClipSpec(frames=num_frames(path), size=self.spec.size, sampling="uniform"),
+                    train=False,
+                    decode_short_side=self.spec.decode_short_side,
+                )[0]
                 if key is not None:
                     shared[key] = frames
             self.cache[i] = frames
@@ -146,8 +165,11 @@ class VideoDataset(Dataset):
             clip = self._decode(i, rng)
         except VideoDecodeError as exc:
             return {"bad": (exc.path, exc.reason), "index": i}
-        return {"clip": clip_transform(clip, self.spec, self.train, rng, self.mean, self.std),
-                "target": int(self.targets[i]), "index": i}
+        return {
+            "clip": clip_transform(clip, self.spec, self.train, rng, self.mean, self.std),
+            "target": int(self.targets[i]),
+            "index": i,
+        }
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -181,8 +203,12 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         clip = torch.stack([b["clip"] for b in good])
     else:
         clip = torch.empty(0)
-    return {"clip": clip, "target": torch.tensor([b["target"] for b in good], dtype=torch.long),
-            "index": torch.tensor([b["index"] for b in good], dtype=torch.long), "skipped": skipped}
+    return {
+        "clip": clip,
+        "target": torch.tensor([b["target"] for b in good], dtype=torch.long),
+        "index": torch.tensor([b["index"] for b in good], dtype=torch.long),
+        "skipped": skipped,
+    }
 
 
 def apply_bad_video_policy(skipped: list[tuple[str, str]], policy: str, seen: dict[str, str]) -> None:

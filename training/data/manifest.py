@@ -43,8 +43,10 @@ def _check_path_kind(path: Path) -> str | None:
         return None
     if path.is_dir():
         return None
-    return (f"unknown extension {suffix!r} (videos: {', '.join(VIDEO_EXTENSIONS)}; "
-            f"frame lists: {FRAME_LIST_EXTENSION}; or a folder of frames)")
+    return (
+        f"unknown extension {suffix!r} (videos: {', '.join(VIDEO_EXTENSIONS)}; "
+        f"frame lists: {FRAME_LIST_EXTENSION}; or a folder of frames)"
+    )
 
 
 def _records(path: Path) -> Iterable[tuple[int, dict[str, str]]]:
@@ -97,8 +99,17 @@ def read_manifest(path: str | Path, require_label: bool = False) -> list[VideoRo
         reason = _check_path_kind(resolved)
         if reason:
             raise UserError(f"{path}, row {i}: {raw}: {reason}")
-        rows.append(VideoRow(path=str(resolved), id=vid, label=label, camera=rec.get("camera", ""),
-                             clean_label=rec.get("clean_label") or None, row=i, raw_path=raw))
+        rows.append(
+            VideoRow(
+                path=str(resolved),
+                id=vid,
+                label=label,
+                camera=rec.get("camera", ""),
+                clean_label=rec.get("clean_label") or None,
+                row=i,
+                raw_path=raw,
+            )
+        )
     if not rows:
         raise UserError(f"{path}: the manifest has no rows")
     return rows
@@ -136,8 +147,9 @@ def scan_folder(root: str | Path) -> list[VideoRow]:
             is_frames = item.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in item.iterdir())
             if is_video or is_frames:
                 rel = item.relative_to(root).as_posix()
-                rows.append(VideoRow(path=str(item.resolve()), id=rel, label=label_dir.name, row=len(rows) + 1,
-                                     raw_path=rel))
+                rows.append(
+                    VideoRow(path=str(item.resolve()), id=rel, label=label_dir.name, row=len(rows) + 1, raw_path=rel)
+                )
     if not rows:
         raise UserError(f"{root}: no videos found in ROOT/<label>/ sub-folders")
     return rows

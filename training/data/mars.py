@@ -54,11 +54,12 @@ def _tracklets(root: Path, out: Path, split: str, info: np.ndarray, names: list[
             continue
         if not 1 <= start <= end <= len(names):
             raise UserError(f"tracks_{split}_info.mat, row {n}: frames {start}..{end} outside 1..{len(names)}")
-        images = [root / f"bbox_{split}" / nm[:4] / nm for nm in names[start - 1:end]]
+        images = [root / f"bbox_{split}" / nm[:4] / nm for nm in names[start - 1 : end]]
         lst = folder / f"{n:05d}.frames"
         lst.write_text("\n".join(os.path.relpath(p, folder) for p in images) + "\n")
-        rows.append(VideoRow(path=str(lst.resolve()), id=f"{split}_{n:05d}", label=f"{pid:04d}",
-                             camera=f"c{cam}", row=n))
+        rows.append(
+            VideoRow(path=str(lst.resolve()), id=f"{split}_{n:05d}", label=f"{pid:04d}", camera=f"c{cam}", row=n)
+        )
     return rows
 
 
@@ -69,8 +70,13 @@ def import_mars(root: str | Path, out_dir: str | Path) -> dict[str, int]:
         if not (root / sub).is_dir():
             raise UserError(f"{root}: not a MARS root (missing {sub}/)")
     out.mkdir(parents=True, exist_ok=True)
-    train = [r for r in _tracklets(root, out, "train", _load_mat(info / "tracks_train_info.mat"),
-                                   _names(info / "train_name.txt")) if r is not None]
+    train = [
+        r
+        for r in _tracklets(
+            root, out, "train", _load_mat(info / "tracks_train_info.mat"), _names(info / "train_name.txt")
+        )
+        if r is not None
+    ]
     test = _tracklets(root, out, "test", _load_mat(info / "tracks_test_info.mat"), _names(info / "test_name.txt"))
     q_idx = {int(i) for i in _load_mat(info / "query_IDX.mat").ravel()}
     bad = [i for i in q_idx if not 1 <= i <= len(test)]

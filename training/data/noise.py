@@ -17,8 +17,9 @@ class NoiseResult:
     flipped: np.ndarray  # bool mask of the changed samples
 
 
-def inject_noise(labels: np.ndarray, num_classes: int, rate: float, kind: str = "symmetric",
-                 seed: int = 0) -> NoiseResult:
+def inject_noise(
+    labels: np.ndarray, num_classes: int, rate: float, kind: str = "symmetric", seed: int = 0
+) -> NoiseResult:
     """Flip exactly ``round(rate * N)`` labels chosen by a seeded generator.
 
     symmetric: each flipped label moves to a uniformly chosen *other* class.
@@ -52,5 +53,4 @@ def inject_noise(labels: np.ndarray, num_classes: int, rate: float, kind: str = 
     np.add.at(transition, (labels, noisy), 1.0)
     counts = transition.sum(axis=1, keepdims=True)
     transition = np.divide(transition, counts, out=np.zeros_like(transition), where=counts > 0)
-    return NoiseResult(labels=noisy, rate=float(flipped.mean()) if n else 0.0, transition=transition,
-                       flipped=flipped)
+    return NoiseResult(labels=noisy, rate=float(flipped.mean()) if n else 0.0, transition=transition, flipped=flipped)

@@ -26,10 +26,18 @@ from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
 from training.data.noise import NOISE_TYPES, inject_noise
 
-PALETTE = np.array([
-    [0.85, 0.15, 0.15], [0.15, 0.35, 0.85], [0.15, 0.7, 0.25], [0.9, 0.8, 0.2], [0.15, 0.15, 0.15],
-    [0.9, 0.9, 0.9], [0.55, 0.3, 0.15], [0.6, 0.2, 0.7],
-])
+PALETTE = np.array(
+    [
+        [0.85, 0.15, 0.15],
+        [0.15, 0.35, 0.85],
+        [0.15, 0.7, 0.25],
+        [0.9, 0.8, 0.2],
+        [0.15, 0.15, 0.15],
+        [0.9, 0.9, 0.9],
+        [0.55, 0.3, 0.15],
+        [0.6, 0.2, 0.7],
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,9 @@ class SynthConfig:
         if self.cameras < 2:
             raise UserError(f"--cameras must be >= 2 (retrieval is across cameras), got {self.cameras}")
         if self.clips_per_camera < 1 or self.frames < 2:
-            raise UserError(f"--clips-per-camera must be >= 1 and --frames >= 2, got {self.clips_per_camera}, "
-                            f"{self.frames}")
+            raise UserError(
+                f"--clips-per-camera must be >= 1 and --frames >= 2, got {self.clips_per_camera}, {self.frames}"
+            )
         if self.size < 16 or self.size % 2:
             raise UserError(f"--size must be an even number >= 16 (H.264 needs even sizes), got {self.size}")
         if not 0.0 <= self.noise <= 1.0:
@@ -64,33 +73,45 @@ class SynthConfig:
 def _identity(rng: np.random.Generator) -> dict:
     top, bottom = rng.choice(len(PALETTE), 2, replace=True)
     return {
-        "top": PALETTE[top] + rng.normal(0, 0.05, 3), "bottom": PALETTE[bottom] + rng.normal(0, 0.05, 3),
-        "stripe_freq": float(rng.choice([0.0, 0.6, 1.1, 1.7])), "stripe_angle": float(rng.uniform(0, np.pi)),
+        "top": PALETTE[top] + rng.normal(0, 0.05, 3),
+        "bottom": PALETTE[bottom] + rng.normal(0, 0.05, 3),
+        "stripe_freq": float(rng.choice([0.0, 0.6, 1.1, 1.7])),
+        "stripe_angle": float(rng.uniform(0, np.pi)),
         "stripe_strength": float(rng.uniform(0.25, 0.6)),
-        "width": float(rng.uniform(0.16, 0.28)), "height": float(rng.uniform(0.5, 0.72)),
+        "width": float(rng.uniform(0.16, 0.28)),
+        "height": float(rng.uniform(0.5, 0.72)),
         "split": float(rng.uniform(0.4, 0.6)),
         "speed": float(rng.uniform(0.01, 0.035)) * float(rng.choice([-1, 1])),
-        "gait": float(rng.uniform(0.25, 0.7)), "bob": float(rng.uniform(0.005, 0.03)),
-        "bag": bool(rng.random() < 0.5), "bag_color": PALETTE[rng.integers(len(PALETTE))],
+        "gait": float(rng.uniform(0.25, 0.7)),
+        "bob": float(rng.uniform(0.005, 0.03)),
+        "bag": bool(rng.random() < 0.5),
+        "bag_color": PALETTE[rng.integers(len(PALETTE))],
     }
 
 
 def _camera(rng: np.random.Generator) -> dict:
     return {
-        "bg_a": rng.uniform(0.1, 0.9, 3), "bg_b": rng.uniform(0.1, 0.9, 3), "bg_freq": float(rng.uniform(2, 9)),
-        "gain": float(rng.uniform(0.65, 1.25)), "cast": rng.normal(0, 0.08, 3), "scale": float(rng.uniform(0.75, 1.15)),
-        "mirror": bool(rng.random() < 0.5), "shear": float(rng.uniform(-0.25, 0.25)),
-        "noise": float(rng.uniform(0.01, 0.05)), "blur": bool(rng.random() < 0.5),
+        "bg_a": rng.uniform(0.1, 0.9, 3),
+        "bg_b": rng.uniform(0.1, 0.9, 3),
+        "bg_freq": float(rng.uniform(2, 9)),
+        "gain": float(rng.uniform(0.65, 1.25)),
+        "cast": rng.normal(0, 0.08, 3),
+        "scale": float(rng.uniform(0.75, 1.15)),
+        "mirror": bool(rng.random() < 0.5),
+        "shear": float(rng.uniform(-0.25, 0.25)),
+        "noise": float(rng.uniform(0.01, 0.05)),
+        "blur": bool(rng.random() < 0.5),
     }
 
 
-def render_clip(ident: dict, cam: dict, frames: int, size: int, rng: np.random.Generator,
-                occluder: bool) -> np.ndarray:
+def render_clip(ident: dict, cam: dict, frames: int, size: int, rng: np.random.Generator, occluder: bool) -> np.ndarray:
     """uint8 (frames, size, size, 3)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     xs = xx + cam["shear"] * (yy - 0.5)  # viewpoint shear
-    bg = cam["bg_a"] * (0.5 + 0.5 * np.sin(cam["bg_freq"] * (xx + 0.3 * yy) * np.pi))[..., None] + \
-        cam["bg_b"] * (0.5 + 0.5 * np.cos(cam["bg_freq"] * 0.7 * yy * np.pi))[..., None]
+    bg = (
+        cam["bg_a"] * (0.5 + 0.5 * np.sin(cam["bg_freq"] * (xx + 0.3 * yy) * np.pi))[..., None]
+        + cam["bg_b"] * (0.5 + 0.5 * np.cos(cam["bg_freq"] * 0.7 * yy * np.pi))[..., None]
+    )
     bg = bg / 2 + rng.normal(0, 0.02, (size, size, 3))
     scale = cam["scale"] * rng.uniform(0.9, 1.1)
     w, h = ident["width"] * scale, ident["height"] * scale
@@ -99,8 +120,9 @@ def render_clip(ident: dict, cam: dict, frames: int, size: int, rng: np.random.G
     x0 = rng.uniform(0.25, 0.75)
     y0 = rng.uniform(0.45, 0.55)
     phase = rng.uniform(0, 2 * np.pi)
-    stripes = 0.5 + 0.5 * np.sign(np.sin(ident["stripe_freq"] * 40 * (xs * np.cos(ident["stripe_angle"]) +
-                                                                       yy * np.sin(ident["stripe_angle"]))))
+    stripes = 0.5 + 0.5 * np.sign(
+        np.sin(ident["stripe_freq"] * 40 * (xs * np.cos(ident["stripe_angle"]) + yy * np.sin(ident["stripe_angle"])))
+    )
     occ = None
     if occluder and rng.random() < 0.4:
         occ = (rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.15), rng.uniform(0.1, 0.9, 3))
@@ -119,7 +141,7 @@ def render_clip(ident: dict, cam: dict, frames: int, size: int, rng: np.random.G
         leg2 = np.abs(xs - (cx + w * 0.2 - swing * reach)) < w * 0.17
         head = ((xs - cx) / (w * 0.28)) ** 2 + ((yy - (cy - h / 2 - w * 0.2)) / (w * 0.28)) ** 2 < 1
         tex = 1 - ident["stripe_strength"] * stripes[..., None]
-        img[torso] = (top_c * tex[torso])
+        img[torso] = top_c * tex[torso]
         img[legs_y & (leg1 | leg2)] = bot_c
         img[head] = np.array([0.85, 0.7, 0.55])
         if ident["bag"]:
@@ -172,8 +194,12 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def generate(out_dir: str | Path, cfg: SynthConfig, workers: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+def generate(
+    out_dir: str | Path,
+    cfg: SynthConfig,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Write the videos and train.csv / query.csv / gallery.csv; return a summary (also saved as synth.json)."""
     cfg.validate()
     out = Path(out_dir)
@@ -219,8 +245,14 @@ def generate(out_dir: str | Path, cfg: SynthConfig, workers: int | None = None,
     _write_csv(out / "train.csv", ["path", "id", "label", "camera", "clean_label"], train_rows)
     _write_csv(out / "query.csv", ["path", "id", "label", "camera"], query)
     _write_csv(out / "gallery.csv", ["path", "id", "label", "camera"], gallery)
-    summary = {"config": asdict(cfg), "train_identities": n_train, "test_identities": cfg.identities - n_train,
-               "train_videos": len(train), "query_videos": len(query), "gallery_videos": len(gallery),
-               "realised_noise_rate": noisy.rate}
+    summary = {
+        "config": asdict(cfg),
+        "train_identities": n_train,
+        "test_identities": cfg.identities - n_train,
+        "train_videos": len(train),
+        "query_videos": len(query),
+        "gallery_videos": len(gallery),
+        "realised_noise_rate": noisy.rate,
+    }
     atomic_write_text(out / "synth.json", json.dumps(summary, indent=2))
     return summary

@@ -46,8 +46,15 @@ DECODE_THREADS = int(os.environ.get("VIDRET_DECODE_THREADS", "1"))
 log = logging.getLogger(__name__)
 
 # Container types told apart by their first bytes (sniff_container), and the FFmpeg demuxer each is read with.
-CONTAINER_DEMUXERS = {".mp4": "mov", ".mov": "mov", ".mkv": "matroska", ".webm": "matroska", ".avi": "avi",
-                      ".mpg": "mpeg", ".ts": "mpegts"}
+CONTAINER_DEMUXERS = {
+    ".mp4": "mov",
+    ".mov": "mov",
+    ".mkv": "matroska",
+    ".webm": "matroska",
+    ".avi": "avi",
+    ".mpg": "mpeg",
+    ".ts": "mpegts",
+}
 CONTAINER_NAMES = "mp4, mov, mkv, webm, avi, mpeg-ps, mpeg-ts"
 SNIFF_BYTES = 4096
 TS_PACKET = 188
@@ -65,8 +72,9 @@ class ClipSpec:
         if self.sampling not in SAMPLINGS:
             raise UserError(f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
         if self.frames < 1 or self.size < 8 or self.stride < 1:
-            raise UserError(f"bad clip spec: frames={self.frames} (>= 1), size={self.size} (>= 8), "
-                            f"stride={self.stride} (>= 1)")
+            raise UserError(
+                f"bad clip spec: frames={self.frames} (>= 1), size={self.size} (>= 8), stride={self.stride} (>= 1)"
+            )
 
     @property
     def decode_short_side(self) -> int:
@@ -185,7 +193,7 @@ def _read_images(files: list[Path], idx: np.ndarray, short: int | None) -> torch
     return torch.stack(out)
 
 
-def _decord():  # noqa: ANN202 - the decord module, with the decoder's own console logging silenced
+def _decord():
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -220,8 +228,10 @@ def _reason(exc: BaseException, path: str | Path | None = None, shown: str | Pat
     if path is not None:
         text = text.replace(str(path), str(shown if shown is not None else Path(path).name))
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    line = next((ln for ln in lines if "Error" in ln or "error" in ln or "failed" in ln),
-                lines[0] if lines else type(exc).__name__)
+    line = next(
+        (ln for ln in lines if "Error" in ln or "error" in ln or "failed" in ln),
+        lines[0] if lines else type(exc).__name__,
+    )
     return line[:200]
 
 
@@ -229,7 +239,7 @@ class _DecoderFailed(Exception):
     """decord failed (or returned wrong frames), or PyAV did; the message is already a reason."""
 
 
-def _av_open(path: str):  # noqa: ANN202 - an av container of a sniffed container type, read with its own demuxer
+def _av_open(path: str):
     import av
 
     ext = sniff_file(path)
@@ -253,16 +263,19 @@ def _av_shape(path: str) -> tuple[int, int, int]:
     return n, h, w
 
 
-def _av_scaler(frame, time_base, size: tuple[int, int]):  # noqa: ANN001, ANN202 - an av filter graph
+def _av_scaler(frame, time_base, size: tuple[int, int]):
     """FFmpeg's scale filter with bilinear flags, then RGB24: how decord resizes at decode time (bit for bit)."""
     from itertools import pairwise
 
     from av.filter import Graph
 
     graph = Graph()
-    chain = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base),
-             graph.add("scale", f"{size[1]}:{size[0]}:flags=bilinear"), graph.add("format", "rgb24"),
-             graph.add("buffersink")]
+    chain = [
+        graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base),
+        graph.add("scale", f"{size[1]}:{size[0]}:flags=bilinear"),
+        graph.add("format", "rgb24"),
+        graph.add("buffersink"),
+    ]
     for a, b in pairwise(chain):
         a.link_to(b)
     graph.configure()
@@ -331,8 +344,9 @@ def _shape(path: Path, shown: str | Path) -> tuple[int, int, int, str]:
         raise VideoDecodeError(shown, f"cannot decode video ({_reason(exc, path, shown)})") from None
 
 
-def _decode_frames(path: str, indices: list[int], size: tuple[int, int] | None, full: tuple[int, int],
-                   reader: str) -> torch.Tensor:
+def _decode_frames(
+    path: str, indices: list[int], size: tuple[int, int] | None, full: tuple[int, int], reader: str
+) -> torch.Tensor:
     """Frames ``indices`` (sorted, distinct) of a video at ``size`` (None: full size ``full``), uint8 (N, H, W, 3):
     decord, or PyAV where decord cannot (the same frames)."""
     out_w = (size or full)[1]
@@ -384,8 +398,14 @@ def _check_video_file(path: Path, shown: str | Path) -> None:
         raise VideoDecodeError(shown, "not a video file")
 
 
-def read_clip(path: str | Path, spec: ClipSpec, train: bool, rng: np.random.Generator | None = None,
-              decode_short_side: int | None = None, max_frames: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def read_clip(
+    path: str | Path,
+    spec: ClipSpec,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    decode_short_side: int | None = None,
+    max_frames: int | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
     """Decode one clip of a video file, frame folder or frame list: uint8 (T, H, W, C) and the frame indices used.
 
     ``max_frames`` bounds the number of frames considered.
@@ -402,9 +422,15 @@ def read_clip(path: str | Path, spec: ClipSpec, train: bool, rng: np.random.Gene
     return read_video_clip(path, spec, train, rng, decode_short_side, max_frames)
 
 
-def read_video_clip(path: str | Path, spec: ClipSpec, train: bool, rng: np.random.Generator | None = None,
-                    decode_short_side: int | None = None, max_frames: int | None = None,
-                    label: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def read_video_clip(
+    path: str | Path,
+    spec: ClipSpec,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    decode_short_side: int | None = None,
+    max_frames: int | None = None,
+    label: str | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
     """``read_clip`` for a video container file only: never reads a frame folder or frame list, whatever the file
     is named (for untrusted files). Errors name ``label`` instead of the path when it is given."""
     path = Path(path)
@@ -422,13 +448,16 @@ def read_video_clip(path: str | Path, spec: ClipSpec, train: bool, rng: np.rando
     except Exception as exc:
         raise VideoDecodeError(shown, f"cannot decode video ({_reason(exc, path, shown)})") from None
     if frames.ndim != 4 or frames.shape[0] != len(uniq):
-        raise VideoDecodeError(shown, f"cannot decode video (the decoder returned {frames.shape[0]} of {len(uniq)} "
-                                      "frames: truncated file?)")
+        raise VideoDecodeError(
+            shown,
+            f"cannot decode video (the decoder returned {frames.shape[0]} of {len(uniq)} frames: truncated file?)",
+        )
     return frames[torch.from_numpy(inverse)], idx
 
 
-def middle_frame_jpeg(path: str | Path, short_side: int = 192, quality: int = 85, *, video_only: bool = False,
-                      label: str | None = None) -> bytes:
+def middle_frame_jpeg(
+    path: str | Path, short_side: int = 192, quality: int = 85, *, video_only: bool = False, label: str | None = None
+) -> bytes:
     """The middle frame of a video (or frame folder / list) as JPEG bytes, for thumbnails. ``video_only`` reads
     ``path`` as a video container only (``read_video_clip``), with errors naming ``label``."""
     import io

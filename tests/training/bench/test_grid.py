@@ -16,11 +16,16 @@ from training.data.manifest import VideoRow
 def fake_fit(monkeypatch: pytest.MonkeyPatch) -> list:
     calls = []
 
-    def fit(cfg):  # noqa: ANN001, ANN202
+    def fit(cfg):
         calls.append(cfg)
         Path(cfg.out).mkdir(parents=True)
-        return training.trainer.FitResult(Path(cfg.out), Path(cfg.out), Path(cfg.out),
-                                          [{"epoch": e + 1, "val_mAP": 0.1 * e} for e in range(cfg.epochs)], [])
+        return training.trainer.FitResult(
+            Path(cfg.out),
+            Path(cfg.out),
+            Path(cfg.out),
+            [{"epoch": e + 1, "val_mAP": 0.1 * e} for e in range(cfg.epochs)],
+            [],
+        )
 
     monkeypatch.setattr(training.trainer, "fit", fit)
     return calls
@@ -40,9 +45,17 @@ def test_finished_runs_are_reused_only_with_the_same_settings(tmp_path: Path, fa
 
 
 def test_validation_split_uses_training_identities_only() -> None:
-    rows = [VideoRow(row=i, path=f"v{i}.mp4", id=f"id{p}_c{c}_s{s}", label=f"p{(p + 1) % 10 if i % 3 == 0 else p}",
-                     camera=f"c{c}", clean_label=f"p{p}")
-            for i, (p, c, s) in enumerate((p, c, s) for p in range(10) for c in range(4) for s in range(2))]
+    rows = [
+        VideoRow(
+            row=i,
+            path=f"v{i}.mp4",
+            id=f"id{p}_c{c}_s{s}",
+            label=f"p{(p + 1) % 10 if i % 3 == 0 else p}",
+            camera=f"c{c}",
+            clean_label=f"p{p}",
+        )
+        for i, (p, c, s) in enumerate((p, c, s) for p in range(10) for c in range(4) for s in range(2))
+    ]
     fit, query, gallery = carve_validation(rows, 0.2, seed=0)
     val_ids = {r.label for r in query + gallery}
     assert len(val_ids) == 2 and not val_ids & {r.clean_label for r in fit}

@@ -32,8 +32,27 @@ def test_synth_writes_real_videos_with_disjoint_identities_and_noise(synth_dir: 
 def test_synth_is_deterministic(tmp_path: Path) -> None:
     # 128 clips, serial and in a process pool: x264's rate control (crf) once changed a few clips, most across processes
     for name, workers in (("a", "1"), ("b", "2")):
-        res = run_cli("data", "synth", tmp_path / name, "--identities", "8", "--cameras", "4", "--clips-per-camera",
-                      "4", "--frames", "8", "--size", "32", "--noise", "0.5", "--seed", "3", "--workers", workers)
+        res = run_cli(
+            "data",
+            "synth",
+            tmp_path / name,
+            "--identities",
+            "8",
+            "--cameras",
+            "4",
+            "--clips-per-camera",
+            "4",
+            "--frames",
+            "8",
+            "--size",
+            "32",
+            "--noise",
+            "0.5",
+            "--seed",
+            "3",
+            "--workers",
+            workers,
+        )
         assert res.returncode == 0, res.stderr
     assert (tmp_path / "a" / "train.csv").read_text() == (tmp_path / "b" / "train.csv").read_text()
     a = sorted((tmp_path / "a").rglob("*.mp4"))
@@ -54,11 +73,14 @@ def test_check_lists_every_bad_row(synth_dir: Path, tmp_path: Path) -> None:
     assert "error: 3 of 5 rows cannot be decoded" in res.stderr
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("label\nx\n", "missing required column 'path'"),
-    ("path,id\na.mp4,1\nb.mp4,1\n", "row 2: duplicate id '1'"),
-    ("", "has no rows"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("label\nx\n", "missing required column 'path'"),
+        ("path,id\na.mp4,1\nb.mp4,1\n", "row 2: duplicate id '1'"),
+        ("", "has no rows"),
+    ],
+)
 def test_bad_manifest_one_line_error(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "m.csv").write_text(text)
     res = run_cli("data", "check", tmp_path / "m.csv")
@@ -78,8 +100,11 @@ def test_noise_and_manifest_commands(synth_dir: Path, tmp_path: Path) -> None:
         (tree / label).mkdir(parents=True)
         shutil.copy(synth_dir / _rows(synth_dir / "gallery.csv")[0]["path"], tree / label / "clip.mp4")
     res = run_cli("data", "manifest", tree)
-    assert res.stdout.splitlines() == ["path,id,label", "cat/clip.mp4,cat/clip.mp4,cat",
-                                       "dog/clip.mp4,dog/clip.mp4,dog"]
+    assert res.stdout.splitlines() == [
+        "path,id,label",
+        "cat/clip.mp4,cat/clip.mp4,cat",
+        "dog/clip.mp4,dog/clip.mp4,dog",
+    ]
 
 
 def test_import_mars_fabricated_tree(tmp_path: Path) -> None:
@@ -99,9 +124,19 @@ def test_import_mars_fabricated_tree(tmp_path: Path) -> None:
     (root / "info").mkdir()
     for split in ("train", "test"):
         (root / "info" / f"{split}_name.txt").write_text("\n".join(names[split]) + "\n")
-    tracks = {"train": [[1, 3, 1, 1], [4, 6, 1, 2], [7, 9, 2, 1], [10, 12, 2, 2]],
-              "test": [[1, 3, 0, 1], [4, 6, 0, 2], [7, 9, 3, 1], [10, 12, 3, 2], [13, 15, 4, 1], [16, 18, 4, 2],
-                       [19, 21, -1, 1], [22, 24, -1, 2]]}
+    tracks = {
+        "train": [[1, 3, 1, 1], [4, 6, 1, 2], [7, 9, 2, 1], [10, 12, 2, 2]],
+        "test": [
+            [1, 3, 0, 1],
+            [4, 6, 0, 2],
+            [7, 9, 3, 1],
+            [10, 12, 3, 2],
+            [13, 15, 4, 1],
+            [16, 18, 4, 2],
+            [19, 21, -1, 1],
+            [22, 24, -1, 2],
+        ],
+    }
     for split, rows in tracks.items():
         scipy.io.savemat(root / "info" / f"tracks_{split}_info.mat", {f"track_{split}_info": np.array(rows)})
     scipy.io.savemat(root / "info" / "query_IDX.mat", {"query_IDX": np.array([[3, 5]])})

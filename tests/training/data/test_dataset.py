@@ -57,14 +57,20 @@ def test_items_depend_only_on_seed_epoch_index(synth_dir: Path) -> None:
 def test_shared_frame_cache_decodes_each_video_once(synth_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = read_manifest(synth_dir / "train.csv", require_label=True)[:3]
     cmap = class_map(r.label for r in rows)
-    plain = [VideoDataset(rows, SPEC, train=train, class_to_idx=cmap, seed=7)[i]["clip"]
-             for train in (True, False) for i in range(3)]
+    plain = [
+        VideoDataset(rows, SPEC, train=train, class_to_idx=cmap, seed=7)[i]["clip"]
+        for train in (True, False)
+        for i in range(3)
+    ]
     decodes: list[str] = []
     real = dataset_module.read_clip
     monkeypatch.setattr(dataset_module, "read_clip", lambda path, *a, **k: decodes.append(path) or real(path, *a, **k))
     with shared_frame_cache() as frames:
-        got = [VideoDataset(rows, SPEC, train=train, class_to_idx=cmap, seed=7, cache=True)[i]["clip"]
-               for train in (True, False) for i in range(3)]  # a training and an evaluation dataset: 2 x 3 items
+        got = [
+            VideoDataset(rows, SPEC, train=train, class_to_idx=cmap, seed=7, cache=True)[i]["clip"]
+            for train in (True, False)
+            for i in range(3)
+        ]  # a training and an evaluation dataset: 2 x 3 items
         assert len(decodes) == 3 and len(frames) == 3  # each video decoded once, for both datasets
         VideoDataset(rows, replace(SPEC, size=32), train=False, cache=True)[0]
         assert len(decodes) == 4  # another size is another entry

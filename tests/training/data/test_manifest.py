@@ -19,8 +19,12 @@ def test_csv_and_jsonl_with_defaults(tmp_path: Path) -> None:
     rows = read_manifest(_write(tmp_path / "m.csv", "path,label,camera\nv/a.mp4,p1,c1\n/abs/b.avi,p2,\n"))
     assert rows[0].path == str(tmp_path / "v" / "a.mp4") and rows[0].id == "v/a.mp4" and rows[0].camera == "c1"
     assert rows[1].path == "/abs/b.avi" and rows[1].row == 2 and rows[1].clean_label is None
-    rows = read_manifest(_write(tmp_path / "m.jsonl", '{"path": "x.mkv", "id": "x", "label": 3, "clean_label": 4}\n'
-                                                      '\n{"path": "frames_dir"}\n'))
+    rows = read_manifest(
+        _write(
+            tmp_path / "m.jsonl",
+            '{"path": "x.mkv", "id": "x", "label": 3, "clean_label": 4}\n\n{"path": "frames_dir"}\n',
+        )
+    )
     assert rows[0].label == "3" and rows[0].clean_label == "4" and rows[1].label is None
 
 
@@ -33,14 +37,17 @@ def test_round_trip_and_class_map(tmp_path: Path) -> None:
     assert class_map(["z", "a", None, "z"]) == {"a": 0, "z": 1}
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("label\np1\n", "missing required column 'path'"),
-    ("path,id\na.mp4,x\nb.mp4,x\n", "row 2: duplicate id 'x' (first at row 1)"),
-    ("path,label\n", "has no rows"),
-    ("", "has no rows"),
-    ("path,label\na.txt,p\n", "row 1: a.txt: unknown extension '.txt'"),
-    ("path,label\n,p\n", "row 1: missing required field 'path'"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("label\np1\n", "missing required column 'path'"),
+        ("path,id\na.mp4,x\nb.mp4,x\n", "row 2: duplicate id 'x' (first at row 1)"),
+        ("path,label\n", "has no rows"),
+        ("", "has no rows"),
+        ("path,label\na.txt,p\n", "row 1: a.txt: unknown extension '.txt'"),
+        ("path,label\n,p\n", "row 1: missing required field 'path'"),
+    ],
+)
 def test_bad_manifests_name_file_and_row(tmp_path: Path, text: str, needle: str) -> None:
     m = _write(tmp_path / "bad.csv", text)
     with pytest.raises(UserError) as info:

@@ -95,19 +95,29 @@ def test_decode_time_resize_widths_decord_cannot_do(media: dict[str, Path], widt
 
 
 def test_frame_folder_and_frame_list(media: dict[str, Path]) -> None:
-    clip, idx = read_clip(media["frames"], ClipSpec(frames=3, size=24, sampling="uniform"), train=False,
-                          decode_short_side=0)
+    clip, idx = read_clip(
+        media["frames"], ClipSpec(frames=3, size=24, sampling="uniform"), train=False, decode_short_side=0
+    )
     assert clip.shape == (3, 48, 64, 3) and idx.tolist() == [0, 2, 5]
     assert clip[:, 0, 0, 0].tolist() == [0, 20, 50]
-    clip, _ = read_clip(media["list"], ClipSpec(frames=3, size=24, sampling="uniform"), train=False,
-                        decode_short_side=0)
+    clip, _ = read_clip(
+        media["list"], ClipSpec(frames=3, size=24, sampling="uniform"), train=False, decode_short_side=0
+    )
     assert clip[:, 0, 0, 0].tolist() == [50, 40, 30]  # the list's order, not the file names'
 
 
-@pytest.mark.parametrize("name,reason", [
-    ("truncated", "cannot decode"), ("empty", "empty file"), ("text", "cannot decode"), ("image", "cannot decode"),
-    ("missing", "file not found"), ("empty_folder", "no jpg/png"), ("bad_folder", "unreadable image"),
-])
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("truncated", "cannot decode"),
+        ("empty", "empty file"),
+        ("text", "cannot decode"),
+        ("image", "cannot decode"),
+        ("missing", "file not found"),
+        ("empty_folder", "no jpg/png"),
+        ("bad_folder", "unreadable image"),
+    ],
+)
 def test_bad_inputs_raise_a_clear_error(media: dict[str, Path], name: str, reason: str) -> None:
     path = media.get(name, media["v"].parent / "missing.mp4")
     with pytest.raises(VideoDecodeError, match=reason) as info:
@@ -124,9 +134,15 @@ def test_middle_frame_thumbnail(media: dict[str, Path]) -> None:
 
 # --- container sniffing, untrusted files, and videos decord cannot decode (PyAV) ---------------------------------
 
-CONTAINERS = [(".mp4", "mp4", "libx264"), (".mov", "mov", "libx264"), (".mkv", "matroska", "libx264"),
-              (".webm", "webm", "libvpx"), (".avi", "avi", "mpeg4"), (".mpg", "mpeg", "mpeg2video"),
-              (".ts", "mpegts", "libx264")]
+CONTAINERS = [
+    (".mp4", "mp4", "libx264"),
+    (".mov", "mov", "libx264"),
+    (".mkv", "matroska", "libx264"),
+    (".webm", "webm", "libvpx"),
+    (".avi", "avi", "mpeg4"),
+    (".mpg", "mpeg", "mpeg2video"),
+    (".ts", "mpegts", "libx264"),
+]
 
 
 def _red(clip: torch.Tensor) -> list[float]:
@@ -137,8 +153,7 @@ def _red(clip: torch.Tensor) -> list[float]:
 def test_containers_are_told_by_their_bytes_not_their_names(tmp_path: Path, ext: str, fmt: str, codec: str) -> None:
     path = write_container(tmp_path / "clip.frames", _frames(10, 32, 48), fmt, codec)  # a misleading name
     assert sniff_file(path) == ext
-    clip, idx = read_video_clip(path, ClipSpec(frames=4, size=24, sampling="uniform"), train=False,
-                                decode_short_side=0)
+    clip, idx = read_video_clip(path, ClipSpec(frames=4, size=24, sampling="uniform"), train=False, decode_short_side=0)
     assert clip.shape == (4, 32, 48, 3) and idx.tolist() == [0, 3, 6, 9]
     assert _red(clip) == pytest.approx([10.0 * i for i in idx], abs=10)  # lossy codecs: frames 30 levels apart
     assert count_video_frames(path) == 10
@@ -146,16 +161,24 @@ def test_containers_are_told_by_their_bytes_not_their_names(tmp_path: Path, ext:
 
 def test_sniffing_rejects_non_videos_and_a_lone_ts_sync_byte(media: dict[str, Path]) -> None:
     ts_packet = b"G" + bytes(187)
-    for head in (b"", b"G", b"G" + b"/etc/hosts\n" * 100, ts_packet * 2 + b"x" * 300,
-                 ts_packet * 3 + b"x", (ts_packet * 4)[:-188] + b"H" + bytes(187),
-                 media["text"].read_bytes(), media["image"].read_bytes()):
+    for head in (
+        b"",
+        b"G",
+        b"G" + b"/etc/hosts\n" * 100,
+        ts_packet * 2 + b"x" * 300,
+        ts_packet * 3 + b"x",
+        (ts_packet * 4)[:-188] + b"H" + bytes(187),
+        media["text"].read_bytes(),
+        media["image"].read_bytes(),
+    ):
         assert sniff_container(head) is None, head[:20]
     assert sniff_container(ts_packet * 3) == ".ts" and sniff_container(ts_packet * 40) == ".ts"
     assert sniff_container(b"\x00\x00\x00\x18ftypisom" + bytes(16)) == ".mp4"
 
 
-def test_untrusted_reads_never_open_frame_lists_or_folders(media: dict[str, Path], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_untrusted_reads_never_open_frame_lists_or_folders(
+    media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import PIL.Image
 
     import training.data.video as video
@@ -180,8 +203,7 @@ def test_untrusted_reads_never_open_frame_lists_or_folders(media: dict[str, Path
     assert opened == []
 
 
-def test_a_48px_video_decord_cannot_decode_is_read_with_pyav(tmp_path: Path,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_48px_video_decord_cannot_decode_is_read_with_pyav(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "w48.mp4"
     write_mp4(path, _frames(12, 48, 48))
     caplog.set_level(logging.DEBUG, logger="training.data.video")
@@ -202,7 +224,7 @@ def test_a_48px_video_decord_cannot_decode_is_read_with_pyav(tmp_path: Path,
 class _BrokenDecord:
     """decord failing on every file, so that everything is read with PyAV."""
 
-    class logging:  # noqa: N801 - mirrors decord.logging
+    class logging:
         QUIET = 0
 
         @staticmethod
@@ -214,13 +236,14 @@ class _BrokenDecord:
         return None
 
     @staticmethod
-    def VideoReader(*args, **kwargs) -> None:  # noqa: N802, ANN002, ANN003
+    def VideoReader(*args, **kwargs) -> None:
         raise RuntimeError("simulated decord failure")
 
 
 @pytest.mark.parametrize("short", [0, 27, 20])  # full size, and resized at decode time
-def test_pyav_gives_the_frames_decord_gives(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
-                                            short: int) -> None:
+def test_pyav_gives_the_frames_decord_gives(
+    media: dict[str, Path], monkeypatch: pytest.MonkeyPatch, short: int
+) -> None:
     import training.data.video as video
 
     spec = ClipSpec(frames=6, size=24, sampling="segments")
@@ -249,14 +272,57 @@ def test_cli_trains_and_embeds_a_48px_synthetic_set(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
     data, run, emb = tmp_path / "synth48", tmp_path / "run", tmp_path / "gallery.npz"
-    res = run_cli("data", "synth", data, "--size", "48", "--identities", "4", "--cameras", "2",
-                  "--clips-per-camera", "1", "--frames", "8", "--workers", "1")
+    res = run_cli(
+        "data",
+        "synth",
+        data,
+        "--size",
+        "48",
+        "--identities",
+        "4",
+        "--cameras",
+        "2",
+        "--clips-per-camera",
+        "1",
+        "--frames",
+        "8",
+        "--workers",
+        "1",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
-    res = run_cli("train", "--train", data / "train.csv", "--out", run, "--size", "48", "--epochs", "1",
-                  "--model", "tiny3d", "--frames", "4", "--batch-size", "4", "--workers", "0", "--embedding-dim", "8")
+    res = run_cli(
+        "train",
+        "--train",
+        data / "train.csv",
+        "--out",
+        run,
+        "--size",
+        "48",
+        "--epochs",
+        "1",
+        "--model",
+        "tiny3d",
+        "--frames",
+        "4",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--embedding-dim",
+        "8",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
-    res = run_cli("embed", "--checkpoint", run / "checkpoints" / "last.pt", "--manifest", data / "gallery.csv",
-                  "--out", emb, "--workers", "0")
+    res = run_cli(
+        "embed",
+        "--checkpoint",
+        run / "checkpoints" / "last.pt",
+        "--manifest",
+        data / "gallery.csv",
+        "--out",
+        emb,
+        "--workers",
+        "0",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     from indexing.embeddings import load_embeddings
 
