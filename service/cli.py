@@ -119,7 +119,7 @@ def review_export(
 
 
 # Options that take several values after one flag (``--t 1 2 4``), as the CLI contract writes them.
-MULTI_VALUE_FLAGS = ("--t", "--losses", "--rates")
+MULTI_VALUE_FLAGS = ("--t", "--losses", "--rates", "--k")
 
 
 def expand_multi_value_flags(argv: list[str], flags: tuple[str, ...] = MULTI_VALUE_FLAGS) -> list[str]:

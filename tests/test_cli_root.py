@@ -27,6 +27,15 @@ def test_expand_multi_value_flags() -> None:
     argv = ["plot", "weights", "out.png", "--t", "1", "2", "4", "--x"]
     assert expand_multi_value_flags(argv) == ["plot", "weights", "out.png", "--t", "1", "--t", "2", "--t", "4", "--x"]
     assert expand_multi_value_flags(["--rates", "0", "0.2"]) == ["--rates", "0", "--rates", "0.2"]
+    assert expand_multi_value_flags(["evaluate", "--k", "1", "5", "--json", "o.json"]) == [
+        "evaluate",
+        "--k",
+        "1",
+        "--k",
+        "5",
+        "--json",
+        "o.json",
+    ]
 
 
 def test_plot_weights_writes_a_png(tmp_path) -> None:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from indexing.atomic import atomic_write_text
+from indexing.atomic import atomic_write, atomic_write_text
 from indexing.errors import UserError
 from training.config import OPTIMIZERS, TrainConfig
 from training.data.dataset import EpochSampler, VideoDataset, apply_bad_video_policy, collate, worker_init
@@ -661,16 +661,11 @@ def _wrap_up(
     if job.info.is_main:
         zeros = np.zeros(len(data.rows))  # no epoch trained in this call (a resumed, finished run)
         weights, p_label = (stats.weights, stats.p_label) if stats is not None else (zeros, zeros)
-        np.savez(
-            job.run_dir / "sample_weights.npz",
-            ids=np.array([r.id for r in data.rows]),
-            weights=weights,
-            p_label=p_label,
-            flipped=data.flipped,
-            known=data.known,
-        )
+        arrays = {"ids": np.array([r.id for r in data.rows]), "weights": weights, "p_label": p_label}
+        arrays.update(flipped=data.flipped, known=data.known)
+        atomic_write(job.run_dir / "sample_weights.npz", lambda fh: np.savez(fh, **arrays))
         if skipped:
-            (job.run_dir / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())))
+            atomic_write_text(job.run_dir / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in sorted(skipped.items())))
             job.say(f"skipped {len(skipped)} unreadable video(s), listed in {job.run_dir / 'skipped.txt'}")
         if history:
             from training.plots import plot_training

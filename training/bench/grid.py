@@ -235,8 +235,9 @@ def select_t(cfg: NoiseBenchConfig, rows: list[VideoRow], out: Path, log) -> flo
         scores[t] = hist[-1]["val_mAP"]
         log(f"T selection: T={t:g} -> validation mAP {scores[t]:.4f} (noise {cfg.select_rate:g})")
     best = max(scores, key=lambda t: scores[t])
-    (folder / "selection.json").write_text(
-        json.dumps({"candidates": scores, "chosen": best, "noise_rate": cfg.select_rate}, indent=2)
+    atomic_write_text(
+        folder / "selection.json",
+        json.dumps({"candidates": scores, "chosen": best, "noise_rate": cfg.select_rate}, indent=2),
     )
     return best
 
@@ -262,7 +263,7 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
         t = select_t(cfg, rows, out, log)
         log(f"chosen IMAE T = {t:g} (on a validation split of the training identities)")
     t = t if t is not None else 8.0
-    (out / "bench_config.json").write_text(json.dumps({**asdict(cfg), "imae_t_used": t}, indent=2))
+    atomic_write_text(out / "bench_config.json", json.dumps({**asdict(cfg), "imae_t_used": t}, indent=2))
     results: list[RunResult] = []
     curves: dict[tuple[float, int], dict[str, list[dict]]] = {}
     weights: dict[float, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
