@@ -16,7 +16,7 @@ DEMO_IMAE_T ?= 2
 DEMO_PORT ?= 8000
 VIDRET := $(VENV)/bin/vidret
 
-.PHONY: setup test lint bench demo clean
+.PHONY: setup test lint bench bench-peers demo clean
 .PRECIOUS: $(DEMO)/%.npz
 
 $(PY):
@@ -36,8 +36,20 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# our figures; the scripts compare with a peer only where it is installed (make bench-peers installs them)
+BENCH_SCRIPTS := decode loss evaluate search service_load train gpu_check
+
 bench: setup
-	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	for s in $(BENCH_SCRIPTS); do echo "== benchmarks/$$s.py"; $(PY) benchmarks/$$s.py || exit 1; done
+
+# side by side with torchcodec, torchreid, autofaiss and cleanlab (README, "Measured results"). torchcodec needs
+# FFmpeg's shared libraries: apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4
+# libavdevice59 libavfilter8. autofaiss pins numpy<2, so it gets a venv of its own (../peers/autofaiss).
+bench-peers: setup
+	$(PY) -m pip install -e '.[cpu,dev,bench]'
+	$(PY) benchmarks/peers.py setup
+	for s in decode evaluate search audit_peers; do \
+		$(PY) benchmarks/$$s.py --json benchmarks/results/peers/$$s.json || exit 1; done
 
 $(DEMO)/dataset/synth.json: | $(STAMP)
 	$(VIDRET) data synth $(DEMO)/dataset --identities 160 --cameras 4 --clips-per-camera 2 --frames 16 --size 64 \
