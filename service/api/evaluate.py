@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
+from indexing.store import VideoMeta
 from service.deps import ready_state
 from service.schemas import EvaluateRequest, EvaluateResponse
 from service.state import ServiceState
 
+if TYPE_CHECKING:  # indexing.metrics imports torch: loaded when an evaluation runs
+    from indexing.metrics import RetrievalScores
+
 router = APIRouter(prefix="/v1", tags=["evaluate"])
 
 
-def _evaluate(state: ServiceState, req: EvaluateRequest) -> EvaluateResponse:
+def check_evaluation(state: ServiceState, req: EvaluateRequest) -> None:
+    """Refuse an evaluation before any work: an empty index, or more queries than VIDRET_MAX_EVAL_QUERIES."""
+    if state.index.count == 0:
+        raise HTTPException(422, "the index is empty")
+    limit = state.settings.max_eval_queries
+    n = state.index.count if req.all else len(req.query_ids)
+    if n > limit:  # each query ranks the whole gallery: bound the work one request can ask for
+        raise HTTPException(
+            422,
+            f"this evaluation has {n} queries, more than VIDRET_MAX_EVAL_QUERIES={limit}: pass "
+            f"at most {limit} query_ids{' instead of all: true' if req.all else ''}, or raise "
+            "the setting",
+        )
+
+
+def run_evaluation(
+    state: ServiceState, req: EvaluateRequest
+) -> tuple[list[VideoMeta], list[VideoMeta], RetrievalScores]:
+    """The indexed videos, the queries among them, and the retrieval result of those queries against all of them
+    (docs/evaluation.md), with the stored labels and cameras."""
     from indexing.metrics import evaluate_retrieval
 
     metas, vecs = state.index.snapshot()
@@ -37,20 +62,14 @@ def _evaluate(state: ServiceState, req: EvaluateRequest) -> EvaluateResponse:
         ks=req.ks,
         metric=state.index.metric,
     )
-    return EvaluateResponse(**res.to_json())
+    return metas, [metas[i] for i in q_idx], res
+
+
+def _evaluate(state: ServiceState, req: EvaluateRequest) -> EvaluateResponse:
+    return EvaluateResponse(**run_evaluation(state, req)[2].to_json())
 
 
 @router.post("/evaluate", response_model=EvaluateResponse, responses={404: {}, 422: {}, 503: {}})
 async def evaluate(req: EvaluateRequest, state: ServiceState = Depends(ready_state)) -> EvaluateResponse:
-    if state.index.count == 0:
-        raise HTTPException(422, "the index is empty")
-    limit = state.settings.max_eval_queries
-    n = state.index.count if req.all else len(req.query_ids)
-    if n > limit:  # each query ranks the whole gallery: bound the work one request can ask for
-        raise HTTPException(
-            422,
-            f"this evaluation has {n} queries, more than VIDRET_MAX_EVAL_QUERIES={limit}: pass "
-            f"at most {limit} query_ids{' instead of all: true' if req.all else ''}, or raise "
-            "the setting",
-        )
+    check_evaluation(state, req)
     return await run_in_threadpool(_evaluate, state, req)

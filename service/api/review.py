@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from service.api.evaluate import check_evaluation, run_evaluation
 from service.deps import ready_state, require_api_key
 from service.review import AuditFormatError, AuditRow, ReviewStore, cleaned_manifest, compute_audit, parse_audit_csv
 from service.schemas import (
@@ -52,31 +53,7 @@ def _has_relevant(queries: list, gallery: list) -> list[bool]:
 
 def per_query_scores(state: ServiceState, req: EvaluateRequest) -> PerQueryResponse:
     """``POST /v1/evaluate``'s answer for the same body, plus each query's AP (same protocol, same code)."""
-    from indexing.metrics import evaluate_retrieval
-
-    metas, vecs = state.index.snapshot()
-    pos = {m.id: i for i, m in enumerate(metas)}
-    if req.all:
-        q_idx = list(range(len(metas)))
-    else:
-        unknown = [q for q in req.query_ids if q not in pos]
-        if unknown:
-            raise HTTPException(404, f"unknown query id {unknown[0]!r}")
-        q_idx = [pos[q] for q in req.query_ids]
-    ids, labels, cams = [m.id for m in metas], [m.label for m in metas], [m.camera for m in metas]
-    res = evaluate_retrieval(
-        vecs[q_idx],
-        [ids[i] for i in q_idx],
-        [labels[i] for i in q_idx],
-        [cams[i] for i in q_idx],
-        vecs,
-        ids,
-        labels,
-        cams,
-        ks=req.ks,
-        metric=state.index.metric,
-    )
-    queries = [metas[i] for i in q_idx]
+    metas, queries, res = run_evaluation(state, req)
     has = _has_relevant(queries, metas)
     if sum(has) != len(res.ap) or len(has) - sum(has) != res.skipped:  # the two readings of the protocol disagree
         raise RuntimeError(f"per-query AP: {sum(has)} queries with relevant items, {len(res.ap)} APs")
@@ -95,17 +72,7 @@ async def evaluate_queries(req: EvaluateRequest, state: ServiceState = Depends(r
     """The same evaluation as ``POST /v1/evaluate`` (same body, same limit), with each query's AP: the page's
     rank list shows one query's AP, and its evaluation view runs the queries in chunks (its progress) and lists the
     worst."""
-    if state.index.count == 0:
-        raise HTTPException(422, "the index is empty")
-    limit = state.settings.max_eval_queries
-    n = state.index.count if req.all else len(req.query_ids)
-    if n > limit:
-        raise HTTPException(
-            422,
-            f"this evaluation has {n} queries, more than VIDRET_MAX_EVAL_QUERIES={limit}: pass "
-            f"at most {limit} query_ids{' instead of all: true' if req.all else ''}, or raise "
-            "the setting",
-        )
+    check_evaluation(state, req)
     return await run_in_threadpool(per_query_scores, state, req)
 
 
