@@ -88,6 +88,51 @@ def _group_block(
     return torch.where(valid, idx, torch.zeros_like(idx)), valid
 
 
+def _checked(
+    q_emb: np.ndarray,
+    q_ids: Sequence[str],
+    q_labels: Sequence[str],
+    g_emb: np.ndarray,
+    g_ids: Sequence[str],
+    g_labels: Sequence[str],
+    ks: Sequence[int],
+    metric: str,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The query and gallery embeddings as float32 tensors and the sorted CMC ranks, or a UserError."""
+    if metric not in METRICS:
+        raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    q = torch.as_tensor(np.ascontiguousarray(q_emb, dtype=np.float32))
+    g = torch.as_tensor(np.ascontiguousarray(g_emb, dtype=np.float32))
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise UserError(f"query embeddings {tuple(q.shape)} and gallery embeddings {tuple(g.shape)} do not match")
+    nq, ng = q.shape[0], g.shape[0]
+    if len(q_ids) != nq or len(q_labels) != nq or len(g_ids) != ng or len(g_labels) != ng:
+        raise UserError("ids and labels must have one entry per embedding")
+    ranks = sorted({int(k) for k in ks})
+    if not ranks or ranks[0] < 1:
+        raise UserError(f"CMC ranks must be >= 1, got {ranks}")
+    return q, g, ranks
+
+
+def _break_exact_ties(
+    hist: torch.Tensor,
+    tied: torch.Tensor,
+    pos: torch.Tensor,
+    rel_u: torch.Tensor,
+    rel_idx: torch.Tensor,
+    u: torch.Tensor,
+) -> None:
+    """Move the other items whose score equals a relevant item's exactly to the side the gallery order puts them on
+    (ties: smaller gallery index first), in ``hist`` (in place)."""
+    for row in tied.any(1).nonzero().squeeze(1).tolist() if bool(tied.any()) else []:
+        for col in tied[row].nonzero().squeeze(1).tolist():
+            lo = int(pos[row, col])
+            hi = int(torch.searchsorted(rel_u[row], u[row, col], right=True))
+            at = lo + int((rel_idx[row, lo:hi] < col).sum())
+            hist[row, lo] -= 1
+            hist[row, at] += 1
+
+
 def evaluate_retrieval(
     q_emb: np.ndarray,
     q_ids: Sequence[str],
@@ -102,18 +147,8 @@ def evaluate_retrieval(
     memory_budget_mb: int = 256,
 ) -> RetrievalScores:
     """Exact mAP and CMC@ks of the queries against the gallery (see the module docstring)."""
-    if metric not in METRICS:
-        raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    q = torch.as_tensor(np.ascontiguousarray(q_emb, dtype=np.float32))
-    g = torch.as_tensor(np.ascontiguousarray(g_emb, dtype=np.float32))
-    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise UserError(f"query embeddings {tuple(q.shape)} and gallery embeddings {tuple(g.shape)} do not match")
+    q, g, ks = _checked(q_emb, q_ids, q_labels, g_emb, g_ids, g_labels, ks, metric)
     nq, ng = q.shape[0], g.shape[0]
-    if len(q_ids) != nq or len(q_labels) != nq or len(g_ids) != ng or len(g_labels) != ng:
-        raise UserError("ids and labels must have one entry per embedding")
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise UserError(f"CMC ranks must be >= 1, got {ks}")
     qi_np, gi_np = _codes(q_ids, g_ids)
     ql_np, gl_np = _codes(q_labels, g_labels)
     qi, gi, ql, gl = (torch.from_numpy(a) for a in (qi_np, gi_np, ql_np, gl_np))
@@ -159,13 +194,7 @@ def evaluate_retrieval(
             u[line.expand_as(items)[ok], items[ok]] = float("nan")
         rel_ext = torch.cat([rel_u, torch.full((len(rows), 1), float("nan"))], 1)
         tied = rel_ext.gather(1, pos) == u  # another item with exactly a relevant item's score
-        for row in tied.any(1).nonzero().squeeze(1).tolist() if bool(tied.any()) else []:
-            for col in tied[row].nonzero().squeeze(1).tolist():
-                lo = int(pos[row, col])
-                hi = int(torch.searchsorted(rel_u[row], u[row, col], right=True))
-                at = lo + int((rel_idx[row, lo:hi] < col).sum())  # ties: smaller gallery index first
-                hist[row, lo] -= 1
-                hist[row, at] += 1
+        _break_exact_ties(hist, tied, pos, rel_u, rel_idx, u)
         before = hist.cumsum(1)[:, :r_max]
         m = torch.arange(1, r_max + 1, dtype=torch.float64)[None, :]
         ranks = m + before.double()
