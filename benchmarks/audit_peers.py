@@ -34,33 +34,16 @@ import numpy as np
 from peers import add_peer_args, version_of, write_json
 
 from training.audit import audit, auroc, predict
-from training.bench.grid import NoiseBenchConfig, _noisy_rows, _synth
+from training.bench.grid import NoiseBenchConfig, _noisy_rows, _synth, cell_config
 from training.data.manifest import VideoRow, read_manifest, write_manifest
 
 
 def train(cfg: NoiseBenchConfig, t: float, train_csv: Path, run: Path, seed: int = 0) -> Path:
     """One model of the grid's settings (no validation split: nothing is chosen on one); its last checkpoint. A
     finished run of the same settings in ``run`` (a --work folder) is reused."""
-    from training.trainer import TrainConfig, fit
+    from training.trainer import fit
 
-    tcfg = TrainConfig(
-        train=str(train_csv),
-        out=str(run),
-        loss="imae",
-        imae_t=t,
-        model=cfg.model,
-        frames=cfg.frames,
-        size=cfg.size,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        workers=cfg.workers,
-        seed=seed,
-        cache=True,
-        quiet=True,
-        warmup_epochs=min(1.0, cfg.epochs / 4),
-        device="cpu",
-    )
+    tcfg = cell_config(cfg, "imae", t, train_csv, run, seed, device="cpu")
     done = run / "done.json"
     record = {"config": asdict(tcfg), "train_csv_sha": _digest(train_csv)}
     if done.exists() and json.loads(done.read_text()) == record:

@@ -22,6 +22,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from training.bench.report import (
     results_markdown,
     write_results_csv,
 )
+from training.config import TrainConfig
 from training.data.manifest import VideoRow, class_map, read_manifest, write_manifest
 from training.data.noise import NOISE_TYPES, inject_noise
 
@@ -151,16 +153,13 @@ def carve_validation(rows: list[VideoRow], fraction: float, seed: int) -> tuple[
     return fit, query, gallery
 
 
-def _train(
-    cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, q_csv: Path, g_csv: Path, run: Path, seed: int
-) -> list[dict]:
-    from training.trainer import TrainConfig, fit
-
-    tcfg = TrainConfig(
+def cell_config(
+    cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, run: Path, seed: int, **overrides: Any
+) -> TrainConfig:
+    """The training configuration of one grid cell: the benchmark's model and schedule, decoded once (``cache``)."""
+    return TrainConfig(
         train=str(train_csv),
         out=str(run),
-        val_query=str(q_csv),
-        val_gallery=str(g_csv),
         loss=loss,
         imae_t=t,
         model=cfg.model,
@@ -174,7 +173,16 @@ def _train(
         cache=True,
         quiet=True,
         warmup_epochs=min(1.0, cfg.epochs / 4),
+        **overrides,
     )
+
+
+def _train(
+    cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, q_csv: Path, g_csv: Path, run: Path, seed: int
+) -> list[dict]:
+    from training.trainer import fit
+
+    tcfg = cell_config(cfg, loss, t, train_csv, run, seed, val_query=str(q_csv), val_gallery=str(g_csv))
     done = run / "done.json"
     if done.exists():
         record = json.loads(done.read_text())
