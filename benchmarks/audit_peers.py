@@ -38,6 +38,24 @@ from training.bench.grid import NoiseBenchConfig, _noisy_rows, _synth, cell_conf
 from training.data.manifest import VideoRow, read_manifest, write_manifest
 
 
+def audit_config(work: Path, quick: bool, identities: int | None, epochs: int | None) -> NoiseBenchConfig:
+    """The audit's data and model: half the synthetic identities train (no pretraining group: the audit looks at
+    a model trained on the noisy labels from scratch), the other half are never used; the sizes of the published
+    figure (benchmarks/results/peers/audit_peers.json), or --quick's tiny ones."""
+    n = identities or (16 if quick else 200)
+    sizes = dict(cameras=2, clips_per_camera=2, video_frames=8, video_size=32, frames=4, size=24, batch_size=8)
+    if not quick:
+        sizes = dict(cameras=4, clips_per_camera=2, video_frames=16, video_size=64, frames=8, size=40, batch_size=32)
+    return NoiseBenchConfig(
+        out_dir=str(work),
+        pretrain_identities=0,
+        train_identities=n // 2,
+        test_identities=n - n // 2,
+        epochs=epochs or (2 if quick else 20),
+        **sizes,
+    )
+
+
 def train(cfg: NoiseBenchConfig, t: float, train_csv: Path, run: Path, seed: int = 0) -> Path:
     """One model of the grid's settings (no validation split: nothing is chosen on one); its last checkpoint. A
     finished run of the same settings in ``run`` (a --work folder) is reused."""
@@ -191,8 +209,7 @@ def main() -> None:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        cfg = NoiseBenchConfig.quick(str(work)) if args.quick else NoiseBenchConfig(out_dir=str(work))
-        cfg = replace(cfg, **{k: v for k, v in (("identities", args.identities), ("epochs", args.epochs)) if v})
+        cfg = audit_config(work, args.quick, args.identities, args.epochs)
         k = args.folds if args.folds is not None else (2 if args.quick else 4)
         try:
             import cleanlab
@@ -204,11 +221,11 @@ def main() -> None:
         with shared_frame_cache():
             _synth(cfg, work / "data")
             rows = read_manifest(work / "data" / "train.csv", require_label=True)
-            noisy, realised = _noisy_rows(rows, args.noise, cfg.noise_type, seed=int(round(args.noise * 100)))
+            noisy, realised = _noisy_rows(rows, args.noise, "symmetric", seed=int(round(args.noise * 100)))
             train_csv = write_manifest(work / "labels" / f"train_noise{args.noise:g}.csv", noisy)
             n_ids = len({r.clean_label for r in noisy})
             print(
-                f"{len(noisy)} training clips of {n_ids} identities, {cfg.noise_type} noise {args.noise:g} "
+                f"{len(noisy)} training clips of {n_ids} identities, symmetric noise {args.noise:g} "
                 f"(realised {realised:.3f}); {cfg.model} {cfg.frames}x{cfg.size}, IMAE T={args.imae_t:g}, "
                 f"{cfg.epochs} epochs"
             )

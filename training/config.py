@@ -39,7 +39,7 @@ class TrainConfig:
     out: str = opt(help="Run directory: config.json, metrics.csv, checkpoints/, plots/, tb/.", cli_type=Path)
     val_query: str | None = opt(None, "Validation query manifest (mAP/CMC every epoch).", cli_type=Path)
     val_gallery: str | None = opt(None, "Validation gallery manifest.", cli_type=Path)
-    loss: str = opt("imae", "cce | mae | gce | sce | imae.")
+    loss: str = opt("imae", "cce | ls (label smoothing) | mae | gce | sce | nce_rce | imae (docs/losses.md).")
     imae_t: float = opt(
         4.0,
         "IMAE temperature T: weight exp(T p_y (1 - p_y)). 4 did best or near best in every "
@@ -49,14 +49,21 @@ class TrainConfig:
     gce_q: float = opt(0.7, "GCE q.")
     sce_alpha: float = opt(0.1, "SCE alpha (CE term).")
     sce_beta: float = opt(1.0, "SCE beta (reverse CE term).")
-    label_smoothing: float = opt(0.0, "Label smoothing of the cce loss.")
+    nce_alpha: float = opt(1.0, "NCE+RCE alpha (normalised CE term; Ma et al. 2020, CIFAR-10 value).")
+    nce_beta: float = opt(1.0, "NCE+RCE beta (reverse CE term, log 0 clipped to -4).")
+    label_smoothing: float | None = opt(None, "Label smoothing eps: of --loss ls (default 0.1) or cce (default 0).")
     model: str = opt(
         "r2plus1d_18",
         "Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t, resnet18-tap, resnet50-tap, tiny3d.",
     )
     embedding_dim: int = opt(256, "Embedding size D.")
     scale: float = opt(16.0, "Cosine classifier scale s (logits bounded in [-s, s]).")
-    weights: str | None = opt(None, "Local backbone weights file (state dict); nothing is downloaded.", cli_type=Path)
+    weights: str | None = opt(
+        None,
+        "Local backbone weights: a state dict, or a vidret checkpoint (its backbone; same --model). Nothing is "
+        "downloaded.",
+        cli_type=Path,
+    )
     frames: int = opt(16, "Frames per clip.")
     size: int = opt(112, "Crop size in pixels.")
     sampling: str = opt("segments", "segments | uniform | random.")
@@ -90,7 +97,9 @@ class TrainConfig:
             "imae": {"t": self.imae_t, "normalize": self.imae_normalize},
             "gce": {"q": self.gce_q},
             "sce": {"alpha": self.sce_alpha, "beta": self.sce_beta},
-            "cce": {"label_smoothing": self.label_smoothing},
+            "nce_rce": {"alpha": self.nce_alpha, "beta": self.nce_beta},
+            "cce": {"label_smoothing": self.label_smoothing or 0.0},
+            "ls": {} if self.label_smoothing is None else {"label_smoothing": self.label_smoothing},
         }.get(self.loss, {})
 
     def validate(self) -> None:

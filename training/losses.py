@@ -1,4 +1,4 @@
-"""Classification losses for learning under label noise: CCE, MAE, GCE, SCE and IMAE.
+"""Classification losses for learning under label noise: CCE, label smoothing, MAE, GCE, SCE, NCE+RCE and IMAE.
 
 Every loss is an ``nn.Module`` built by name through one registry (``build_loss``) and shares one signature:
 
@@ -172,6 +172,39 @@ class SCE(_Loss):
         return (self.alpha - self.beta * self.A * p_y) * 2.0 * (1.0 - p_y)
 
 
+class NCERCE(_Loss):
+    """NCE+RCE, the normalised active-passive loss (Ma et al., ICML 2020, "Normalized Loss Functions for Deep
+    Learning with Noisy Labels"): ``alpha * NCE + beta * RCE``.
+
+    ``NCE = -log p_y / sum_j (-log p_j)`` (cross-entropy normalised over all possible labels, in (0, 1]) and
+    ``RCE = -sum_j p_j log q_j`` with the one-hot target's ``log 0`` clipped to ``A = -4``, so
+    ``RCE = -A (1 - p_y) = 4 (1 - p_y)``. alpha = beta = 1 are the paper's CIFAR-10 values (CIFAR-100: 10 and 0.1).
+    """
+
+    A = -4.0
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0) -> None:
+        super().__init__()
+        if float(alpha) < 0 or float(beta) < 0:
+            raise ValueError(f"NCE+RCE alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def _per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_p = logits.log_softmax(dim=1)
+        log_p_y = log_p.gather(1, targets[:, None]).squeeze(1)
+        nce = log_p_y / log_p.sum(dim=1)  # (-log p_y) / sum_j (-log p_j)
+        rce = -self.A * (1.0 - log_p_y.exp())
+        return self.alpha * nce + self.beta * rce
+
+    def _weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # no short closed form for NCE's gradient: take it from autograd (rows are independent, so the gradient of
+        # the sum is each sample's own gradient)
+        with torch.enable_grad():
+            z = logits.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self._per_sample(z, targets).sum(), z)
+        return grad.abs().sum(dim=1)
+
+
 class IMAE(_Loss):
     """Improved MAE (Wang et al., arXiv 1903.12141): CCE's direction, weight w = exp(T p_y (1 - p_y)).
 
@@ -235,6 +268,14 @@ def _cce(label_smoothing: float = 0.0) -> nn.Module:
     return CCE(label_smoothing=label_smoothing)
 
 
+@register_loss("ls")
+def _ls(label_smoothing: float = 0.1) -> nn.Module:
+    """Label smoothing as its own baseline: CCE against ``(1 - eps) e_y + eps / C``, eps 0.1 by default."""
+    if float(label_smoothing) <= 0.0:
+        raise ValueError(f"ls needs label_smoothing in (0, 1) (0 is plain cce), got {label_smoothing}")
+    return CCE(label_smoothing=label_smoothing)
+
+
 @register_loss("mae")
 def _mae() -> nn.Module:
     return MAE()
@@ -248,6 +289,11 @@ def _gce(q: float = 0.7) -> nn.Module:
 @register_loss("sce")
 def _sce(alpha: float = 0.1, beta: float = 1.0) -> nn.Module:
     return SCE(alpha=alpha, beta=beta)
+
+
+@register_loss("nce_rce")
+def _nce_rce(alpha: float = 1.0, beta: float = 1.0) -> nn.Module:
+    return NCERCE(alpha=alpha, beta=beta)
 
 
 @register_loss("imae")

@@ -5,7 +5,8 @@ Every model maps a clip batch (B, C, T, H, W) to ``(embedding, logits)``: the em
 over the training identities with a fixed scale ``s`` (bounded logits in [-s, s]: IMAE's gradient does not vanish
 as p_y -> 1, so an unbounded linear classifier lets the logits grow without limit; docs/losses.md).
 
-Backbones start from random initialisation; ``weights`` loads a local state-dict file. Nothing is downloaded.
+Backbones start from random initialisation; ``weights`` loads a local state-dict file or the backbone of a vidret
+checkpoint (pretraining, then fine-tuning). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -164,12 +165,18 @@ def build_model(
         raise UserError(f"--scale must be > 0, got {scale}")
     backbone, dim = _REGISTRY[name]()
     if weights is not None:
-        load_backbone_weights(backbone, weights)
+        load_backbone_weights(backbone, weights, model_name=name)
     return VideoEmbedder(backbone, dim, num_classes, embedding_dim, scale)
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (optionally under a 'state_dict' or 'model' key) into the backbone; no download."""
+def load_backbone_weights(backbone: nn.Module, path: str | Path, model_name: str | None = None) -> None:
+    """Load local weights into the backbone; no download.
+
+    ``path`` is either a plain state dict (optionally under a 'state_dict' or 'model' key), whose matching tensors
+    are loaded, or a vidret checkpoint (``format: vidret-checkpoint``): its ``backbone.*`` tensors are loaded, all
+    of them, with the prefix stripped; the neck and classifier are not (a new run has its own classes). A
+    checkpoint of another architecture, or one whose backbone tensors do not fit, is refused with the reason.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--weights {path}: file not found")
@@ -177,6 +184,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
         raise UserError(f"--weights {path}: not a readable PyTorch weights file ({exc})") from None
+    if isinstance(state, dict) and state.get("format") == "vidret-checkpoint":
+        _load_vidret_backbone(backbone, state, path, model_name)
+        return
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -189,3 +199,26 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     if not usable:
         raise UserError(f"--weights {path}: no tensor matches the backbone's parameters (wrong architecture?)")
     backbone.load_state_dict(usable, strict=False)
+
+
+def _load_vidret_backbone(backbone: nn.Module, ck: dict, path: Path, model_name: str | None) -> None:
+    """The ``backbone.*`` tensors of a vidret checkpoint, all of them, or a UserError that says what differs."""
+    arch = ck.get("arch", {}).get("name") if isinstance(ck.get("arch"), dict) else None
+    if model_name is not None and arch is not None and arch != model_name:
+        raise UserError(f"--weights {path}: a vidret checkpoint of model {arch!r}, but --model is {model_name!r}")
+    model_state = ck.get("model")
+    if not isinstance(model_state, dict):
+        raise UserError(f"--weights {path}: a vidret checkpoint without its 'model' state dict")
+    state = {k[len("backbone.") :]: v for k, v in model_state.items() if k.startswith("backbone.")}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+            if keys
+        )
+        raise UserError(f"--weights {path}: the checkpoint's backbone does not fit this model ({detail})")
+    backbone.load_state_dict(state, strict=True)

@@ -95,25 +95,32 @@ def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
 
 
 def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
+    """The real CLI, --quick: pretraining once, T chosen on a validation split, every cell fine-tuned from the
+    pretrained checkpoint, and every report file, with the memorisation measure and the best epoch."""
     res = run_cli("bench", "noise", tmp_path / "b", "--quick")
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "b"
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == [
-        "loss",
-        "noise_rate",
-        "seed",
-        "final_mAP",
-        "best_mAP",
-        "final_cmc1",
-        "best_cmc1",
-        "train_acc_clean",
-        "train_acc_noisy",
-    ]
-    assert {(r["loss"], float(r["noise_rate"])) for r in rows} == {(a, b) for a in ("cce", "imae") for b in (0, 0.4)}
+        "loss", "noise_type", "noise_rate", "seed", "final_mAP", "best_mAP", "best_epoch", "epochs", "final_cmc1",
+        "best_cmc1", "train_acc_clean", "train_acc_noisy", "seconds", "cpu_seconds",
+    ]  # fmt: skip
+    cells = {(r["loss"], r["noise_type"], float(r["noise_rate"])) for r in rows}
+    assert cells == {
+        (a, t, r) for a in ("cce", "imae") for t, r in (("clean", 0), ("symmetric", 0.4), ("identity", 0.4))
+    }
     assert all(float(r["best_mAP"]) >= float(r["final_mAP"]) for r in rows)
-    assert "best-epoch mAP" in (out / "results.md").read_text()
-    for plot in ("map_vs_noise.png", "curves_noise0.4.png", "weights_noise0.4.png"):
+    assert all(1 <= int(r["best_epoch"]) <= int(r["epochs"]) for r in rows)
+    noisy = [r for r in rows if r["noise_type"] != "clean"]
+    assert all(0.0 <= float(r["train_acc_noisy"]) <= 1.0 for r in noisy)  # the memorisation measure
+    md = (out / "results.md").read_text()
+    assert "best-epoch mAP" in md and "memorisation" in md and "paired by seed" in md
+    for plot in ("map_vs_noise.png", "curves_symmetric0.4.png", "weights_symmetric0.4.png", "curves_identity0.4.png"):
         assert (out / "plots" / plot).stat().st_size > 5000, plot
-    assert json.loads((out / "t_selection" / "selection.json").read_text())["chosen"] in (4.0, 16.0)
+    pretrained = out / "pretrain" / "run" / "checkpoints" / "last.pt"
+    assert pretrained.is_file()
+    for run in (out / "runs").iterdir():  # every cell fine-tunes from the one pretrained checkpoint
+        assert Path(json.loads((run / "config.json").read_text())["weights"]) == pretrained, run.name
+    selection = json.loads((out / "t_selection" / "selection.json").read_text())
+    assert selection["chosen"] in (2.0, 4.0) and set(selection["candidates"]) == {"2.0", "4.0"}

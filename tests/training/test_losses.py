@@ -38,7 +38,7 @@ def _parts(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def test_registry_lists_every_loss_and_rejects_unknown() -> None:
-    assert list_losses() == ["cce", "gce", "imae", "mae", "sce"]
+    assert list_losses() == ["cce", "gce", "imae", "ls", "mae", "nce_rce", "sce"]
     with pytest.raises(ValueError, match="unknown loss 'ce'"):
         build_loss("ce")
     with pytest.raises(ValueError, match="imae"):
@@ -133,6 +133,32 @@ def test_label_smoothing_matches_torch() -> None:
     assert torch.allclose(grad.abs().sum(1), loss.sample_weights(z, y), atol=1e-10)
 
 
+def test_ls_is_label_smoothed_cce_with_its_own_default() -> None:
+    z, y = _logits(extreme=False)
+    assert torch.allclose(build_loss("ls")(z, y), F.cross_entropy(z, y, label_smoothing=0.1))
+    assert torch.allclose(build_loss("ls", label_smoothing=0.3)(z, y), F.cross_entropy(z, y, label_smoothing=0.3))
+    with pytest.raises(ValueError, match="plain cce"):
+        build_loss("ls", label_smoothing=0.0)
+
+
+def test_nce_rce_matches_ma_et_al() -> None:
+    z, y = _logits(extreme=True)
+    p, onehot, p_y = _parts(z, y)
+    log_p = z.log_softmax(1)
+    nce = -log_p.gather(1, y[:, None]).squeeze(1) / (-log_p).sum(1)
+    rce = -(p * torch.log(onehot.clamp(min=math.exp(-4.0)))).sum(1)  # log 0 clipped to A = -4
+    assert torch.allclose(rce, 4 * (1 - p_y))
+    assert ((nce >= 0) & (nce <= 1)).all()  # normalised over all possible labels (0 where p_y rounds to 1)
+    assert torch.allclose(build_loss("nce_rce")(z, y), (nce + rce).mean())  # alpha = beta = 1
+    loss = build_loss("nce_rce", alpha=10.0, beta=0.1)
+    assert torch.allclose(loss(z, y), (10 * nce + 0.1 * rce).mean())
+    grad = _grad(loss, z, y) * z.shape[0]
+    assert torch.isfinite(grad).all()
+    assert torch.allclose(grad.abs().sum(1), loss.sample_weights(z, y), atol=1e-10)
+    with pytest.raises(ValueError, match="alpha and beta"):
+        build_loss("nce_rce", alpha=-1.0)
+
+
 def test_imae_small_t_points_along_cce() -> None:
     z, y = _logits(extreme=False)
     g_imae = _grad(build_loss("imae", t=1e-9, normalize="mean"), z, y)
@@ -155,7 +181,7 @@ def test_half_precision_logits_give_finite_float32_gradients() -> None:
     assert out.dtype == torch.float64
 
 
-@pytest.mark.parametrize("name", ["cce", "mae", "gce", "sce", "imae"])
+@pytest.mark.parametrize("name", ["cce", "ls", "mae", "gce", "sce", "nce_rce", "imae"])
 def test_bad_labels_name_the_label(name: str) -> None:
     z = torch.zeros(3, 4)
     with pytest.raises(ValueError, match="label 4 is outside"):
@@ -171,3 +197,15 @@ def test_bad_options_are_rejected() -> None:
         build_loss("imae", t=-1)
     with pytest.raises(ValueError, match="q must"):
         build_loss("gce", q=0)
+
+
+def test_train_flags_reach_the_new_losses() -> None:
+    from training.config import TrainConfig
+
+    base = {"train": "t.csv", "out": "o"}
+    assert TrainConfig(**base, loss="ls").loss_kwargs() == {}  # ls's own default, 0.1
+    assert TrainConfig(**base, loss="ls", label_smoothing=0.2).loss_kwargs() == {"label_smoothing": 0.2}
+    assert TrainConfig(**base, loss="cce").loss_kwargs() == {"label_smoothing": 0.0}
+    cfg = TrainConfig(**base, loss="nce_rce", nce_alpha=10.0, nce_beta=0.1)
+    assert cfg.loss_kwargs() == {"alpha": 10.0, "beta": 0.1}
+    cfg.validate()

@@ -53,3 +53,19 @@ def test_local_weights_load_and_errors(tmp_path: Path) -> None:
         build_model("tiny3d", num_classes=3, weights=tmp_path / "other.pt")
     with pytest.raises(UserError, match="unknown model 'resnet9000'"):
         build_model("resnet9000", num_classes=3)
+
+
+def test_weights_accept_a_vidret_checkpoint_and_refuse_another_architecture(tmp_path: Path) -> None:
+    src = build_model("tiny3d", num_classes=5)
+    ck = {"format": "vidret-checkpoint", "arch": {"name": "tiny3d", "num_classes": 5}, "model": src.state_dict()}
+    torch.save(ck, tmp_path / "last.pt")
+    dst = build_model("tiny3d", num_classes=3, weights=tmp_path / "last.pt")  # other classes: backbone only
+    for a, b in zip(src.backbone.state_dict().values(), dst.backbone.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(src.neck[0].weight, dst.neck[0].weight)
+    with pytest.raises(UserError, match="model 'tiny3d', but --model is 'r3d_18'"):
+        build_model("r3d_18", num_classes=3, weights=tmp_path / "last.pt")
+    state = {k: v for k, v in src.state_dict().items() if k != "backbone.features.0.weight"}
+    torch.save({**ck, "arch": {}, "model": state}, tmp_path / "partial.pt")
+    with pytest.raises(UserError, match="does not fit this model.*missing: features.0.weight"):
+        build_model("tiny3d", num_classes=3, weights=tmp_path / "partial.pt")

@@ -1,25 +1,30 @@
-"""``vidret bench noise``: every loss x noise rate x seed on the synthetic open-set dataset (docs/noise-benchmark.md).
+"""``vidret bench noise``: every loss x noise setting x seed, fine-tuned from a pretrained backbone
+(docs/noise-benchmark.md).
 
-1. One clean synthetic dataset (train identities disjoint from query/gallery identities).
-2. IMAE's T, unless given, is chosen on a validation split carved from the TRAINING identities (never on
-   query/gallery): IMAE is trained at ``select_rate`` noise on the other training identities with each candidate
-   T, and the T with the best final validation mAP wins.
-3. For each noise rate and seed the training labels are corrupted once (the same noisy labels for every loss);
-   each loss trains with the test query/gallery evaluated after every epoch (the curves; ``best`` is the best
-   epoch on that curve, reported to show memorisation, never used to choose anything); the final model is then run
-   over the training set to measure accuracy against the given labels on clean and on mislabelled samples, and
-   the final sample weights.
-4. results.csv, results.md, plots/.
+1. One clean synthetic dataset with three disjoint groups of identities: a pretraining group, a fine-tuning
+   (training) group and a test group (clean query/gallery; open-set retrieval).
+2. Pretraining: the backbone is trained once with clean labels on the pretraining identities (the stand-in for
+   ImageNet/Kinetics weights); its validation mAP is measured on a split of the pretraining identities.
+3. Every later run fine-tunes from that checkpoint (``--weights``).
+4. IMAE's T, unless given, is chosen on a validation split carved from the fine-tuning identities (never on
+   query/gallery): IMAE is fine-tuned at ``select_rate`` symmetric noise with each candidate T, and the best final
+   validation mAP wins.
+5. For each noise setting (type, rate) and seed the training labels are corrupted once, the same for every loss.
+   Identity-switch noise moves a label to the identity whose centroid is nearest in the pretrained embeddings.
+   Each loss fine-tunes with the test query/gallery evaluated after every epoch (the curves; ``best`` is reported
+   to show memorisation, never used to choose anything). The final model then runs over the training set:
+   accuracy against the given labels on clean and on mislabelled samples (memorisation), final sample weights.
+6. results.csv, results.md (mean ± std and the paired per-seed comparison), plots/.
 
 Runs already finished with the same settings (a ``done.json`` in their folder records them) are reused, so an
-interrupted benchmark continues.
+interrupted benchmark continues, and a grid can be run in pieces.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,65 +33,102 @@ import numpy as np
 
 from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
-from training.bench.report import (
-    RunResult,
-    plot_curves,
-    plot_map_vs_noise,
-    plot_weight_histograms,
-    results_markdown,
-    write_results_csv,
-)
+from training.bench.report import RunResult, write_reports
 from training.config import TrainConfig
 from training.data.manifest import VideoRow, class_map, read_manifest, write_manifest
-from training.data.noise import NOISE_TYPES, inject_noise
+from training.data.noise import ALL_NOISE_TYPES, inject_noise
+
+DEFAULT_NOISE = ["symmetric:0,0.2,0.4,0.6", "pairflip:0.2,0.4", "identity:0.4"]
+DEFAULT_LOSSES = ["cce", "ls", "mae", "gce", "sce", "nce_rce", "imae"]
+
+
+def parse_noise(specs: list[str]) -> list[tuple[str, float]]:
+    """``["symmetric:0,0.4", "pairflip:0.2"]`` -> ``[("clean", 0.0), ("symmetric", 0.4), ("pairflip", 0.2)]``.
+
+    A rate of 0 is the clean setting whatever the type, listed once."""
+    out: list[tuple[str, float]] = []
+    for spec in specs:
+        kind, sep, rates = spec.partition(":")
+        if not sep or kind not in ALL_NOISE_TYPES or not rates:
+            raise UserError(
+                f"--noise {spec!r}: expected TYPE:RATE[,RATE...] with TYPE one of {', '.join(ALL_NOISE_TYPES)}"
+            )
+        for text in rates.split(","):
+            try:
+                rate = float(text)
+            except ValueError:
+                raise UserError(f"--noise {spec!r}: {text!r} is not a number") from None
+            if not 0 <= rate < 1:
+                raise UserError(f"--noise {spec!r}: rates must be in [0, 1), got {rate:g}")
+            setting = ("clean", 0.0) if rate == 0 else (kind, rate)
+            if setting not in out:
+                out.append(setting)
+    if not out:
+        raise UserError("--noise needs at least one TYPE:RATE")
+    return out
+
+
+def setting_name(kind: str, rate: float) -> str:
+    return "clean" if kind == "clean" else f"{kind}{rate:g}"
 
 
 @dataclass
 class NoiseBenchConfig:
     out_dir: str
-    losses: list[str] = field(default_factory=lambda: ["cce", "mae", "gce", "imae"])
-    rates: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6])
-    noise_type: str = "symmetric"
-    seeds: int = 2
-    # data
-    identities: int = 200
+    losses: list[str] = field(default_factory=lambda: list(DEFAULT_LOSSES))
+    noise: list[str] = field(default_factory=lambda: list(DEFAULT_NOISE))
+    seeds: int = 3
+    # data: three disjoint groups of identities
+    pretrain_identities: int = 60
+    train_identities: int = 30
+    test_identities: int = 30
     cameras: int = 4
-    clips_per_camera: int = 2
-    video_frames: int = 16
-    video_size: int = 64
+    clips_per_camera: int = 1
+    video_frames: int = 8
+    video_size: int = 32
     data_seed: int = 0
-    # training
+    # pretraining (clean labels, once per benchmark)
+    pretrain_epochs: int = 20
+    pretrain_batch_size: int = 16
+    # fine-tuning (every cell)
     model: str = "tiny3d"
-    frames: int = 8
-    size: int = 40
-    epochs: int = 20
-    batch_size: int = 32
+    frames: int = 4
+    size: int = 32
+    epochs: int = 30
+    batch_size: int = 8
     lr: float = 2e-3
     workers: int = 0
     imae_t: float | None = None
-    t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
+    t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
     select_rate: float = 0.4
     val_fraction: float = 0.2
 
     @classmethod
     def quick(cls, out_dir: str) -> NoiseBenchConfig:
-        """Tiny: checks the plumbing in a minute or two."""
+        """Tiny: checks the plumbing (every stage, identity switch included) in a minute or two."""
         return cls(
             out_dir=out_dir,
             losses=["cce", "imae"],
-            rates=[0.0, 0.4],
+            noise=["symmetric:0,0.4", "identity:0.4"],
             seeds=1,
-            identities=16,
+            pretrain_identities=8,
+            train_identities=6,
+            test_identities=6,
             cameras=2,
             clips_per_camera=2,
             video_frames=8,
             video_size=32,
+            pretrain_epochs=2,
+            pretrain_batch_size=8,
             frames=4,
             size=24,
             epochs=2,
             batch_size=8,
-            t_candidates=[4.0, 16.0],
+            t_candidates=[2.0, 4.0],
         )
+
+    def settings(self) -> list[tuple[str, float]]:
+        return parse_noise(self.noise)
 
     def validate(self) -> None:
         from training.losses import list_losses
@@ -94,27 +136,48 @@ class NoiseBenchConfig:
         bad = [loss for loss in self.losses if loss not in list_losses()]
         if bad:
             raise UserError(f"--losses: unknown loss {bad[0]!r}; choose from {', '.join(list_losses())}")
-        if not self.losses or not self.rates:
-            raise UserError("--losses and --rates need at least one value each")
-        if any(not 0 <= r < 1 for r in self.rates):
-            raise UserError(f"--rates must be in [0, 1), got {self.rates}")
-        if self.noise_type not in NOISE_TYPES:
-            raise UserError(f"--noise-type must be one of {', '.join(NOISE_TYPES)}, got {self.noise_type!r}")
-        if self.seeds < 1:
-            raise UserError(f"--seeds must be >= 1, got {self.seeds}")
+        if not self.losses:
+            raise UserError("--losses needs at least one value")
+        self.settings()
+        for flag, value, ok in [
+            ("--seeds", self.seeds, self.seeds >= 1),
+            ("--epochs", self.epochs, self.epochs >= 1),
+            ("--pretrain-epochs", self.pretrain_epochs, self.pretrain_epochs >= 1),
+            ("--train-identities", self.train_identities, self.train_identities >= 4),
+            ("--pretrain-identities", self.pretrain_identities, self.pretrain_identities >= 4),
+            ("--test-identities", self.test_identities, self.test_identities >= 2),
+        ]:
+            if not ok:
+                raise UserError(f"{flag}: invalid value {value}")
+        if self.imae_t is not None and not 0 <= self.imae_t < float("inf"):
+            raise UserError(f"--imae-t must be a finite number >= 0, got {self.imae_t}")
+
+
+@dataclass
+class Prepared:
+    """Where the benchmark's shared inputs are: manifests, the pretrained checkpoint, its cost and score."""
+
+    data: Path
+    pretrain_ckpt: Path
+    finetune_csv: Path
+    pretrain_seconds: float
+    pretrain_cpu_seconds: float
+    pretrain_val_map: float
 
 
 def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
     from training.data.synth import SynthConfig, generate
 
+    total = cfg.pretrain_identities + cfg.train_identities + cfg.test_identities
     scfg = SynthConfig(
-        identities=cfg.identities,
+        identities=total,
         cameras=cfg.cameras,
         clips_per_camera=cfg.clips_per_camera,
         frames=cfg.video_frames,
         size=cfg.video_size,
         noise=0.0,
         seed=cfg.data_seed,
+        train_fraction=(total - cfg.test_identities) / total,
     )
     stamp = folder / "synth.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("config") == asdict(scfg):
@@ -124,10 +187,23 @@ def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
     generate(folder, scfg)
 
 
-def _noisy_rows(rows: list[VideoRow], rate: float, kind: str, seed: int) -> tuple[list[VideoRow], float]:
+def split_groups(rows: list[VideoRow], pretrain_identities: int) -> tuple[list[VideoRow], list[VideoRow]]:
+    """The synthetic training rows split by identity: the first ``pretrain_identities`` (sorted) for pretraining,
+    the rest for fine-tuning."""
+    ids = sorted({r.clean_label or r.label for r in rows})
+    pre = set(ids[:pretrain_identities])
+    return [r for r in rows if (r.clean_label or r.label) in pre], [
+        r for r in rows if (r.clean_label or r.label) not in pre
+    ]
+
+
+def _noisy_rows(
+    rows: list[VideoRow], rate: float, kind: str, seed: int, embeddings: np.ndarray | None = None
+) -> tuple[list[VideoRow], float]:
     cmap = class_map(r.clean_label or r.label for r in rows)
     names = sorted(cmap, key=cmap.get)
-    res = inject_noise(np.array([cmap[r.clean_label or r.label] for r in rows]), len(names), rate, kind, seed)
+    clean = np.array([cmap[r.clean_label or r.label] for r in rows])
+    res = inject_noise(clean, len(names), rate, "symmetric" if kind == "clean" else kind, seed, embeddings)
     return [
         replace(r, label=names[y], clean_label=r.clean_label or r.label) for r, y in zip(rows, res.labels, strict=True)
     ], res.rate
@@ -157,7 +233,7 @@ def cell_config(
     cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, run: Path, seed: int, **overrides: Any
 ) -> TrainConfig:
     """The training configuration of one grid cell: the benchmark's model and schedule, decoded once (``cache``)."""
-    return TrainConfig(
+    settings = dict(
         train=str(train_csv),
         out=str(run),
         loss=loss,
@@ -173,80 +249,128 @@ def cell_config(
         cache=True,
         quiet=True,
         warmup_epochs=min(1.0, cfg.epochs / 4),
-        **overrides,
     )
+    settings.update(overrides)
+    return TrainConfig(**settings)
 
 
-def _train(
-    cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, q_csv: Path, g_csv: Path, run: Path, seed: int
-) -> list[dict]:
+def _train(tcfg: TrainConfig) -> tuple[list[dict], float, float]:
+    """Train one run, or reuse a finished run of exactly these settings: (history, wall and CPU seconds of its
+    training; CPU counts every thread of this process)."""
     from training.trainer import fit
 
-    tcfg = cell_config(cfg, loss, t, train_csv, run, seed, val_query=str(q_csv), val_gallery=str(g_csv))
+    run = Path(tcfg.out)
     done = run / "done.json"
     if done.exists():
         record = json.loads(done.read_text())
         if record.get("config") == asdict(tcfg):  # a finished run of these settings: reuse it
-            return record["history"]
+            return record["history"], float(record.get("seconds", "nan")), float(record.get("cpu_seconds", "nan"))
     if run.exists():
         shutil.rmtree(run)
+    start, cpu = time.perf_counter(), time.process_time()
     res = fit(tcfg)
-    atomic_write_text(done, json.dumps({"config": asdict(tcfg), "history": res.history}))
-    return res.history
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    record = {"config": asdict(tcfg), "history": res.history, "seconds": seconds, "cpu_seconds": cpu}
+    atomic_write_text(done, json.dumps(record))
+    return res.history, seconds, cpu
 
 
-def _train_fit(
-    cfg: NoiseBenchConfig, run: Path, train_csv: Path, loss: str, t: float
+def _infer(checkpoint: Path, rows: list[VideoRow], batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Embeddings and logits of ``rows`` (all of them, in order) under a checkpoint, and its class names."""
+    from training.embed import eval_loader, load_checkpoint, run_inference
+
+    loaded = load_checkpoint(checkpoint, "auto")
+    loader = eval_loader(rows, loaded.spec, batch_size, 0, loaded.mean, loaded.std, cache=True)
+    embs, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True)
+    if len(kept) != len(rows):
+        raise UserError(f"{len(rows) - len(kept)} benchmark videos did not decode")
+    return embs, logits, loaded.class_names
+
+
+def memorisation(
+    cfg: NoiseBenchConfig, run: Path, rows: list[VideoRow], loss: str, t: float
 ) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Accuracy against the given labels on clean / mislabelled training samples, final weights, flipped mask."""
+    """The final model over its training set: accuracy against the given labels on correctly labelled and on
+    mislabelled samples (the share of wrong labels it predicts: memorisation), final weights, mislabelled mask."""
     import torch
 
-    from training.audit import predict
     from training.losses import build_loss
 
-    rows, probs, given, _ = predict(
-        run / "checkpoints" / "last.pt",
-        train_csv,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        device="auto",
-        cache=True,
-    )
+    _, logits, classes = _infer(run / "checkpoints" / "last.pt", rows, cfg.batch_size)
+    cmap = {c: i for i, c in enumerate(classes)}
+    given = np.array([cmap[r.label] for r in rows])
     flipped = np.array([r.clean_label != r.label for r in rows])
-    correct = probs.argmax(1) == given
+    correct = logits.argmax(1) == given
     kwargs = {"t": t} if loss == "imae" else {}
-    logits = torch.from_numpy(np.log(np.clip(probs, 1e-30, None)))
-    weights = build_loss(loss, **kwargs).sample_weights(logits, torch.from_numpy(given)).numpy()
+    weights = build_loss(loss, **kwargs).sample_weights(torch.from_numpy(logits), torch.from_numpy(given)).numpy()
     acc = lambda m: float(correct[m].mean()) if m.any() else float("nan")  # noqa: E731
     return acc(~flipped), acc(flipped), weights, flipped
 
 
-def select_t(cfg: NoiseBenchConfig, rows: list[VideoRow], out: Path, log) -> float:
+def prepare(cfg: NoiseBenchConfig, log) -> Prepared:
+    """Data, the split into groups, and the pretrained backbone (trained once, then reused)."""
+    out = Path(cfg.out_dir)
+    data = out / "data"
+    log(f"synthetic data -> {data}")
+    _synth(cfg, data)
+    pre_rows, ft_rows = split_groups(read_manifest(data / "train.csv", require_label=True), cfg.pretrain_identities)
+    fit_rows, query, gallery = carve_validation(pre_rows, cfg.val_fraction, cfg.data_seed)
+    folder = out / "pretrain"
+    for name, rs in (("train.csv", fit_rows), ("val_query.csv", query), ("val_gallery.csv", gallery)):
+        write_manifest(folder / name, rs)
+    finetune_csv = write_manifest(data / "finetune.csv", ft_rows)
+    tcfg = cell_config(
+        cfg,
+        "cce",
+        4.0,
+        folder / "train.csv",
+        folder / "run",
+        seed=0,
+        epochs=cfg.pretrain_epochs,
+        batch_size=cfg.pretrain_batch_size,
+        val_query=str(folder / "val_query.csv"),
+        val_gallery=str(folder / "val_gallery.csv"),
+        warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
+    )
+    log(f"pretraining {cfg.model} with clean labels on {cfg.pretrain_identities} identities ({len(fit_rows)} clips)")
+    hist, seconds, cpu = _train(tcfg)
+    val_map = hist[-1]["val_mAP"]
+    log(
+        f"pretraining: validation mAP {val_map:.4f} after {cfg.pretrain_epochs} epochs, "
+        f"{seconds:.0f} s ({cpu:.0f} s CPU)"
+    )
+    record = {"seconds": seconds, "cpu_seconds": cpu, "val_mAP": val_map, "epochs": cfg.pretrain_epochs}
+    atomic_write_text(folder / "pretrain.json", json.dumps({**record, "clips": len(fit_rows)}))
+    return Prepared(data, folder / "run" / "checkpoints" / "last.pt", finetune_csv, seconds, cpu, val_map)
+
+
+def select_t(cfg: NoiseBenchConfig, prep: Prepared, rows: list[VideoRow], log) -> float:
+    """IMAE's T: the candidate with the best final validation mAP on a split of the fine-tuning identities."""
+    out = Path(cfg.out_dir)
     fit_rows, query, gallery = carve_validation(rows, cfg.val_fraction, cfg.data_seed)
-    noisy, _ = _noisy_rows(fit_rows, cfg.select_rate, cfg.noise_type, seed=12345)
+    noisy, _ = _noisy_rows(fit_rows, cfg.select_rate, "symmetric", seed=12345)
     folder = out / "t_selection"
-    folder.mkdir(parents=True, exist_ok=True)
     for name, rs in (("train.csv", noisy), ("val_query.csv", query), ("val_gallery.csv", gallery)):
         write_manifest(folder / name, rs)
-    scores = {}
+    scores, seconds = {}, {}
     for t in cfg.t_candidates:
-        hist = _train(
+        tcfg = cell_config(
             cfg,
             "imae",
             t,
             folder / "train.csv",
-            folder / "val_query.csv",
-            folder / "val_gallery.csv",
             folder / f"imae_t{t:g}",
             seed=0,
+            weights=str(prep.pretrain_ckpt),
+            val_query=str(folder / "val_query.csv"),
+            val_gallery=str(folder / "val_gallery.csv"),
         )
+        hist, seconds[t], _ = _train(tcfg)
         scores[t] = hist[-1]["val_mAP"]
-        log(f"T selection: T={t:g} -> validation mAP {scores[t]:.4f} (noise {cfg.select_rate:g})")
+        log(f"T selection: T={t:g} -> validation mAP {scores[t]:.4f} (symmetric noise {cfg.select_rate:g})")
     best = max(scores, key=lambda t: scores[t])
-    atomic_write_text(
-        folder / "selection.json",
-        json.dumps({"candidates": scores, "chosen": best, "noise_rate": cfg.select_rate}, indent=2),
-    )
+    record = {"candidates": scores, "chosen": best, "noise_rate": cfg.select_rate, "seconds": seconds}
+    atomic_write_text(folder / "selection.json", json.dumps(record, indent=2))
     return best
 
 
@@ -262,66 +386,96 @@ def run_noise_bench(cfg: NoiseBenchConfig, log=print) -> list[RunResult]:
 def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "data"
-    log(f"synthetic data -> {data}")
-    _synth(cfg, data)
-    rows = read_manifest(data / "train.csv", require_label=True)
+    started = time.perf_counter()
+    prep = prepare(cfg, log)
+    rows = read_manifest(prep.finetune_csv, require_label=True)
     t = cfg.imae_t
     if "imae" in cfg.losses and t is None:
-        t = select_t(cfg, rows, out, log)
-        log(f"chosen IMAE T = {t:g} (on a validation split of the training identities)")
-    t = t if t is not None else 8.0
+        t = select_t(cfg, prep, rows, log)
+        log(f"chosen IMAE T = {t:g} (on a validation split of the fine-tuning identities)")
+    t = t if t is not None else 4.0
     atomic_write_text(out / "bench_config.json", json.dumps({**asdict(cfg), "imae_t_used": t}, indent=2))
-    results: list[RunResult] = []
-    curves: dict[tuple[float, int], dict[str, list[dict]]] = {}
-    weights: dict[float, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    total = len(cfg.rates) * cfg.seeds * len(cfg.losses)
+    embeddings = None
+    if any(kind == "identity" for kind, _ in cfg.settings()):
+        embeddings = _infer(prep.pretrain_ckpt, rows, cfg.batch_size)[0]
+    results, curves, weights = [], {}, {}
+    total = len(cfg.settings()) * cfg.seeds * len(cfg.losses)
     i = 0
-    for rate in cfg.rates:
+    for kind, rate in cfg.settings():
+        name = setting_name(kind, rate)
         for seed in range(cfg.seeds):
-            noisy, realised = _noisy_rows(rows, rate, cfg.noise_type, seed=1000 * seed + int(round(rate * 100)))
-            train_csv = write_manifest(out / "labels" / f"train_noise{rate:g}_seed{seed}.csv", noisy)
+            noisy, realised = _noisy_rows(rows, rate, kind, 1000 * seed + int(round(rate * 100)), embeddings)
+            train_csv = write_manifest(out / "labels" / f"train_{name}_seed{seed}.csv", noisy)
             for loss in cfg.losses:
                 i += 1
-                run = out / "runs" / f"{loss}_noise{rate:g}_seed{seed}"
-                log(f"[{i}/{total}] {loss} at noise {rate:g} (realised {realised:.3f}), seed {seed}")
-                hist = _train(cfg, loss, t, train_csv, data / "query.csv", data / "gallery.csv", run, seed=seed)
-                acc_clean, acc_noisy, w, flipped = _train_fit(cfg, run, train_csv, loss, t)
-                maps = [h["val_mAP"] for h in hist]
-                best = int(np.argmax(maps))
-                results.append(
-                    RunResult(
-                        loss,
-                        rate,
-                        seed,
-                        maps[-1],
-                        maps[best],
-                        hist[-1]["val_cmc1"],
-                        max(h["val_cmc1"] for h in hist),
-                        acc_clean,
-                        acc_noisy,
-                    )
-                )
-                curves.setdefault((rate, seed), {})[loss] = hist
+                log(f"[{i}/{total}] {loss}, {name} (realised {realised:.3f}), seed {seed}")
+                res, hist, w = _cell(cfg, prep, loss, t, kind, rate, seed, train_csv, noisy)
+                results.append(res)
+                curves.setdefault((name, seed), {})[loss] = hist
                 if seed == 0:
-                    weights.setdefault(rate, {})[loss] = (w, flipped)
+                    weights.setdefault(name, {})[loss] = w
                 log(
-                    f"    final mAP {maps[-1]:.4f}, best {maps[best]:.4f} (epoch {best + 1}); train acc clean "
-                    f"{acc_clean:.3f}, mislabelled {acc_noisy if not math.isnan(acc_noisy) else float('nan'):.3f}"
+                    f"    final mAP {res.final_mAP:.4f}, best {res.best_mAP:.4f} (epoch {res.best_epoch}); "
+                    f"fits {res.train_acc_noisy:.3f} of wrong labels; {res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU)"
                 )
-    write_results_csv(out / "results.csv", results)
-    header = (
-        f"# Noise benchmark\n\n{cfg.model}, {cfg.epochs} epochs, {cfg.identities // 2} train identities, "
-        f"{cfg.noise_type} noise, {cfg.seeds} seed(s); IMAE T = {t:g}; test = clean query/gallery of unseen "
-        f"identities.\n"
-    )
-    atomic_write_text(out / "results.md", results_markdown(results, header))
-    plots = out / "plots"
-    plot_map_vs_noise(results, plots / "map_vs_noise.png")
-    for (rate, seed), hists in curves.items():
-        if seed == 0:
-            plot_curves(hists, plots / f"curves_noise{rate:g}.png", f"noise {rate:g}, seed {seed}")
-    for rate, ws in weights.items():
-        if rate > 0:
-            plot_weight_histograms(ws, plots / f"weights_noise{rate:g}.png", f"final sample weights, noise {rate:g}")
+    write_reports(out, results, curves, weights, _header(cfg, prep, t, time.perf_counter() - started))
     return results
+
+
+def _cell(
+    cfg: NoiseBenchConfig,
+    prep: Prepared,
+    loss: str,
+    t: float,
+    kind: str,
+    rate: float,
+    seed: int,
+    train_csv: Path,
+    noisy: list[VideoRow],
+) -> tuple[RunResult, list[dict], tuple[np.ndarray, np.ndarray]]:
+    run = Path(cfg.out_dir) / "runs" / f"{loss}_{setting_name(kind, rate)}_seed{seed}"
+    data = prep.data
+    tcfg = cell_config(
+        cfg,
+        loss,
+        t,
+        train_csv,
+        run,
+        seed,
+        weights=str(prep.pretrain_ckpt),
+        val_query=str(data / "query.csv"),
+        val_gallery=str(data / "gallery.csv"),
+    )
+    hist, seconds, cpu = _train(tcfg)
+    acc_clean, acc_noisy, w, flipped = memorisation(cfg, run, noisy, loss, t)
+    maps = [h["val_mAP"] for h in hist]
+    best = int(np.argmax(maps))
+    res = RunResult(
+        loss=loss,
+        noise_type=kind,
+        noise_rate=rate,
+        seed=seed,
+        final_mAP=maps[-1],
+        best_mAP=maps[best],
+        best_epoch=best + 1,
+        epochs=len(maps),
+        final_cmc1=hist[-1]["val_cmc1"],
+        best_cmc1=max(h["val_cmc1"] for h in hist),
+        train_acc_clean=acc_clean,
+        train_acc_noisy=acc_noisy,
+        seconds=seconds,
+        cpu_seconds=cpu,
+    )
+    return res, hist, (w, flipped)
+
+
+def _header(cfg: NoiseBenchConfig, prep: Prepared, t: float, wall: float) -> str:
+    return (
+        f"# Noise benchmark\n\n{cfg.model} pretrained with clean labels on {cfg.pretrain_identities} separate "
+        f"identities ({cfg.pretrain_epochs} epochs, {prep.pretrain_seconds:.0f} s wall, "
+        f"{prep.pretrain_cpu_seconds:.0f} s CPU; validation mAP "
+        f"{100 * prep.pretrain_val_map:.1f}%), then fine-tuned for {cfg.epochs} epochs on {cfg.train_identities} "
+        f"identities ({cfg.cameras} cameras x {cfg.clips_per_camera} clips each; {cfg.frames} frames of "
+        f"{cfg.size} px); IMAE T = {t:g}; test = clean query/gallery of {cfg.test_identities} unseen identities. "
+        f"This invocation took {wall / 60:.1f} min (finished cells are reused and not re-timed).\n"
+    )

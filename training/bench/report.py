@@ -1,4 +1,4 @@
-"""Reporting for the noise benchmark: results.csv, results.md (mean ± std) and the figures."""
+"""Reporting for the noise benchmark: results.csv, results.md (mean ± std, paired per-seed comparison) and figures."""
 
 from __future__ import annotations
 
@@ -17,20 +17,30 @@ from training.plots import save_figure
 
 @dataclass
 class RunResult:
-    """One (loss, noise rate, seed) cell of the grid; mAP/CMC on the clean query/gallery split."""
+    """One (loss, noise setting, seed) cell of the grid; mAP/CMC on the clean query/gallery split."""
 
     loss: str
+    noise_type: str  # clean | symmetric | pairflip | identity
     noise_rate: float
     seed: int
     final_mAP: float
     best_mAP: float
+    best_epoch: int  # the epoch of best_mAP (1-based)
+    epochs: int  # the final epoch
     final_cmc1: float
     best_cmc1: float
     train_acc_clean: float  # accuracy against the given labels on correctly labelled training samples
-    train_acc_noisy: float  # ... and on the mislabelled ones (high = the noise was memorised)
+    train_acc_noisy: float  # ... and on the mislabelled ones: the share of wrong labels memorised
+    seconds: float  # wall time of the cell's training
+    cpu_seconds: float  # CPU time of the cell's training, all threads (comparable on a busy machine)
+
+    @property
+    def setting(self) -> str:
+        return "clean" if self.noise_type == "clean" else f"{self.noise_type} {self.noise_rate:g}"
 
 
 RESULT_COLUMNS = [f.name for f in fields(RunResult)]
+_INT_COLUMNS = ("seed", "best_epoch", "epochs")
 
 
 def write_results_csv(path: Path, results: Sequence[RunResult]) -> None:
@@ -47,85 +57,156 @@ def read_results_csv(path: Path) -> list[RunResult]:
     with open(path, newline="", encoding="utf-8") as fh:
         return [
             RunResult(
-                loss=row["loss"],
-                noise_rate=float(row["noise_rate"]),
-                seed=int(row["seed"]),
-                **{k: float(row[k]) for k in RESULT_COLUMNS[3:]},
+                **{
+                    k: (row[k] if k in ("loss", "noise_type") else int(row[k]) if k in _INT_COLUMNS else float(row[k]))
+                    for k in RESULT_COLUMNS
+                }
             )
             for row in csv.DictReader(fh)
         ]
 
 
-def _group(results: Sequence[RunResult]) -> dict[tuple[str, float], list[RunResult]]:
-    groups: dict[tuple[str, float], list[RunResult]] = defaultdict(list)
+def _order(results: Sequence[RunResult]) -> tuple[list[str], list[str]]:
+    """Losses in first-seen order; settings clean first, then by type (symmetric, pairflip, identity) and rate."""
+    kinds = {"clean": 0, "symmetric": 1, "pairflip": 2, "identity": 3}
+    losses = list(dict.fromkeys(r.loss for r in results))
+    pairs = sorted({(r.noise_type, r.noise_rate) for r in results}, key=lambda p: (kinds.get(p[0], 9), p[1]))
+    return losses, ["clean" if k == "clean" else f"{k} {q:g}" for k, q in pairs]
+
+
+def _group(results: Sequence[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
+    groups: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
     for r in results:
-        groups[(r.loss, r.noise_rate)].append(r)
+        groups[(r.loss, r.setting)].append(r)
     return groups
 
 
-def _ms(values: list[float], pct: bool = True) -> str:
-    a = np.asarray(values, dtype=float) * (100.0 if pct else 1.0)
+def _ms(values: list[float], scale: float = 100.0) -> str:
+    a = np.asarray(values, dtype=float) * scale
     return f"{a.mean():.1f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.1f}"
 
 
-def results_markdown(results: Sequence[RunResult], header: str = "") -> str:
-    """One table per metric family: rows = loss, columns = noise rate, cells = mean ± std over seeds (percent)."""
+def _table(results: Sequence[RunResult], attr: str, scale: float = 100.0) -> list[str]:
     groups = _group(results)
-    losses = list(dict.fromkeys(r.loss for r in results))
-    rates = sorted({r.noise_rate for r in results})
+    losses, settings = _order(results)
     seeds = len({r.seed for r in results})
+    lines = ["| loss | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for loss in losses:
+        cells = []
+        for s in settings:
+            group = groups.get((loss, s), [])
+            vals = [getattr(r, attr) for r in group if not np.isnan(getattr(r, attr))]
+            fewer = f" ({len(group)} seed{'s' if len(group) > 1 else ''})" if 0 < len(group) < seeds else ""
+            cells.append(_ms(vals, scale) + fewer if vals else "–")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_comparison(results: Sequence[RunResult], ref: str = "imae") -> list[str]:
+    """Per setting and loss: ``ref`` minus that loss in final mAP (points), seed by seed, as mean ± std, the number
+    of seeds ``ref`` is ahead, and whether the two seed ranges overlap."""
+    groups = _group(results)
+    losses, settings = _order(results)
+    others = [loss for loss in losses if loss != ref]
+    if ref not in losses or not others:
+        return []
+    lines = ["| vs | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for loss in others:
+        cells = []
+        for s in settings:
+            a = {r.seed: r.final_mAP for r in groups.get((ref, s), [])}
+            b = {r.seed: r.final_mAP for r in groups.get((loss, s), [])}
+            seeds = sorted(a.keys() & b.keys())
+            if not seeds:
+                cells.append("–")
+                continue
+            d = np.array([a[k] - b[k] for k in seeds]) * 100
+            wins = int((d > 0).sum())
+            lo_a, hi_a, lo_b, hi_b = (f(d_[k] for k in seeds) for d_ in (a, b) for f in (min, max))
+            apart = len(seeds) > 1 and (lo_a > hi_b or hi_a < lo_b)
+            std = d.std(ddof=1) if d.size > 1 else 0.0
+            cells.append(f"{d.mean():+.1f} ± {std:.1f} ({wins}/{len(seeds)}{', apart' if apart else ''})")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def results_markdown(results: Sequence[RunResult], header: str = "") -> str:
+    """Tables (rows = loss, columns = noise setting, cells = mean ± std over seeds) and the paired comparison."""
+    seeds = len({r.seed for r in results})
+    over = f"mean ± std over {seeds} seed{'s' if seeds > 1 else ''}"
     lines = [header] if header else []
-    for title, attr in [
-        ("final-epoch mAP", "final_mAP"),
-        ("best-epoch mAP", "best_mAP"),
-        ("final-epoch CMC-1", "final_cmc1"),
-        ("best-epoch CMC-1", "best_cmc1"),
-        ("train accuracy on mislabelled samples (given label; lower = less memorised)", "train_acc_noisy"),
-        ("train accuracy on correctly labelled samples", "train_acc_clean"),
+    for title, attr, scale in [
+        ("final-epoch mAP", "final_mAP", 100.0),
+        ("best-epoch mAP", "best_mAP", 100.0),
+        ("epoch of the best mAP", "best_epoch", 1.0),
+        ("final-epoch CMC-1", "final_cmc1", 100.0),
+        (
+            "memorisation: share of wrong training labels the final model predicts (lower = less memorised)",
+            "train_acc_noisy",
+            100.0,
+        ),
+        ("train accuracy on correctly labelled samples", "train_acc_clean", 100.0),
+        ("training time of a cell, wall (s)", "seconds", 1.0),
+        ("training time of a cell, CPU of all threads (s)", "cpu_seconds", 1.0),
     ]:
-        lines.append(f"\n**{title}** (%, mean ± std over {seeds} seed{'s' if seeds > 1 else ''})\n")
-        lines.append("| loss | " + " | ".join(f"noise {r:g}" for r in rates) + " |")
-        lines.append("|---|" + "---|" * len(rates))
-        for loss in losses:
-            cells = []
-            for rate in rates:
-                group = groups.get((loss, rate), [])
-                vals = [getattr(r, attr) for r in group if not np.isnan(getattr(r, attr))]
-                cells.append(_ms(vals) if vals else "–")
-            lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+        unit = "" if scale == 1.0 else "%, "
+        lines += [f"\n**{title}** ({unit}{over})\n", *_table(results, attr, scale)]
+    paired = paired_comparison(results)
+    if paired:
+        lines += [
+            "\n**IMAE minus each loss, final-epoch mAP, paired by seed** (points: mean ± std of the per-seed "
+            "differences; in brackets the seeds where IMAE is ahead, and `apart` where the two losses' seed "
+            "ranges do not overlap)\n",
+            *paired,
+        ]
     return "\n".join(lines) + "\n"
 
 
+def _kinds(results: Sequence[RunResult]) -> list[str]:
+    found = {r.noise_type for r in results} - {"clean"}
+    return [k for k in ("symmetric", "pairflip", "identity") if k in found] or ["symmetric"]
+
+
 def plot_map_vs_noise(results: Sequence[RunResult], out: Path) -> Path:
+    """One panel per noise type (clean at rate 0 in each), final-epoch mAP on top and best-epoch below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = _group(results)
-    losses = list(dict.fromkeys(r.loss for r in results))
-    rates = sorted({r.noise_rate for r in results})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, attr, title in [(axes[0], "final_mAP", "final epoch"), (axes[1], "best_mAP", "best epoch")]:
-        for loss in losses:
-            means = [np.mean([getattr(r, attr) for r in groups[(loss, q)]]) * 100 for q in rates]
-            stds = [np.std([getattr(r, attr) for r in groups[(loss, q)]]) * 100 for q in rates]
-            ax.errorbar(
-                rates,
-                means,
-                yerr=stds,
-                marker="o",
-                capsize=3,
-                label=loss.upper(),
-                linewidth=2.2 if loss == "imae" else 1.4,
-            )
-        ax.set(xlabel="training label noise rate", title=f"test mAP, {title}")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mAP (%)")
-    axes[0].legend()
+    losses, _ = _order(results)
+    kinds = _kinds(results)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(4.6 * len(kinds), 7.6), sharey=True, squeeze=False)
+    for col, kind in enumerate(kinds):
+        rates = sorted({r.noise_rate for r in results if r.noise_type in (kind, "clean")})
+        for row, (attr, title) in enumerate([("final_mAP", "final epoch"), ("best_mAP", "best epoch")]):
+            ax = axes[row][col]
+            for loss in losses:
+                pts = [(q, [getattr(r, attr) * 100 for r in groups.get((loss, _name(kind, q)), [])]) for q in rates]
+                pts = [(q, v) for q, v in pts if v]
+                if pts:
+                    ax.errorbar(
+                        [q for q, _ in pts],
+                        [np.mean(v) for _, v in pts],
+                        yerr=[np.std(v) for _, v in pts],
+                        marker="o",
+                        capsize=3,
+                        label=loss.upper(),
+                        linewidth=2.2 if loss == "imae" else 1.2,
+                    )
+            ax.set(xlabel=f"{kind} noise rate" if row else "", title=f"test mAP, {title}")
+            ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize=7)
+    for row in range(2):
+        axes[row][0].set_ylabel("mAP (%)")
     path = save_figure(fig, out)
     plt.close(fig)
     return path
+
+
+def _name(kind: str, rate: float) -> str:
+    return "clean" if rate == 0 else f"{kind} {rate:g}"
 
 
 def plot_curves(histories: dict[str, list[dict[str, float]]], out: Path, title: str) -> Path:
@@ -144,7 +225,7 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], out: Path, title: 
     ax_te.set(xlabel="epoch", ylabel="mAP (%)", title="test (clean query/gallery)")
     for ax in (ax_tr, ax_te):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     path = save_figure(fig, out)
     plt.close(fig)
@@ -172,3 +253,23 @@ def plot_weight_histograms(weights: dict[str, tuple[np.ndarray, np.ndarray]], ou
     path = save_figure(fig, out)
     plt.close(fig)
     return path
+
+
+def write_reports(
+    out: Path,
+    results: Sequence[RunResult],
+    curves: dict[tuple[str, int], dict[str, list[dict]]],
+    weights: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    header: str,
+) -> None:
+    """results.csv, results.md and plots/ (curves and weight histograms of seed 0 of every setting)."""
+    write_results_csv(out / "results.csv", results)
+    atomic_write_text(out / "results.md", results_markdown(results, header))
+    plots = out / "plots"
+    plot_map_vs_noise(results, plots / "map_vs_noise.png")
+    for (name, seed), hists in curves.items():
+        if seed == 0:
+            plot_curves(hists, plots / f"curves_{name}.png", f"{name}, seed {seed}")
+    for name, ws in weights.items():
+        if name != "clean":
+            plot_weight_histograms(ws, plots / f"weights_{name}.png", f"final sample weights, {name}")

@@ -1,14 +1,17 @@
-"""The noise benchmark's resume rule: a finished run is reused only when it was trained with the same settings."""
+"""The noise benchmark: resume rule, noise settings, identity groups, memorisation, and the paired report."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import training.trainer
-from training.bench.grid import NoiseBenchConfig, _train, carve_validation
+from indexing.errors import UserError
+from training.bench.grid import NoiseBenchConfig, _train, carve_validation, cell_config, parse_noise, split_groups
+from training.bench.report import RunResult, read_results_csv, results_markdown, write_results_csv
 from training.data.manifest import VideoRow
 
 
@@ -32,32 +35,82 @@ def fake_fit(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 def test_finished_runs_are_reused_only_with_the_same_settings(tmp_path: Path, fake_fit: list) -> None:
-    args = ("imae", 4.0, tmp_path / "t.csv", tmp_path / "q.csv", tmp_path / "g.csv", tmp_path / "run")
-    first = _train(NoiseBenchConfig(out_dir=str(tmp_path), epochs=3), *args, seed=0)
-    again = _train(NoiseBenchConfig(out_dir=str(tmp_path), epochs=3), *args, seed=0)
-    assert len(fake_fit) == 1 and again == first and len(first) == 3
+    def cfg(epochs: int, t: float = 4.0, weights: str = "pre.pt"):
+        bench = NoiseBenchConfig(out_dir=str(tmp_path), epochs=epochs)
+        return cell_config(bench, "imae", t, tmp_path / "t.csv", tmp_path / "run", seed=0, weights=weights)
+
+    first, seconds, cpu = _train(cfg(3))
+    again = _train(cfg(3))
+    assert len(fake_fit) == 1 and again == (first, seconds, cpu) and len(first) == 3 and seconds >= 0
     record = json.loads((tmp_path / "run" / "done.json").read_text())
-    assert record["config"]["epochs"] == 3 and record["config"]["imae_t"] == 4.0
-    longer = _train(NoiseBenchConfig(out_dir=str(tmp_path), epochs=5), *args, seed=0)
+    assert record["config"]["epochs"] == 3 and record["config"]["weights"] == "pre.pt"
+    longer, _, _ = _train(cfg(5))
     assert len(fake_fit) == 2 and len(longer) == 5  # stale 3-epoch result not reused
-    _train(NoiseBenchConfig(out_dir=str(tmp_path), epochs=5), "imae", 8.0, *args[2:], seed=0)
-    assert len(fake_fit) == 3 and fake_fit[-1].imae_t == 8.0
+    _train(cfg(5, t=8.0))
+    _train(cfg(5, t=8.0, weights="other.pt"))  # another pretrained start is another run
+    assert len(fake_fit) == 4 and fake_fit[-1].imae_t == 8.0
 
 
-def test_validation_split_uses_training_identities_only() -> None:
-    rows = [
+def test_noise_settings_parse_and_name_the_bad_flag() -> None:
+    assert parse_noise(["symmetric:0,0.2", "pairflip:0,0.4", "identity:0.4"]) == [
+        ("clean", 0.0),
+        ("symmetric", 0.2),
+        ("pairflip", 0.4),
+        ("identity", 0.4),
+    ]
+    for bad, match in [("sym:0.4", "TYPE one of"), ("symmetric:x", "'x' is not a number"), ("pairflip:1", r"\[0, 1\)")]:
+        with pytest.raises(UserError, match=match):
+            parse_noise([bad])
+    with pytest.raises(UserError, match="--losses: unknown loss 'ce'"):
+        NoiseBenchConfig(out_dir="x", losses=["ce"]).validate()
+
+
+def _rows(ids: int = 10, noisy: bool = True) -> list[VideoRow]:
+    return [
         VideoRow(
             row=i,
             path=f"v{i}.mp4",
             id=f"id{p}_c{c}_s{s}",
-            label=f"p{(p + 1) % 10 if i % 3 == 0 else p}",
+            label=f"p{(p + 1) % ids if noisy and i % 3 == 0 else p}",
             camera=f"c{c}",
             clean_label=f"p{p}",
         )
-        for i, (p, c, s) in enumerate((p, c, s) for p in range(10) for c in range(4) for s in range(2))
+        for i, (p, c, s) in enumerate((p, c, s) for p in range(ids) for c in range(4) for s in range(2))
     ]
+
+
+def test_pretraining_and_fine_tuning_identities_are_disjoint() -> None:
+    pre, ft = split_groups(_rows(noisy=False), 6)
+    assert {r.clean_label for r in pre} == {f"p{p}" for p in range(6)}
+    assert {r.clean_label for r in ft} == {"p6", "p7", "p8", "p9"} and len(pre) + len(ft) == 80
+
+
+def test_validation_split_uses_training_identities_only() -> None:
+    rows = _rows()
     fit, query, gallery = carve_validation(rows, 0.2, seed=0)
     val_ids = {r.label for r in query + gallery}
     assert len(val_ids) == 2 and not val_ids & {r.clean_label for r in fit}
     assert all(r.label == r.clean_label for r in query + gallery)  # validation is scored on the true identities
     assert len(query) == 2 * 2 and len(query) + len(gallery) + len(fit) == len(rows)
+
+
+def _result(loss: str, seed: int, final: float, kind: str = "symmetric", noisy: float = 0.9) -> RunResult:
+    return RunResult(loss, kind, 0.4, seed, final, final + 0.05, 7, 20, 0.5, 0.6, 0.95, noisy, 12.0, 20.0)
+
+
+def test_report_pairs_seeds_and_says_where_imae_loses(tmp_path: Path) -> None:
+    results = [_result("cce", s, 0.30 + 0.01 * s) for s in range(3)]
+    results += [_result("imae", s, 0.45 + 0.01 * s, noisy=0.2) for s in range(3)]
+    results += [_result("nce_rce", s, [0.50, 0.40, 0.60][s]) for s in range(3)]
+    results += [_result("cce", 0, 0.2, kind="identity"), _result("imae", 0, 0.1, kind="identity")]
+    write_results_csv(tmp_path / "r.csv", results)
+    back = read_results_csv(tmp_path / "r.csv")
+    assert [(r.loss, r.noise_type, r.seed, r.best_epoch) for r in back] == [
+        (r.loss, r.noise_type, r.seed, r.best_epoch) for r in results
+    ]
+    assert np.allclose([r.final_mAP for r in back], [r.final_mAP for r in results])
+    md = results_markdown(results)
+    assert "| cce | +15.0 ± 0.0 (3/3, apart) | -10.0 ± 0.0 (0/1) |" in md  # identity: IMAE behind, one seed
+    assert "| nce_rce | -4.0 ± 9.5 (1/3) | – |" in md  # seed ranges overlap: not `apart`
+    assert "| imae | 46.0 ± 1.0 | 10.0 ± 0.0 (1 seed) |" in md  # fewer seeds than the table's header says
+    assert "| imae | 20.0 ± 0.0 | 90.0 ± 0.0 (1 seed) |" in md

@@ -51,3 +51,31 @@ def test_bad_arguments() -> None:
         inject_noise(np.zeros(3, int), 3, 1.5)
     with pytest.raises(ValueError, match="label 3"):
         inject_noise(np.array([0, 3]), 3, 0.1)
+
+
+def _clusters() -> tuple[np.ndarray, np.ndarray]:
+    """Four classes of 50 samples around 2-D directions: 0 and 1 are near each other, 2 and 3 are near each other."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 0.0], [0.95, 0.3], [-1.0, 0.1], [-0.9, -0.4]])
+    labels = np.repeat(np.arange(4), 50)
+    return labels, centres[labels] + rng.normal(0, 0.02, (200, 2))
+
+
+def test_identity_switch_moves_to_the_nearest_other_centroid() -> None:
+    labels, emb = _clusters()
+    res = inject_noise(labels, 4, 0.4, "identity", seed=5, embeddings=emb)
+    assert res.flipped.sum() == 80 and (res.labels[res.flipped] != labels[res.flipped]).all()
+    expected = {0: 1, 1: 0, 2: 3, 3: 2}  # a look-alike identity, never a far one
+    assert all(expected[c] == n for c, n in zip(labels[res.flipped], res.labels[res.flipped], strict=True))
+    again = inject_noise(labels, 4, 0.4, "identity", seed=5, embeddings=emb)
+    assert (again.labels == res.labels).all()
+
+
+def test_identity_switch_needs_matching_embeddings() -> None:
+    labels, emb = _clusters()
+    with pytest.raises(ValueError, match="needs embeddings"):
+        inject_noise(labels, 4, 0.4, "identity")
+    with pytest.raises(ValueError, match="N = 200"):
+        inject_noise(labels, 4, 0.4, "identity", embeddings=emb[:10])
+    with pytest.raises(ValueError, match="finite"):
+        inject_noise(labels, 4, 0.4, "identity", embeddings=emb * np.nan)
