@@ -16,7 +16,7 @@ DEMO_IMAE_T ?= 2
 DEMO_PORT ?= 8000
 VIDRET := $(VENV)/bin/vidret
 
-.PHONY: setup test lint bench bench-peers demo clean
+.PHONY: setup test lint bench bench-peers demo clean deploy-check
 .PRECIOUS: $(DEMO)/%.npz
 
 $(PY):
@@ -31,6 +31,11 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# docker compose for real: builds the CPU image with podman and runs the README's compose flow end to end
+# (root on Debian; it installs podman and docker-compose with apt). README, "Deployment with docker compose".
+deploy-check:
+	bash docker/deploy_check.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

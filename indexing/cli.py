@@ -14,31 +14,97 @@ index_app = typer.Typer(help="FAISS indexes of embeddings.", no_args_is_help=Tru
 
 @index_app.command("build")
 def build_cmd(
-    embeddings: Path = typer.Option(..., help="Embeddings .npz (vidret embed)."),
-    out: Path = typer.Option(..., help="Index folder to create."),
+    embeddings: list[Path] = typer.Option(
+        ...,
+        help="Embeddings: .npz files (vidret embed), shard lists (shards.json) or shard folders (vidret embed "
+        "--shards); several are indexed in the order given (repeat the flag or list them after it).",
+    ),
+    out: Path | None = typer.Option(None, help="Index folder to create (--backend faiss)."),
     type_: str = typer.Option("auto", "--type", help="auto | flat | ivf | ivfpq | hnsw."),
     metric: str = typer.Option("cosine", help="cosine | l2."),
     gpu: bool | None = typer.Option(None, "--gpu/--no-gpu", help="Build on the GPU (default: when available)."),
-    memory_budget_mb: float = typer.Option(4096, help="Memory budget that --type auto respects."),
+    memory_budget_mb: float = typer.Option(4096, help="The memory budget in MiB (--max-memory takes sizes)."),
+    max_memory: str | None = typer.Option(
+        None,
+        "--max-memory",
+        help="Memory budget of the index and its build, e.g. 512MB or 4GB: --type auto picks what fits, and the "
+        "build reads, trains and adds within it (docs/formats.md).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
+    backend: str = typer.Option("faiss", help="faiss (an index folder, --out) | milvus (a Milvus collection)."),
+    milvus_uri: str | None = typer.Option(None, help="Milvus URI, or a local .db file for milvus-lite."),
+    milvus_collection: str = typer.Option("vidret", help="The Milvus collection to create (or replace: --overwrite)."),
 ) -> None:
-    """Build an index folder: index.faiss, vectors, SQLite metadata, index.json."""
-    from indexing.embeddings import load_embeddings
+    """Build an index folder: index.faiss, vectors, SQLite metadata, index.json (or, with --backend milvus, a
+    Milvus collection of the vectors and metadata; VIDRET_MILVUS_TOKEN gives Milvus credentials)."""
+    from indexing.embeddings import expand_sources
+    from indexing.index import parse_memory
+
+    if max_memory is not None:
+        memory_budget_mb = parse_memory(max_memory)
+    if backend == "milvus":
+        files = expand_sources(embeddings)
+        return _build_milvus(files, milvus_uri, milvus_collection, type_, metric, memory_budget_mb, overwrite)
+    if backend != "faiss":
+        raise UserError(f"--backend must be faiss or milvus, got {backend!r}")
+    if out is None:
+        raise UserError("--out is required (the index folder to create)")
+    from indexing.embeddings import EmbeddingSource
     from indexing.index import VideoIndex
 
-    emb = load_embeddings(embeddings)
+    source = EmbeddingSource.open(embeddings)
     ix = VideoIndex.build(
-        emb,
+        source,
         out,
         type=type_,
         metric=metric,
         gpu=gpu,
-        checkpoint_sha256=emb.checkpoint_sha256,
+        checkpoint_sha256=source.checkpoint_sha256,
         memory_budget_mb=memory_budget_mb,
         overwrite=overwrite,
+        mmap=True,  # only reported on: the vectors need not be read back
     )
     params = ", ".join(f"{k}={v}" for k, v in ix.info.get("params", {}).items())
-    typer.echo(f"built {ix.type} index ({params or 'exact'}) of {ix.count} vectors, dim {ix.dim}, {ix.metric} -> {out}")
+    files = f" from {len(source.names)} files" if len(source.names) > 1 else ""
+    typer.echo(
+        f"built {ix.type} index ({params or 'exact'}) of {ix.count} vectors{files}, dim {ix.dim}, {ix.metric} -> {out}"
+    )
+    ix.close()
+
+
+def _build_milvus(
+    embeddings: Path | list[Path],
+    uri: str | None,
+    collection: str,
+    type_: str,
+    metric: str,
+    memory_budget_mb: float,
+    overwrite: bool,
+) -> None:
+    """``index build --backend milvus``: the embeddings (one .npz or several shards) into a Milvus collection."""
+    import os
+
+    from indexing.embeddings import load_embeddings
+    from indexing.milvus import MilvusIndex
+
+    if not uri:
+        raise UserError("--milvus-uri is required with --backend milvus")
+    paths = embeddings if isinstance(embeddings, list | tuple) else [embeddings]
+    ix = MilvusIndex.build(
+        (load_embeddings(p) for p in paths),
+        uri,
+        collection,
+        type=type_,
+        metric=metric,
+        memory_budget_mb=memory_budget_mb,
+        overwrite=overwrite,
+        token=os.environ.get("VIDRET_MILVUS_TOKEN"),
+    )
+    params = ", ".join(f"{k}={v}" for k, v in ix.info.get("params", {}).items())
+    typer.echo(
+        f"built Milvus {ix.info['index_type']} collection {collection!r} ({params or 'exact'}) of {ix.count} "
+        f"vectors, dim {ix.dim}, {ix.metric} -> {uri}"
+    )
     ix.close()
 
 

@@ -17,7 +17,10 @@ journal entries that follow it. Folders of the first layout (the snapshot's file
 
 Types: ``flat`` (exact), ``ivf`` (IVF-Flat), ``ivfpq`` (IVF-PQ), ``hnsw``, made by ``faiss.index_factory`` from the
 string that ``factory_string`` gives (recorded in index.json as ``factory``); ``auto`` picks by collection size and a
-memory budget. IVF and HNSW indexes have nprobe / efSearch tuned on a held-out sample so that recall@10 against
+memory budget (``choose_type``), which also sizes the build's training sample and blocks (``plan_build``): the build
+reads its embeddings a block at a time (``EmbeddingSource``) and never holds them all. ``load(mmap=True)`` maps
+vectors.npy and the inverted lists of IVF indexes (``faiss.IO_FLAG_MMAP``) instead of reading them; such an index is
+read-only. IVF and HNSW indexes have nprobe / efSearch tuned on a held-out sample so that recall@10 against
 exact search is >= 0.95; they are set with FAISS's ParameterSpace.
 Searches run concurrently (one at a time on a GPU index: FAISS GPU indexes are not thread-safe); an add or remove
 takes the write side of a readers-writer lock; a snapshot holds the read side only while it copies the index.
@@ -32,17 +35,20 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from indexing.atomic import atomic_write, atomic_write_text, fsync_dir
-from indexing.embeddings import Embeddings
+from indexing.embeddings import Embeddings, EmbeddingSource
 from indexing.errors import UserError
+from indexing.filters import SearchFilter
 from indexing.store import MetadataStore, VideoMeta
 
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
@@ -67,6 +73,12 @@ class DuplicateIdError(UserError):
 
 class UnknownIdError(UserError):
     pass
+
+
+class ReadOnlyIndexError(UserError):
+    """A write to an index opened memory-mapped (``mmap=True``, ``vidret serve --mmap``): the service answers 409."""
+
+    http_status = 409
 
 
 @dataclass(frozen=True)
@@ -134,13 +146,80 @@ def use_gpu(requested: bool | None) -> bool:
     return available if requested is None else bool(requested)
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_memory(text: str) -> float:
+    """``--max-memory``: ``512MB``, ``4GB``, ``1.5GiB``, ``800M``, ``2048`` (bytes) -> MiB. K, M, G and T are powers of
+    1024, with or without ``B`` / ``iB``."""
+    m = _SIZE.fullmatch(str(text))
+    if not m:
+        raise UserError(f"--max-memory {text!r}: not a size such as 512MB or 4GB")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value < 2**20:
+        raise UserError(f"--max-memory {text!r}: at least 1MB is needed")
+    return value / 2**20
+
+
+def index_bytes(kind: str, n: int, dim: int, nlist: int | None = None) -> int:
+    """What an index of ``kind`` holding ``n`` vectors takes in memory, about: flat and IVF-Flat store the vectors
+    (4 bytes a value) and an 8-byte id each, IVF-PQ a code of ``_pq_m(dim)`` bytes and the id, HNSW the vector and
+    its graph links; IVF adds its ``nlist`` centroids and IVF-PQ its codebooks."""
+    nlist = _nlist(n) if nlist is None else nlist
+    if kind == "flat":
+        return n * (4 * dim + 16)
+    if kind == "hnsw":
+        return n * (4 * dim + 8 * HNSW_M + 16)
+    if kind == "ivf":
+        return n * (4 * dim + 8) + 4 * nlist * dim
+    if kind == "ivfpq":
+        return n * (_pq_m(dim) + 8) + 4 * nlist * dim + 4 * 2**PQ_BITS * dim
+    raise ValueError(f"unknown index type {kind!r}")
+
+
 def choose_type(n: int, dim: int, memory_budget_mb: float = 4096) -> str:
-    """flat for small collections; IVF-Flat while the raw vectors fit the budget; IVF-PQ beyond."""
-    if n <= FLAT_MAX:
+    """flat for small collections (up to FLAT_MAX) whose index fits the budget; else IVF-Flat while its index (the raw
+    vectors) fits the budget; else IVF-PQ when its codes fit; else an error that says what would fit."""
+    budget = memory_budget_mb * 2**20
+    if n <= FLAT_MAX and index_bytes("flat", n, dim) <= budget:
         return "flat"
-    if n * dim * 4 <= memory_budget_mb * 2**20:
-        return "ivf"
-    return "ivfpq"
+    for kind in ("ivf", "ivfpq"):
+        if index_bytes(kind, n, dim) <= budget:
+            return kind
+    need = index_bytes("ivfpq", n, dim) / 2**20
+    raise UserError(
+        f"--max-memory {memory_budget_mb:.0f}MB is too small for {n} vectors of dimension {dim}: the smallest index "
+        f"(IVF-PQ) takes about {need:.0f}MB"
+    )
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How a build uses its memory budget: the index type, its nlist (IVF; None: the default), how many rows
+    train it (a seeded sample), and how many rows are read and added at a time."""
+
+    kind: str
+    nlist: int | None
+    train_rows: int
+    chunk_rows: int
+
+
+def plan_build(kind: str, n: int, dim: int, memory_budget_mb: float) -> BuildPlan:
+    """The budget left after the index (``index_bytes``) is the build's working memory: an eighth of it for each
+    block of rows read and added (at least 1024 rows) and half of it for the training sample, which is at most 256
+    rows per IVF list. When that sample is smaller than FAISS's 39 rows per list, nlist is lowered to fit it."""
+    kind = choose_type(n, dim, memory_budget_mb) if kind == "auto" else kind
+    row = 4 * dim
+    work = max(0.0, memory_budget_mb * 2**20 - index_bytes(kind, n, dim))
+    chunk_rows = int(min(max(n, 1), max(1024, work // 8 // row)))  # a block and its successor while it is read
+    if kind not in ("ivf", "ivfpq"):
+        return BuildPlan(kind, None, 0, chunk_rows)
+    fit = int(work // 2 // row)
+    nlist = _nlist(n)
+    if fit < 39 * nlist:
+        nlist = max(1, min(nlist, fit // 39))
+    return BuildPlan(kind, nlist, int(min(n, 256 * nlist, max(39 * nlist, fit))), chunk_rows)
 
 
 def _pq_m(dim: int) -> int:
@@ -160,7 +239,7 @@ def _faiss_metric(metric: str) -> int:
     return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
 
 
-def factory_string(kind: str, dim: int, n: int) -> str:
+def factory_string(kind: str, dim: int, n: int, nlist: int | None = None) -> str:
     """The ``faiss.index_factory`` string of a ``kind`` index for ``n`` vectors of dimension ``dim``.
 
     Flat and HNSW sit in an IDMap2 (int64 ids); IVF indexes store int64 ids natively (and an id map over them would
@@ -170,17 +249,18 @@ def factory_string(kind: str, dim: int, n: int) -> str:
         return "IDMap2,Flat"
     if kind == "hnsw":
         return f"IDMap2,HNSW{HNSW_M}"
+    nlist = _nlist(n) if nlist is None else nlist
     if kind == "ivf":
-        return f"IVF{_nlist(n)},Flat"
+        return f"IVF{nlist},Flat"
     if kind == "ivfpq":
-        return f"IVF{_nlist(n)},PQ{_pq_m(dim)}x{PQ_BITS}np"
+        return f"IVF{nlist},PQ{_pq_m(dim)}x{PQ_BITS}np"
     raise ValueError(f"unknown index type {kind!r}")
 
 
-def _new_index(kind: str, dim: int, metric: str, n: int) -> tuple[Any, str, dict[str, int]]:
+def _new_index(kind: str, dim: int, metric: str, n: int, nlist: int | None = None) -> tuple[Any, str, dict[str, int]]:
     """An empty index of ``kind`` (IVF ones untrained), its factory string, and its initial params."""
     faiss = _faiss()
-    factory = factory_string(kind, dim, n)
+    factory = factory_string(kind, dim, n, nlist)
     index = faiss.index_factory(dim, factory, _faiss_metric(metric))
     if kind == "hnsw":  # efConstruction is not part of a factory string
         _set_parameter(index, "efConstruction", HNSW_EF_CONSTRUCTION)
@@ -213,18 +293,32 @@ def _recall_at_10(index: Any, queries: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
+def _exact_search(source: EmbeddingSource, queries: np.ndarray, k: int, metric: str, chunk_rows: int) -> np.ndarray:
+    """The exact top-``k`` rows of each query, a block of rows at a time (the rows are never all in memory)."""
+    faiss = _faiss()
+    best_d = np.full((len(queries), 0), 0, np.float32)
+    best_i = np.full((len(queries), 0), -1, np.int64)
+    for start, block in source.chunks(chunk_rows):
+        flat = faiss.IndexFlat(source.dim, _faiss_metric(metric))
+        flat.add(block)
+        d, i = flat.search(queries, min(k, len(block)))
+        best_d, best_i = np.hstack([best_d, d]), np.hstack([best_i, i + start])
+        keep = np.argsort(-best_d if metric == "cosine" else best_d, axis=1, kind="stable")[:, :k]
+        best_d, best_i = np.take_along_axis(best_d, keep, 1), np.take_along_axis(best_i, keep, 1)
+    return best_i
+
+
 def _tune(
-    index: Any, kind: str, params: dict[str, int], vectors: np.ndarray, rows: np.ndarray, metric: str, seed: int = 0
+    index: Any, kind: str, params: dict[str, int], source: EmbeddingSource, metric: str, chunk_rows: int, seed: int = 0
 ) -> dict[str, int]:
     """Smallest nprobe / efSearch reaching the target recall@10 vs exact search on a sample of the data."""
-    if kind == "flat" or len(vectors) < 20:
+    n = len(source)
+    if kind == "flat" or n < 20:
         return params
     rng = np.random.default_rng(seed)
-    sample = vectors[rng.choice(len(vectors), size=min(500, len(vectors)), replace=False)]
-    exact, _, _ = _new_index("flat", vectors.shape[1], metric, len(vectors))
-    exact.add_with_ids(vectors, rows)
-    k = min(10, len(vectors))
-    _, truth = exact.search(sample, k)
+    sample = source.take(rng.choice(n, size=min(500, n), replace=False))
+    k = min(10, n)
+    truth = _exact_search(source, sample, k, metric, chunk_rows)
     if kind == "hnsw":
         grid, key = [16, 32, 64, 128, 256, 512, 1024], "efSearch"
     else:
@@ -261,18 +355,58 @@ def _generations(root: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _GEN.fullmatch(p.name)))
 
 
+def _write_vectors(fh: Any, source: EmbeddingSource, chunk_rows: int) -> None:
+    """vectors.npy of ``source``, a block of rows at a time: the .npy header, then the rows (never all in memory)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+    np.lib.format.write_array_header_1_0(fh, {**header, "shape": (len(source), source.dim)})
+    for _, block in source.chunks(chunk_rows):
+        fh.write(memoryview(block).cast("B"))
+
+
 def _write_generation(
-    root: Path, gen: int, vectors: np.ndarray, rows: np.ndarray, faiss_data: np.ndarray, info: dict[str, Any]
+    root: Path,
+    gen: int,
+    vectors: np.ndarray | Any,
+    rows: np.ndarray,
+    faiss_data: np.ndarray | Any,
+    info: dict[str, Any],
 ) -> None:
     """Write gen-<gen>/ (each file fsynced, then the folders) and publish it by replacing index.json: before that
-    rename readers see the previous snapshot, after it this one."""
+    rename readers see the previous snapshot, after it this one. ``vectors`` is an array or a function that writes
+    vectors.npy to a file object (the build streams it); ``faiss_data`` is ``faiss.serialize_index``'s bytes or the
+    index itself, written through FAISS's writer without a serialised copy in memory."""
     folder = _gen_dir(root, gen)
     folder.mkdir()  # a new name: a generation is never written over
-    atomic_write(folder / "vectors.npy", lambda fh: np.save(fh, vectors, allow_pickle=False))
+    write_vectors = vectors if callable(vectors) else (lambda fh: np.save(fh, vectors, allow_pickle=False))
+    atomic_write(folder / "vectors.npy", write_vectors)
     atomic_write(folder / "rows.npy", lambda fh: np.save(fh, rows, allow_pickle=False))
-    atomic_write(folder / "index.faiss", lambda fh: fh.write(memoryview(faiss_data)))
+    if isinstance(faiss_data, np.ndarray):
+        atomic_write(folder / "index.faiss", lambda fh: fh.write(memoryview(faiss_data)))
+    else:
+        faiss = _faiss()
+        write_index = partial(faiss.write_index, faiss_data)
+        atomic_write(folder / "index.faiss", lambda fh: write_index(faiss.PyCallbackIOWriter(fh.write)))
     fsync_dir(root)  # the folder's own entry, before the pointer that names it
     atomic_write_text(root / POINTER, json.dumps({**info, "generation": gen}, indent=2))
+
+
+def _insert_metadata(path: Path, source: EmbeddingSource, now: float, chunk_rows: int) -> None:
+    """A new metadata store holding row i = the source's i-th embedding, inserted a block at a time."""
+    store = MetadataStore(path, create=True)
+    try:
+        paths = source.paths if source.paths is not None else np.full(len(source), "")
+        for start in range(0, len(source), chunk_rows):
+            part = slice(start, start + chunk_rows)
+            store.insert_initial(
+                [
+                    VideoMeta(str(i), start + k, str(lab), str(cam), str(p), now)
+                    for k, (i, lab, cam, p) in enumerate(
+                        zip(source.ids[part], source.labels[part], source.cameras[part], paths[part], strict=True)
+                    )
+                ]
+            )
+    finally:
+        store.close()
 
 
 def _remove_unpublished(root: Path, published: int) -> None:
@@ -321,6 +455,71 @@ def _move_into_place(new: Path, out: Path) -> None:
         shutil.rmtree(aside)
 
 
+class _RowVectors(MutableMapping):
+    """row -> vector: the snapshot's rows.npy and vectors.npy (in memory, or memory-mapped) plus the adds and removes
+    made since, without a Python object per stored row."""
+
+    def __init__(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        self._order = np.argsort(rows, kind="stable")
+        self._rows = np.asarray(rows, dtype=np.int64)[self._order]
+        self._vectors = vectors
+        self._removed: set[int] = set()
+        self._added: dict[int, np.ndarray] = {}
+
+    def _pos(self, row: int) -> int | None:
+        i = int(np.searchsorted(self._rows, row))
+        if i < len(self._rows) and self._rows[i] == row and row not in self._removed:
+            return int(self._order[i])
+        return None
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        if row in self._added:
+            return self._added[row]
+        pos = self._pos(row)
+        if pos is None:
+            raise KeyError(row)
+        return self._vectors[pos]
+
+    def __setitem__(self, row: int, vector: np.ndarray) -> None:
+        if self._pos(row) is not None:
+            self._removed.add(row)
+        self._added[row] = vector
+
+    def __delitem__(self, row: int) -> None:
+        if self._added.pop(row, None) is None:
+            if self._pos(row) is None:
+                raise KeyError(row)
+            self._removed.add(row)
+
+    def __iter__(self) -> Iterator[int]:
+        for r in self._rows.tolist():
+            if r not in self._removed:
+                yield r
+        yield from list(self._added)
+
+    def __len__(self) -> int:
+        return len(self._rows) - len(self._removed) + len(self._added)
+
+    def stack(self, rows: Sequence[int], dim: int) -> np.ndarray:
+        """The vectors of ``rows`` (all present) as one array, in that order."""
+        if not len(rows):
+            return np.zeros((0, dim), np.float32)
+        if not self._added and not self._removed:  # one fancy index instead of a lookup per row
+            pos = self._order[np.searchsorted(self._rows, np.asarray(rows, dtype=np.int64))]
+            return np.asarray(self._vectors[pos], dtype=np.float32)
+        return np.stack([self[r] for r in rows])
+
+
+def checked_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
+    """``vectors`` to add as (n, dim) contiguous float32, or a UserError saying what is wrong with them."""
+    vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+    if vectors.shape != (n, dim):
+        raise UserError(f"expected {n} vectors of dimension {dim}, got shape {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise UserError("vectors contain NaN or inf")
+    return vectors
+
+
 class VideoIndex:
     """A FAISS index with string ids and metadata; use ``build`` or ``load``."""
 
@@ -340,7 +539,8 @@ class VideoIndex:
         self._gpu = gpu
         self._by_id: dict[str, VideoMeta] = {m.id: m for m in metas}
         self._by_row: dict[int, VideoMeta] = {m.row: m for m in metas}
-        self._vec_by_row: dict[int, np.ndarray] = dict(zip(rows.tolist(), vectors, strict=True))
+        self._vec_by_row = _RowVectors(rows, vectors)
+        self.read_only = False  # opened memory-mapped: writes raise ReadOnlyIndexError
         self._tombstones: set[int] = set()  # HNSW cannot remove: filtered at search time until the next save
         self._search_index = self._to_gpu(index) if gpu else index
         self._save_lock = threading.Lock()  # one snapshot at a time
@@ -375,7 +575,7 @@ class VideoIndex:
     @classmethod
     def build(
         cls,
-        emb: Embeddings,
+        emb: Embeddings | EmbeddingSource,
         out_dir: str | Path,
         type: str = "auto",
         metric: str = "cosine",
@@ -383,38 +583,36 @@ class VideoIndex:
         checkpoint_sha256: str | None = None,
         memory_budget_mb: float = 4096,
         overwrite: bool = False,
+        mmap: bool = False,
     ) -> VideoIndex:
+        """Build an index folder from embeddings in memory or an ``EmbeddingSource`` (many files, read a block at a
+        time). The vectors are never all in memory at once, except inside a flat, IVF-Flat or HNSW index itself:
+        the index is trained on a seeded sample, the rows are added and vectors.npy is written a block at a time
+        (``plan_build``). ``mmap``: open the result memory-mapped (read-only, as ``load``)."""
         if type not in INDEX_TYPES:
             raise UserError(f"--type must be one of {', '.join(INDEX_TYPES)}, got {type!r}")
         if metric not in ("cosine", "l2"):
             raise UserError(f"--metric must be cosine or l2, got {metric!r}")
-        emb.validate("embeddings")
+        source = emb if isinstance(emb, EmbeddingSource) else EmbeddingSource.from_embeddings(emb)
         out = Path(out_dir)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise UserError(f"{out}: the folder exists and is not empty (choose another --out or remove it)")
+        if not len(source):
+            raise UserError("embeddings: no vectors to index")
         on_gpu = use_gpu(gpu)
-        n, dim = emb.embeddings.shape
-        kind = choose_type(n, dim, memory_budget_mb) if type == "auto" else type
-        vectors = np.ascontiguousarray(emb.embeddings, dtype=np.float32)
-        rows = np.arange(n, dtype=np.int64)
-        index, factory, params = _new_index(kind, dim, metric, n)
+        n, dim = len(source), source.dim
+        plan = plan_build(type, n, dim, memory_budget_mb)
+        index, factory, params = _new_index(plan.kind, dim, metric, n, plan.nlist)
         if not index.is_trained:
             train_index = cls._to_gpu(index) if on_gpu else index
-            sample = vectors[
-                np.random.default_rng(0).choice(n, size=min(n, 256 * params.get("nlist", 1)), replace=False)
-            ]
-            train_index.train(sample)
+            train_index.train(source.take(np.random.default_rng(0).choice(n, size=plan.train_rows, replace=False)))
             index = cls._to_cpu(train_index) if on_gpu else index
-        index.add_with_ids(vectors, rows)
-        params = _tune(index, kind, params, vectors, rows, metric)
+        for start, block in source.chunks(plan.chunk_rows):
+            index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
+        params = _tune(index, plan.kind, params, source, metric, plan.chunk_rows)
         now = time.time()
-        paths = emb.paths if emb.paths is not None else [""] * n
-        metas = [
-            VideoMeta(str(i), int(r), str(lab), str(cam), str(p), now)
-            for i, r, lab, cam, p in zip(emb.ids, rows, emb.labels, emb.cameras, paths, strict=True)
-        ]
         info = {
-            "type": kind,
+            "type": plan.kind,
             "metric": metric,
             "dim": dim,
             "count": n,
@@ -429,15 +627,16 @@ class VideoIndex:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = _new_dir(out.parent, f".{out.name}.")
         try:
-            store = MetadataStore(tmp / STORE, create=True)
-            store.insert_initial(metas)
-            store.close()
-            _write_generation(tmp, 1, vectors, rows, _faiss().serialize_index(index), info)
+            _insert_metadata(tmp / STORE, source, now, plan.chunk_rows)
+            rows = np.arange(n, dtype=np.int64)
+            vectors = partial(_write_vectors, source=source, chunk_rows=plan.chunk_rows)
+            _write_generation(tmp, 1, vectors, rows, index, info)
+            del index  # the written index is loaded again below (memory-mapped with ``mmap``)
             _move_into_place(tmp, out)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
-        return cls.load(out, gpu=gpu)
+        return cls.load(out, gpu=gpu, mmap=mmap)
 
     @staticmethod
     def _published(path: Path) -> tuple[dict[str, Any], Path]:
@@ -460,7 +659,11 @@ class VideoIndex:
         return names + ([STORE] if not (path / STORE).is_file() else [])
 
     @classmethod
-    def load(cls, index_dir: str | Path, gpu: bool | None = None) -> VideoIndex:
+    def load(cls, index_dir: str | Path, gpu: bool | None = None, mmap: bool = False) -> VideoIndex:
+        """Open an index folder (the published snapshot, then the journal replayed). ``mmap``: vectors.npy and, for
+        IVF and IVF-PQ, the FAISS index's inverted lists are memory-mapped (``faiss.IO_FLAG_MMAP``) instead of read,
+        so an index larger than RAM can be searched; the index is then read-only (adds and removes raise
+        ``ReadOnlyIndexError``), and a journal that is not in the snapshot yet is refused."""
         path = Path(index_dir)
         if not path.is_dir():
             raise UserError(f"{path}: index folder not found")
@@ -472,24 +675,19 @@ class VideoIndex:
         if missing:
             raise UserError(f"{path}: not a vidret index (missing {', '.join(missing)})")
         dim = int(info["dim"])
-        faiss = _faiss()
-        try:
-            index = faiss.read_index(str(folder / "index.faiss"))
-        except RuntimeError as exc:
-            raise UserError(
-                f"{folder / 'index.faiss'}: corrupt FAISS index ({str(exc).splitlines()[0][:120]})"
-            ) from None
-        try:
-            vectors = np.load(folder / "vectors.npy", allow_pickle=False)
-            rows = np.load(folder / "rows.npy", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"{folder}: corrupt vectors.npy / rows.npy ({exc})") from None
-        if index.d != dim or vectors.ndim != 2 or vectors.shape[1] != dim or len(rows) != len(vectors):
-            raise UserError(f"{folder}: index.faiss, vectors.npy and index.json disagree on the shape")
+        index, vectors, rows = cls._read_snapshot(folder, info, mmap)
         _apply_params(index, info.get("params", {}))
         store = MetadataStore(path / STORE)
         obj = cls(path, index, info, store, [], vectors, rows, gpu=False)
-        for e in store.journal_since(int(info.get("snapshot_seq", 0)), dim):  # replay (idempotent)
+        pending = store.journal_since(int(info.get("snapshot_seq", 0)), dim)
+        if mmap and pending:
+            store.close()
+            raise UserError(
+                f"{path}: {len(pending)} adds/removes are in the journal but not in the snapshot, and a memory-mapped "
+                "index cannot apply them: open it once without --mmap (the server writes a snapshot when it stops)"
+            )
+        obj.read_only = mmap
+        for e in pending:  # replay (idempotent)
             if e.op == "add":
                 if e.meta.row not in obj._vec_by_row:
                     obj._apply_add([e.meta], e.vector[None, :])
@@ -507,6 +705,28 @@ class VideoIndex:
         obj._search_index = cls._to_gpu(obj._index) if obj._gpu else obj._index
         return obj
 
+    @staticmethod
+    def _read_snapshot(folder: Path, info: dict[str, Any], mmap: bool) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The snapshot's FAISS index, vectors and rows; with ``mmap``, mapped rather than read where FAISS can
+        (the inverted lists of IVF indexes) and the vectors always."""
+        faiss = _faiss()
+        ivf = str(info.get("type")) in ("ivf", "ivfpq")
+        try:
+            index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP if mmap and ivf else 0)
+        except RuntimeError as exc:
+            raise UserError(
+                f"{folder / 'index.faiss'}: corrupt FAISS index ({str(exc).splitlines()[0][:120]})"
+            ) from None
+        try:
+            vectors = np.load(folder / "vectors.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
+            rows = np.load(folder / "rows.npy", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise UserError(f"{folder}: corrupt vectors.npy / rows.npy ({exc})") from None
+        dim = int(info["dim"])
+        if index.d != dim or vectors.ndim != 2 or vectors.shape[1] != dim or len(rows) != len(vectors):
+            raise UserError(f"{folder}: index.faiss, vectors.npy and index.json disagree on the shape")
+        return index, vectors, rows
+
     @property
     def dirty(self) -> bool:
         """Whether adds or removes were made since the published snapshot (they are in the journal)."""
@@ -517,6 +737,7 @@ class VideoIndex:
         the previous generation. One save at a time; the index's lock is held (read side) only while its contents
         are copied, so searches and writes go on while the files are written. When a write fails this raises and
         the previous snapshot stays published, with the journal entries after it."""
+        self._check_writable()  # a mapped index is the published snapshot already
         with self._save_lock:
             copy = self._copy()
             gen = max([int(self.info.get("generation") or 0), *_generations(self.path)]) + 1
@@ -533,11 +754,7 @@ class VideoIndex:
         with self._lock.read():  # no write is half-applied while this is held
             seq = self.store.last_seq()
             rows = np.array(sorted(self._vec_by_row), dtype=np.int64)
-            vectors = (
-                np.stack([self._vec_by_row[r] for r in rows.tolist()])
-                if len(rows)
-                else np.zeros((0, self.dim), np.float32)
-            )
+            vectors = self._vec_by_row.stack(rows, self.dim)
             stale = bool(self._tombstones)
             data = None if stale else faiss.serialize_index(self._index)
         if stale:  # HNSW cannot remove: a fresh index of the copy, built without the lock, replaces the live one
@@ -573,24 +790,69 @@ class VideoIndex:
     def ids(self) -> list[str]:
         return list(self._by_id)
 
+    def page(self, offset: int = 0, limit: int | None = None) -> list[VideoMeta]:
+        """The entries from ``offset`` on (at most ``limit``; all with None), in the order of ``ids()``: a listing's
+        page without copying every id."""
+        with self._lock.read():
+            return list(islice(self._by_id.values(), offset, None if limit is None else offset + limit))
+
     def snapshot(self) -> tuple[list[VideoMeta], np.ndarray]:
         """All entries and their vectors, consistently (for exact evaluation)."""
         with self._lock.read():
             metas = sorted(self._by_id.values(), key=lambda m: m.row)
-            vecs = np.stack([self._vec_by_row[m.row] for m in metas]) if metas else np.zeros((0, self.dim), np.float32)
+            vecs = self._vec_by_row.stack([m.row for m in metas], self.dim)
         return metas, vecs
 
-    def search(self, vectors: np.ndarray, k: int, exclude_ids: Sequence[str | None] | None = None) -> list[list[Hit]]:
+    def _selection(self, flt: SearchFilter) -> tuple[Any, int, Any]:
+        """The search parameters that carry a FAISS ID selector over the rows whose metadata match ``flt``, with the
+        index's own nprobe / efSearch (None when no row matches); how many rows match; and the selector itself
+        (the parameters do not keep it alive). The caller holds the read lock. Removed HNSW rows are out of
+        ``_by_row``, so the selection leaves them out too."""
+        faiss = _faiss()
+        rows = np.fromiter(
+            (r for r, m in self._by_row.items() if flt.matches(m.label, m.camera)), dtype=np.int64, count=-1
+        )
+        if not len(rows):
+            return None, 0, None
+        sel = faiss.IDSelectorBatch(rows)
+        if self.type == "hnsw":
+            ef = int(self.info.get("params", {}).get("efSearch", HNSW_EF_SEARCH))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+        elif self.type in ("ivf", "ivfpq"):
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self._index).nprobe))
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        return params, len(rows), sel
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        exclude_ids: Sequence[str | None] | None = None,
+        filter: SearchFilter | dict[str, Any] | None = None,
+    ) -> list[list[Hit]]:
+        """The ``k`` nearest entries of each query, best first, without the query's ``exclude_ids`` entry. With a
+        ``filter`` (indexing/filters.py), only entries whose metadata match are searched, through a FAISS ID
+        selector on the CPU index (also when a GPU copy answers the unfiltered searches); fewer than ``k`` hits
+        when fewer match."""
         q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise UserError(f"query vectors have dimension {q.shape[1]}, the index has {self.dim}")
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
+        flt = SearchFilter.of(filter)
         with self._lock.read():
-            extra = len(self._tombstones) + (1 if exclude_ids is not None else 0)
-            kk = min(k + extra, max(1, self._index.ntotal))
-            with self._gpu_search_lock if self._gpu else nullcontext():
-                scores, found = self._search_index.search(q, kk)
+            if flt is None:
+                extra = len(self._tombstones) + (1 if exclude_ids is not None else 0)
+                kk = min(k + extra, max(1, self._index.ntotal))
+                with self._gpu_search_lock if self._gpu else nullcontext():
+                    scores, found = self._search_index.search(q, kk)
+            else:
+                params, matching, _sel = self._selection(flt)
+                if not matching:
+                    return [[] for _ in range(len(q))]
+                kk = min(k + (1 if exclude_ids is not None else 0), matching)
+                scores, found = self._index.search(q, kk, params=params)
             out = []
             for qi in range(len(q)):
                 skip = exclude_ids[qi] if exclude_ids is not None else None
@@ -621,11 +883,8 @@ class VideoIndex:
         cameras: Sequence[str],
         paths: Sequence[str],
     ) -> None:
-        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
-        if vectors.shape != (len(ids), self.dim):
-            raise UserError(f"expected {len(ids)} vectors of dimension {self.dim}, got shape {vectors.shape}")
-        if not np.isfinite(vectors).all():
-            raise UserError("vectors contain NaN or inf")
+        vectors = checked_vectors(vectors, len(ids), self.dim)
+        self._check_writable()
         with self._lock.write():
             dup = [i for i in ids if i in self._by_id]
             if dup or len(set(ids)) != len(ids):
@@ -634,6 +893,7 @@ class VideoIndex:
             self._apply_add(metas, vectors)
 
     def remove(self, ids: Sequence[str]) -> None:
+        self._check_writable()
         with self._lock.write():
             unknown = [i for i in ids if i not in self._by_id]
             if unknown:
@@ -641,6 +901,13 @@ class VideoIndex:
             rows = [self._by_id[i].row for i in ids]
             self.store.remove(ids, rows)  # committed: durable from here
             self._apply_remove_rows(rows)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyIndexError(
+                "the index is served memory-mapped (read-only): adds and deletes are refused; serve it without "
+                "--mmap to change it"
+            )
 
     def _apply_add(self, metas: list[VideoMeta], vectors: np.ndarray) -> None:
         rows = np.array([m.row for m in metas], dtype=np.int64)

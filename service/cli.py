@@ -5,6 +5,7 @@ Heavy imports (torch, faiss, fastapi) happen inside the sub-commands, so ``vidre
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -55,40 +56,37 @@ def serve(
         None, help="Most queries per /v1/evaluate (env VIDRET_MAX_EVAL_QUERIES, 1000)."
     ),
     device: str | None = typer.Option(None, help="Model device auto|cpu|cuda (env VIDRET_DEVICE)."),
+    mmap: bool | None = typer.Option(
+        None,
+        "--mmap",
+        help="Serve the FAISS index memory-mapped and read-only: IVF lists and vectors stay on disk, adds and "
+        "deletes get 409 (env VIDRET_MMAP).",
+    ),
+    backend: str | None = typer.Option(
+        None,
+        help="faiss (the --index folder) | milvus (a Milvus collection; --index then holds uploads and reviews) "
+        "(env VIDRET_BACKEND, default faiss).",
+    ),
+    milvus_uri: str | None = typer.Option(
+        None, help="Milvus URI, or a local .db file for milvus-lite (env VIDRET_MILVUS_URI)."
+    ),
+    milvus_collection: str | None = typer.Option(
+        None, help="Milvus collection (env VIDRET_MILVUS_COLLECTION, default vidret)."
+    ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve the search API and web page (GET / ; GET /docs for the API)."""
+    given = {k: v for k, v in locals().items() if v is not None and k != "log_level"}  # the flags set: settings
     from pydantic import ValidationError
 
     from service.settings import Settings
 
-    overrides = {
-        k: v
-        for k, v in {
-            "index": index,
-            "checkpoint": checkpoint,
-            "host": host,
-            "port": port,
-            "api_key": api_key,
-            "read_api_key": read_api_key,
-            "allow_unauthenticated_writes": allow_unauthenticated_writes,
-            "max_upload_mb": max_upload_mb,
-            "max_k": max_k,
-            "max_frames": max_frames,
-            "max_eval_queries": max_eval_queries,
-            "device": device,
-        }.items()
-        if v is not None
-    }
     try:
-        settings = Settings(**overrides)
+        settings = Settings(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UserError(f"setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    if not (settings.index / "index.json").is_file():
-        raise UserError(f"{settings.index}: not an index folder (build one with `vidret index build`)")
-    if settings.checkpoint is not None and not settings.checkpoint.is_file():
-        raise UserError(f"--checkpoint {settings.checkpoint}: file not found")
+    _check_served(settings)
     import uvicorn
 
     from service.app import create_app
@@ -96,6 +94,18 @@ def serve(
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5
     )
+
+
+def _check_served(settings) -> None:
+    """Refuse to start without what ``settings`` names: the index folder, or the Milvus collection; the checkpoint."""
+    if settings.backend == "milvus":
+        from indexing.milvus import MilvusIndex
+
+        MilvusIndex.open(settings.milvus_uri or "", settings.milvus_collection, token=settings.milvus_token).close()
+    elif not (settings.index / "index.json").is_file():
+        raise UserError(f"{settings.index}: not an index folder (build one with `vidret index build`)")
+    if settings.checkpoint is not None and not settings.checkpoint.is_file():
+        raise UserError(f"--checkpoint {settings.checkpoint}: file not found")
 
 
 review_app = typer.Typer(
@@ -108,18 +118,61 @@ app.add_typer(review_app, name="review")
 def review_export(
     index: Path = typer.Option(..., help="Index folder (its review.sqlite holds the decisions)."),
     out: Path = typer.Option(..., help="Manifest CSV to write: path,label,id,camera."),
+    backend: str = typer.Option("faiss", help="faiss | milvus: where the indexed videos live (as `vidret serve`)."),
+    milvus_uri: str | None = typer.Option(None, help="With --backend milvus: the URI `vidret serve` was given."),
+    milvus_collection: str = typer.Option("vidret", help="With --backend milvus: the collection."),
 ) -> None:
     """Write the cleaned manifest: every indexed video with the review's relabels applied and its drops left out
     (as GET /v1/review/export). Paths of files inside the index folder are written relative to OUT's folder."""
     from service.review import export_index
 
-    res = export_index(index, out)
+    if backend not in ("faiss", "milvus"):
+        raise UserError(f"--backend must be faiss or milvus, got {backend!r}")
+    metas = None
+    if backend == "milvus":
+        from indexing.milvus import MilvusIndex
+
+        if not milvus_uri:
+            raise UserError("--backend milvus needs --milvus-uri")
+        index_ = MilvusIndex.open(milvus_uri, milvus_collection, token=os.environ.get("VIDRET_MILVUS_TOKEN"))
+        try:
+            metas = index_.page(0, None)
+        finally:
+            index_.close()
+    res = export_index(index, out, metas=metas)
     note = f", {res.without_path} without a stored path left out" if res.without_path else ""
     typer.echo(f"wrote {res.rows} videos to {out} ({res.dropped} dropped, {res.relabelled} relabelled{note})")
 
 
+@app.command("health")
+def health(
+    url: str = typer.Option("http://127.0.0.1:8000/health", help="The URL to probe (http or https)."),
+    timeout: float = typer.Option(4.0, min=0.1, help="Seconds to wait for the answer."),
+) -> None:
+    """Exit 0 when URL answers 200 within TIMEOUT seconds, 1 otherwise, with one line saying which. The images'
+    HEALTHCHECK runs it: its arguments hold no spaces, so every container engine passes them through intact."""
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        typer.echo(f"unhealthy: --url {url!r} is not an http(s) URL", err=True)
+        raise typer.Exit(1)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # scheme checked above
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:  # refused, timed out, unknown host, malformed URL
+        typer.echo(f"unhealthy: {url}: {getattr(exc, 'reason', None) or exc}", err=True)
+        raise typer.Exit(1) from None
+    if status != 200:
+        typer.echo(f"unhealthy: {url} answered {status}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"healthy: {url} answered 200")
+
+
 # Options that take several values after one flag (``--t 1 2 4``), as the CLI contract writes them.
-MULTI_VALUE_FLAGS = ("--t", "--losses", "--rates", "--k")
+MULTI_VALUE_FLAGS = ("--t", "--losses", "--rates", "--k", "--embeddings")
 
 
 def expand_multi_value_flags(argv: list[str], flags: tuple[str, ...] = MULTI_VALUE_FLAGS) -> list[str]:

@@ -324,20 +324,22 @@ def cleaned_manifest(
     return Export(buf.getvalue(), rows, dropped, relabelled, without_path)
 
 
-def export_index(index_dir: str | Path, out: str | Path) -> Export:
+def export_index(index_dir: str | Path, out: str | Path, metas: Sequence[Any] | None = None) -> Export:
     """``vidret review export``: the cleaned manifest of an index folder, written atomically to ``out`` (no server
-    needed; the metadata store is read as it stands, journal included)."""
+    needed; the metadata store is read as it stands, journal included). ``metas``: the videos of another backend
+    (a Milvus collection), whose index folder then holds only the review."""
     from indexing.index import STORE
     from indexing.store import MetadataStore
 
     folder = Path(index_dir)
-    if not (folder / "index.json").is_file() or not (folder / STORE).is_file():
-        raise UserError(f"{folder}: not an index folder (build one with `vidret index build`)")
-    store = MetadataStore(folder / STORE)
-    try:
-        metas = store.all()
-    finally:
-        store.close()
+    if metas is None:
+        if not (folder / "index.json").is_file() or not (folder / STORE).is_file():
+            raise UserError(f"{folder}: not an index folder (build one with `vidret index build`)")
+        store = MetadataStore(folder / STORE)
+        try:
+            metas = store.all()
+        finally:
+            store.close()
     out = Path(out)
     res = cleaned_manifest(metas, ReviewStore(folder).decisions(), folder, relative_to=out.resolve().parent)
     atomic_write_text(out, res.text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Query(BaseModel):
@@ -19,9 +19,34 @@ class Query(BaseModel):
         return self
 
 
+FILTER_VALUE_MAX = 4096
+
+
+class SearchFilter(BaseModel):
+    """Metadata conditions on the hits, combined with AND; a missing or null field constrains nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(None, max_length=FILTER_VALUE_MAX, description="Only hits with exactly this label.")
+    camera: str | None = Field(None, max_length=FILTER_VALUE_MAX, description="Only hits from exactly this camera.")
+    exclude_camera: str | None = Field(
+        None, max_length=FILTER_VALUE_MAX, description="Only hits from any other camera than this one."
+    )
+
+    @field_validator("label", "camera", "exclude_camera")
+    @classmethod
+    def _one_line(cls, v: str | None) -> str | None:
+        if v is not None and ("\n" in v or "\r" in v):
+            raise ValueError("must not contain a line break")  # Milvus expressions cannot hold one
+        return v
+
+    def to_index(self) -> dict[str, str | None]:
+        return {"label": self.label, "camera": self.camera, "exclude_camera": self.exclude_camera}
+
+
 class SearchRequest(Query):
     k: int = Field(10, ge=1)
     exclude_self: bool = True
+    filter: SearchFilter | None = Field(None, description="Metadata conditions on the hits (label, camera).")
 
 
 class BatchSearchRequest(BaseModel):
@@ -29,6 +54,7 @@ class BatchSearchRequest(BaseModel):
     queries: list[Query] = Field(..., min_length=1)
     k: int = Field(10, ge=1)
     exclude_self: bool = True
+    filter: SearchFilter | None = Field(None, description="Metadata conditions on the hits, for every query.")
 
 
 class Hit(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,7 +13,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDRET_", extra="ignore")
 
-    index: Path = Field(Path("index"), description="Index folder (vidret index build).")
+    index: Path = Field(
+        Path("index"),
+        description="Index folder (vidret index build). With backend milvus: the folder for uploaded videos and "
+        "the review store (created if missing).",
+    )
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="Where the vectors and metadata live: the FAISS index folder, or a Milvus collection."
+    )
+    milvus_uri: str | None = Field(
+        None, description="Milvus URI (http://host:19530), or a local file ending in .db for milvus-lite."
+    )
+    milvus_collection: str = Field("vidret", description="The Milvus collection (vidret index build --backend milvus).")
+    milvus_token: str | None = Field(None, description="Milvus credentials ('user:password' or an API key).")
+    mmap: bool = Field(
+        False,
+        description="Open the FAISS index memory-mapped (IVF lists and vectors.npy stay on disk, so an index larger "
+        "than RAM can be served); the index is then read-only: adds and deletes get 409.",
+    )
     checkpoint: Path | None = Field(None, description="Checkpoint that embeds uploaded videos.")
     host: str = "127.0.0.1"
     port: int = 8000

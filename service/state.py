@@ -185,16 +185,29 @@ def embed_batch(loaded: Any) -> Callable[[list], list]:
 
 
 def search_batch(index: Any) -> Callable[[list], list]:
-    """Concurrent searches as one index call: items are (vectors (n, d), k, exclude ids or None)."""
+    """Concurrent searches as one index call per distinct filter: items are (vectors (n, d), k, exclude ids or
+    None, filter dict or None)."""
 
-    def run(items: list) -> list:
-        vecs = np.concatenate([v for v, _, _ in items])
-        excl = [e for v, _, ex in items for e in (ex if ex is not None else [None] * len(v))]
-        hits = index.search(vecs, max(k for _, k, _ in items), exclude_ids=excl if any(excl) else None)
+    def one_call(items: list, flt: dict | None) -> list:
+        vecs = np.concatenate([v for v, _, _, _ in items])
+        excl = [e for v, _, ex, _ in items for e in (ex if ex is not None else [None] * len(v))]
+        kw = {"filter": flt} if flt else {}
+        hits = index.search(vecs, max(k for _, k, _, _ in items), exclude_ids=excl if any(excl) else None, **kw)
         out, at = [], 0
-        for v, k, _ in items:
+        for v, k, _, _ in items:
             out.append([h[:k] for h in hits[at : at + len(v)]])
             at += len(v)
+        return out
+
+    def run(items: list) -> list:
+        groups: dict[Any, list[int]] = {}
+        for i, item in enumerate(items):
+            flt = item[3]
+            groups.setdefault(tuple(sorted(flt.items())) if flt else None, []).append(i)
+        out: list = [None] * len(items)
+        for key, members in groups.items():
+            for i, r in zip(members, one_call([items[i] for i in members], dict(key) if key else None), strict=True):
+                out[i] = r
         return out
 
     return run
@@ -217,9 +230,7 @@ class ServiceState:
     def load(self) -> None:
         """Load the index (and model); runs in a background thread so /health answers at once."""
         try:
-            from indexing.index import VideoIndex
-
-            self.index = VideoIndex.load(self.settings.index)
+            self.index = self._open_index()
             if self.settings.checkpoint is not None:
                 from training.embed import load_checkpoint
 
@@ -247,6 +258,21 @@ class ServiceState:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("failed to load: %s", self.load_error)
 
+    def _open_index(self) -> Any:
+        """The index of ``settings.backend``: the FAISS index folder, or a Milvus collection (then the index folder
+        holds only the uploaded videos and the review store, and is created if missing)."""
+        if self.settings.backend == "milvus":
+            from indexing.milvus import MilvusIndex
+
+            index = MilvusIndex.open(
+                self.settings.milvus_uri or "", self.settings.milvus_collection, token=self.settings.milvus_token
+            )
+            self.settings.index.mkdir(parents=True, exist_ok=True)
+            return index
+        from indexing.index import VideoIndex
+
+        return VideoIndex.load(self.settings.index, mmap=self.settings.mmap)
+
     def note_write(self) -> None:
         """Count a write; every ``snapshot_every`` writes the snapshot thread compacts the journal into a snapshot
         (replay on start stays short). Never waits for the snapshot."""
@@ -264,11 +290,20 @@ class ServiceState:
 
         faiss.omp_set_num_threads(self.settings.search_threads or max(1, (os.cpu_count() or 2) // 2))
 
-    def search(self, vectors: np.ndarray, k: int, exclude_ids: list[str | None] | None = None) -> list:
-        """Index search; concurrent requests are coalesced into one index call when the searcher runs."""
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        exclude_ids: list[str | None] | None = None,
+        filter: dict[str, str | None] | None = None,
+    ) -> list:
+        """Index search; concurrent requests are coalesced into one index call (per distinct ``filter``: label,
+        camera, exclude_camera) when the searcher runs."""
+        flt = {k_: v for k_, v in (filter or {}).items() if v is not None} or None
         if self.searcher is None:
-            return self.index.search(vectors, k, exclude_ids=exclude_ids)
-        return self.searcher.submit((np.atleast_2d(vectors), k, exclude_ids))
+            kw = {"filter": flt} if flt else {}
+            return self.index.search(vectors, k, exclude_ids=exclude_ids, **kw)
+        return self.searcher.submit((np.atleast_2d(vectors), k, exclude_ids, flt))
 
     def close(self) -> None:
         """Stop the workers; finish the snapshot being written and write a last one if writes came after it."""

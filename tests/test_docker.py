@@ -1,8 +1,11 @@
-"""Static checks of the deployment files (no Docker engine runs here): a real compose implementation validates
-compose.yaml, every service runs a valid `vidret` command, and the images end as a non-root user with a health check."""
+"""Static checks of the deployment files: a real compose implementation validates compose.yaml, every service runs a
+valid `vidret` command, the images end as a non-root user with a health check that survives any engine, and
+docker/.env.example documents every VIDRET_* setting compose reads. `make deploy-check` (docker/deploy_check.sh)
+builds the CPU image and runs the compose flow for real; it needs root and podman, so it is not part of the tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +18,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
+ENV_EXAMPLE = ROOT / "docker" / ".env.example"
+HEALTH_ARGV = ["vidret", "health", "--url", "http://127.0.0.1:8000/health"]
 PROFILES = ["demo", "train", "index", "cpu"]
 
 
@@ -36,10 +41,16 @@ def _config(*profiles: str) -> dict:
     return yaml.safe_load(res.stdout)
 
 
+def _without_milvus(services: dict) -> dict:
+    """The services outside profile milvus (docker-compose 1 lists every profile's; tests/test_compose_milvus.py
+    checks that profile)."""
+    return {name: svc for name, svc in services.items() if "milvus" not in svc.get("profiles", [])}
+
+
 def test_compose_validates_with_and_without_profiles() -> None:
     default = _config()["services"]  # compose v2 drops profiled services here; v1 lists them with their profiles
     assert {name for name, svc in default.items() if not svc.get("profiles")} == {"api"}
-    services = _config(*PROFILES)["services"]
+    services = _without_milvus(_config(*PROFILES)["services"])
     assert set(services) == {"api", "synth", "train", "train-cpu", "embed", "embed-cpu", "index"}
     assert services["train"]["profiles"] == ["train"] and "cpu" in services["index"]["profiles"]
     api = services["api"]
@@ -68,7 +79,7 @@ def _subcommand(argv: list[str]) -> list[str]:
 
 
 def test_every_service_command_is_a_valid_vidret_invocation() -> None:
-    for name, svc in _config(*PROFILES)["services"].items():
+    for name, svc in _without_milvus(_config(*PROFILES)["services"]).items():
         argv = svc["command"]
         assert argv[0] == "vidret", name
         sub = _subcommand(argv)
@@ -90,9 +101,89 @@ def test_dockerfiles_end_non_root_with_healthcheck(dockerfile: str) -> None:
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
     assert re.search(r"^HEALTHCHECK .*\n?.*?/health", text, flags=re.M)
-    # dependencies are installed before the source is copied (cache-friendly layers)
-    assert text.index("pip install '.[") < text.index("COPY training")
+    # dependencies are installed before the source is copied, from the requirements alone (cache-friendly layers)
+    extra = "cpu" if dockerfile.endswith(".cpu") else "gpu"
+    assert f"python requirements.py {extra} >/requirements.txt" in text
+    source = "COPY --from=wheel" if extra == "cpu" else "COPY training"  # the CPU image gets vidret as a wheel
+    assert text.index("pip install -r /tmp/requirements.txt") < text.index(source)
     assert re.search(r"^CMD \[\"vidret\", \"serve\"", text, flags=re.M)
+    # exec form, no spaces inside an argument (podman's Docker API re-splits a command at spaces)
+    health = re.search(r"^HEALTHCHECK [^\n]*\\\n\s*CMD (\[.*\])$", text, flags=re.M)
+    assert health and json.loads(health.group(1)) == HEALTH_ARGV
+
+
+@pytest.mark.parametrize("extra", ["cpu", "gpu"])
+def test_image_requirements_are_the_projects(extra: str) -> None:
+    """docker/requirements.py gives the image's dependency layer exactly what `pip install .[extra]` would install."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "requirements.py"), extra, str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [*project["dependencies"], *project["optional-dependencies"][extra]]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "requirements.py"), "nope", str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1 and "EXTRA is one of" in res.stderr and "cpu" in res.stderr
+
+
+def test_health_checks_hold_no_spaces_and_call_a_real_command() -> None:
+    test = _config()["services"]["api"]["healthcheck"]["test"]
+    assert test == ["CMD", *HEALTH_ARGV]
+    assert not any(re.search(r"\s", arg) for arg in test)
+    res = subprocess.run(
+        [sys.executable, "-m", "service.cli", "health", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0 and "--url" in res.stdout, res.stderr
+
+
+def _compose_defaults() -> dict[str, str]:
+    """Every ${VIDRET_*} compose.yaml interpolates (${VIDRET_X:-default}, ${VIDRET_X-default}, ${VIDRET_X}), with
+    its default ("" when it has none)."""
+    found = re.findall(r"\$\{(VIDRET_[A-Z0-9_]+)(?::?-([^}]*))?\}", COMPOSE.read_text())
+    defaults: dict[str, str] = {}
+    for name, default in found:
+        assert defaults.setdefault(name, default) == default, f"{name} has two defaults in compose.yaml"
+    return defaults
+
+
+def test_env_example_lists_every_compose_setting_with_its_default() -> None:
+    example: dict[str, str] = {}
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep and name.startswith("VIDRET_"), f"docker/.env.example line {i + 1}: {line!r}"
+            example[name] = value
+    defaults = _compose_defaults()
+    missing = sorted(set(defaults) - set(example))
+    assert not missing, f"compose.yaml reads {missing}: add them to docker/.env.example with a comment"
+    unknown = sorted(set(example) - set(defaults))
+    assert not unknown, f"docker/.env.example sets {unknown}, which compose.yaml never reads"
+    for name, default in defaults.items():
+        assert example[name] == default, f"{name}: .env.example says {example[name]!r}, compose.yaml {default!r}"
+    assert len([x for x in lines if x.startswith("#")]) >= len(defaults) // 2  # explained, not just listed
+
+
+def test_cpu_profile_defaults_are_small_enough_for_a_cpu() -> None:
+    """The GPU defaults (r2plus1d_18, 30 epochs, 8 workers) would take days on a CPU: the cpu jobs have their own."""
+    services = _config("cpu")["services"]
+    train = services["train-cpu"]["command"]
+    flags = dict(zip(train[2::2], train[3::2], strict=False))
+    assert flags["--model"] == "tiny3d" and int(flags["--epochs"]) <= 5 and int(flags["--workers"]) <= 2
+    assert flags["--device"] == "cpu" and int(flags["--size"]) <= 64 and int(flags["--frames"]) <= 8
+    embed = services["embed-cpu"]["command"]
+    assert embed[embed.index("--device") + 1] == "cpu" and int(embed[embed.index("--workers") + 1]) <= 2
+    train_gpu = _config("train")["services"]["train"]["command"]
+    assert train_gpu[train_gpu.index("--model") + 1] == "r2plus1d_18"  # the GPU job keeps its defaults
 
 
 def _serve_settings(argv: list[str], env: dict, monkeypatch: pytest.MonkeyPatch):

@@ -62,15 +62,31 @@ train_cmd.__annotations__ = {p.name: p.annotation for p in train_cmd.__signature
 def embed_cmd(
     checkpoint: Path = typer.Option(..., help="A vidret checkpoint (best.pt / last.pt)."),
     manifest: Path = typer.Option(..., help="Videos to embed."),
-    out: Path = typer.Option(..., help="Embeddings .npz to write."),
+    out: Path = typer.Option(..., help="Embeddings .npz to write (with --shards: a folder of shards)."),
     batch_size: int = typer.Option(16),
     workers: int = typer.Option(2),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (auto: the GPU of this process's LOCAL_RANK)."),
     on_bad_video: str = typer.Option("fail", help="fail | skip."),
+    shards: bool = typer.Option(
+        False, "--shards", help="Write OUT as a folder of .npz shards and a shards.json that vidret index build reads."
+    ),
+    shard_size: int = typer.Option(1024, help="Manifest rows per shard (torchrun or --shards)."),
 ) -> None:
-    """Embed a manifest's videos with a checkpoint (its eval transform) into an .npz."""
-    from training.embed import embed_manifest
+    """Embed a manifest's videos with a checkpoint (its eval transform) into an .npz. Under torchrun
+    (torchrun --nproc-per-node N --no-python vidret embed ...) the manifest is split across the processes in shards,
+    and a rerun resumes from the shards already written."""
+    import os
 
+    from training.embed import embed_manifest, embed_manifest_sharded
+
+    if shards or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        res = embed_manifest_sharded(
+            checkpoint, manifest, out, batch_size, workers, device, on_bad_video, shards=shards, shard_size=shard_size
+        )
+        if res is not None:  # rank 0
+            where = f"{res.shards} shards in {res.out} (shards.json)" if shards else f"{res.out}"
+            typer.echo(f"wrote {res.count} embeddings of dimension {res.dim} to {where}; {res.reused} shards reused")
+        return
     emb = embed_manifest(
         checkpoint, manifest, out, batch_size=batch_size, workers=workers, device=device, on_bad_video=on_bad_video
     )
@@ -98,34 +114,34 @@ bench_app = typer.Typer(help="Benchmarks of the method.", no_args_is_help=True)
 
 @bench_app.command("noise")
 def bench_noise_cmd(
-    out_dir: Path = typer.Argument(..., help="Folder for data/, runs/, results.csv, results.md, plots/."),
-    losses: list[str] = typer.Option(["cce", "mae", "gce", "imae"], "--losses", help="Losses to compare."),
-    rates: list[float] = typer.Option([0.0, 0.2, 0.4, 0.6], "--rates", help="Training label-noise rates."),
-    noise_type: str = typer.Option("symmetric", help="symmetric | pairflip."),
-    seeds: int = typer.Option(2, help="Seeds per (loss, rate)."),
-    epochs: int | None = typer.Option(None, help="Epochs per run (default 20; --quick 2)."),
-    identities: int | None = typer.Option(None, help="Identities in the synthetic data (default 200)."),
-    imae_t: float | None = typer.Option(
-        None, help="IMAE T; default: chosen on a validation split of the training identities."
+    out_dir: Path = typer.Argument(..., help="Folder for data/, pretrain/, runs/, results.csv, results.md, plots/."),
+    losses: list[str] = typer.Option(
+        ["cce", "ls", "mae", "gce", "sce", "nce_rce", "imae"], "--losses", help="Losses to compare."
     ),
-    quick: bool = typer.Option(False, "--quick", help="A tiny grid that checks the plumbing in a minute or two."),
+    noise: list[str] = typer.Option(
+        ["symmetric:0,0.2,0.4,0.6", "pairflip:0.2,0.4", "identity:0.4"],
+        "--noise",
+        help="Noise settings TYPE:RATE[,RATE...], TYPE symmetric | pairflip | identity; repeat the flag for "
+        "several types (a rate of 0 is the clean setting).",
+    ),
+    seeds: int = typer.Option(3, help="Seeds per (loss, noise setting)."),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs per cell (default 30; --quick 2)."),
+    pretrain_epochs: int | None = typer.Option(None, help="Pretraining epochs, run once (default 20; --quick 2)."),
+    train_identities: int | None = typer.Option(None, help="Fine-tuning identities (default 30)."),
+    imae_t: float | None = typer.Option(
+        None, help="IMAE T; default: chosen on a validation split of the fine-tuning identities."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="A tiny grid: checks every stage."),
 ) -> None:
-    """Train every loss at every noise rate; mAP on the clean test split; results.csv/.md and plots."""
+    """Pretrain once, then fine-tune every loss at every noise setting; mAP on the clean test split; reports."""
     from dataclasses import replace
 
     from training.bench.grid import NoiseBenchConfig, run_noise_bench
 
     cfg = NoiseBenchConfig.quick(str(out_dir)) if quick else NoiseBenchConfig(out_dir=str(out_dir))
-    given = {"losses": list(losses), "rates": list(rates)} if not quick else {}
-    cfg = replace(
-        cfg,
-        noise_type=noise_type,
-        imae_t=imae_t,
-        **given,
-        **({"seeds": seeds} if not quick else {}),
-        **({"epochs": epochs} if epochs is not None else {}),
-        **({"identities": identities} if identities is not None else {}),
-    )
+    given = {"losses": list(losses), "noise": list(noise), "seeds": seeds} if not quick else {}
+    optional = {"epochs": epochs, "pretrain_epochs": pretrain_epochs, "train_identities": train_identities}
+    cfg = replace(cfg, imae_t=imae_t, **given, **{k: v for k, v in optional.items() if v is not None})
     run_noise_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
     typer.echo((out_dir / "results.md").read_text())
 

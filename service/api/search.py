@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 
 from service.deps import ready_state
 from service.schemas import (
@@ -18,6 +20,7 @@ from service.schemas import (
     IndexInfo,
     ModelInfo,
     Query,
+    SearchFilter,
     SearchRequest,
     SearchResponse,
 )
@@ -64,17 +67,33 @@ def hits_json(hits: list) -> list[Hit]:
     return [Hit(id=h.id, score=h.score, label=h.label, camera=h.camera) for h in hits]
 
 
-def run_search(state: ServiceState, queries: list[Query], k: int, exclude_self: bool) -> list[list[Hit]]:
+def run_search(
+    state: ServiceState, queries: list[Query], k: int, exclude_self: bool, flt: SearchFilter | None = None
+) -> list[list[Hit]]:
     vecs, excl = zip(*(query_vector(state, q) for q in queries), strict=True)
-    results = state.search(np.stack(vecs), k, exclude_ids=list(excl) if exclude_self else None)
+    results = state.search(
+        np.stack(vecs), k, exclude_ids=list(excl) if exclude_self else None, filter=flt.to_index() if flt else None
+    )
     return [hits_json(r) for r in results]
+
+
+def form_filter(value: str | None) -> SearchFilter | None:
+    """The ``filter`` form field of an upload search: the JSON object that ``POST /v1/search`` takes."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return SearchFilter.model_validate_json(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in ("filter", *err["loc"]))
+        raise HTTPException(422, f"{where}: {err['msg']}") from None
 
 
 @router.post("/search", response_model=SearchResponse, responses={404: {}, 422: {}, 503: {}})
 async def search(req: SearchRequest, state: ServiceState = Depends(ready_state)) -> SearchResponse:
     check_k(state, req.k)
     t0 = time.perf_counter()
-    results = await run_in_threadpool(run_search, state, [req], req.k, req.exclude_self)
+    results = await run_in_threadpool(run_search, state, [req], req.k, req.exclude_self, req.filter)
     return SearchResponse(results=results[0], took_ms=(time.perf_counter() - t0) * 1e3)
 
 
@@ -84,21 +103,27 @@ async def search_batch(req: BatchSearchRequest, state: ServiceState = Depends(re
     if len(req.queries) > state.settings.max_batch:
         raise HTTPException(422, f"at most VIDRET_MAX_BATCH={state.settings.max_batch} queries per batch")
     t0 = time.perf_counter()
-    results = await run_in_threadpool(run_search, state, req.queries, req.k, req.exclude_self)
+    results = await run_in_threadpool(run_search, state, req.queries, req.k, req.exclude_self, req.filter)
     return BatchSearchResponse(results=results, took_ms=(time.perf_counter() - t0) * 1e3)
 
 
 @router.post("/search/video", response_model=SearchResponse, responses={409: {}, 413: {}, 415: {}, 422: {}, 503: {}})
 async def search_video(
-    file: UploadFile = File(...), k: int = Form(10), state: ServiceState = Depends(ready_state)
+    file: UploadFile = File(...),
+    k: int = Form(10),
+    filter: str | None = Form(
+        None, max_length=16384, description='As POST /v1/search\'s filter, as JSON: {"label": .., "camera": ..}.'
+    ),
+    state: ServiceState = Depends(ready_state),
 ) -> SearchResponse:
     require_model(state)
     check_k(state, k)
+    flt = form_filter(filter)
     t0 = time.perf_counter()
     path = await save_upload(file, state.settings)
     try:
         vec = await run_in_threadpool(embed_upload, state, str(path))
-        hits = await run_in_threadpool(state.search, vec[None, :], k)
+        hits = await run_in_threadpool(partial(state.search, vec[None, :], k, filter=flt.to_index() if flt else None))
     finally:
         os.unlink(path)
     return SearchResponse(results=hits_json(hits[0]), took_ms=(time.perf_counter() - t0) * 1e3)

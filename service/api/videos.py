@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from indexing.index import DuplicateIdError, UnknownIdError
+from indexing.store import VideoMeta
 from service.deps import ready_state, require_api_key
 from service.review import ReviewStore
 from service.schemas import VideoInfo, VideoList
@@ -54,20 +55,17 @@ def _stored_name(vid: str, suffix: str) -> str:
     return f"{hashlib.sha1(vid.encode()).hexdigest()[:12]}_{safe}_{secrets.token_hex(8)}{suffix}"
 
 
-def _matching(state: ServiceState, q: str) -> list[str]:
-    """Ids of the videos whose id or label contains ``q`` (case-insensitive): those where one of them starts with
+def _matching(state: ServiceState, q: str) -> list[VideoMeta]:
+    """The videos whose id or label contains ``q`` (case-insensitive): those where one of them starts with
     it first, then the others, each in index order."""
     needle = q.casefold()
     first, then = [], []
-    for vid in state.index.ids():
-        meta = state.index.get(vid)
-        if meta is None:
-            continue
-        vid_cf, label_cf = vid.casefold(), meta.label.casefold()
+    for meta in state.index.page():  # every entry, in index order, with its label: one read, not one per id
+        vid_cf, label_cf = meta.id.casefold(), meta.label.casefold()
         if vid_cf.startswith(needle) or label_cf.startswith(needle):
-            first.append(vid)
+            first.append(meta)
         elif needle in vid_cf or needle in label_cf:
-            then.append(vid)
+            then.append(meta)
     return first + then
 
 
@@ -83,9 +81,12 @@ def list_videos(
     ),
     state: ServiceState = Depends(ready_state),
 ) -> VideoList:
-    ids = state.index.ids() if not q else _matching(state, q)
-    metas = [state.index.get(i) for i in ids[offset : offset + limit]]
-    return VideoList(videos=[_info(state, m) for m in metas if m is not None], total=len(ids))
+    if q:
+        found = _matching(state, q)
+        metas, total = found[offset : offset + limit], len(found)
+    else:  # the page alone: the index counts and reads only the page's neighbourhood (Milvus)
+        metas, total = state.index.page(offset, limit), state.index.count
+    return VideoList(videos=[_info(state, m) for m in metas], total=total)
 
 
 @router.post(
@@ -103,6 +104,8 @@ async def add_video(
     state: ServiceState = Depends(ready_state),
 ) -> VideoInfo:
     require_model(state)
+    if getattr(state.index, "read_only", False):  # before the upload is embedded and stored
+        raise HTTPException(409, "the index is served memory-mapped (read-only): serve it without --mmap to add")
     if not ID_PATTERN.match(id):
         raise HTTPException(422, "id must be 1-200 characters of letters, digits and . _ : @ / + -")
     if state.index.get(id) is not None:

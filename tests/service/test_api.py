@@ -16,14 +16,15 @@ from service.settings import Settings
 KEY = "s3cret"
 
 
-def _client(index: Path, checkpoint: Path | None, **kw) -> TestClient:
-    settings = Settings(index=index, checkpoint=checkpoint, device="cpu", **kw)
+def _client(served: dict, checkpoint: Path | None, **kw) -> TestClient:
+    settings = Settings(**served, checkpoint=checkpoint, device="cpu", **kw)
     return TestClient(create_app(settings, load_in_background=False), raise_server_exceptions=False)
 
 
 @pytest.fixture()
-def client(fresh_index: Path, checkpoint: Path):
-    with _client(fresh_index, checkpoint, api_key=KEY, max_upload_mb=1, max_k=50) as c:
+def client(served: dict, checkpoint: Path):
+    """The app on each backend (conftest ``served``: the FAISS index folder, then a milvus-lite collection)."""
+    with _client(served, checkpoint, api_key=KEY, max_upload_mb=1, max_k=50) as c:
         yield c
 
 
@@ -47,8 +48,12 @@ def test_health_ready_index_metrics(client: TestClient, checkpoint: Path) -> Non
     assert "vidret_request_seconds_bucket" in text and "vidret_index_size 18.0" in text
 
 
-def test_not_ready_answers_503(tmp_path: Path) -> None:
-    app = create_app(Settings(index=tmp_path / "missing"), load_in_background=False)
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_not_ready_answers_503(tmp_path: Path, backend: str) -> None:
+    milvus = {"backend": "milvus", "milvus_uri": str(tmp_path / "empty.db"), "milvus_collection": "missing"}
+    app = create_app(
+        Settings(index=tmp_path / "missing", **(milvus if backend == "milvus" else {})), load_in_background=False
+    )
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
         r = c.get("/ready")
@@ -151,8 +156,8 @@ def test_upload_limits_and_non_videos(client: TestClient, tmp_path: Path) -> Non
     assert client.post("/v1/search/video", data={"k": "3"}).status_code == 422
 
 
-def test_uploads_need_a_checkpoint(fresh_index: Path, video: Path) -> None:
-    with _client(fresh_index, None) as c:
+def test_uploads_need_a_checkpoint(served: dict, video: Path) -> None:
+    with _client(served, None) as c:
         with open(video, "rb") as fh:
             r = c.post("/v1/search/video", files={"file": ("a.mp4", fh, "video/mp4")})
         assert r.status_code == 409 and "--checkpoint" in r.json()["detail"]
@@ -235,10 +240,10 @@ def _assert_same_ranking(
         start = end
 
 
-def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusion(fresh_index: Path) -> None:
+def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusion(served: dict) -> None:
     """Searches waiting while the index is busy share one index call; every request still gets exactly its own
     answer (its k, its self-exclusion) -- the same as with coalescing switched off."""
-    with _client(fresh_index, None, search_coalesce=1) as direct:
+    with _client(served, None, search_coalesce=1) as direct:
         ids = [v["id"] for v in direct.get("/v1/videos").json()["videos"]]
         bodies = [
             {"id": ids[i % len(ids)], "k": 1 + i % 7, "exclude_self": i % 3 != 0} for i in range(32)
@@ -246,7 +251,7 @@ def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusio
         expected = [direct.post("/v1/search", json=b).json()["results"] for b in bodies]
         wider = [direct.post("/v1/search", json={**b, "k": b["k"] + 5}).json()["results"] for b in bodies]
         assert direct.app.state.vidret.searcher is None
-    with _client(fresh_index, None) as c:
+    with _client(served, None) as c:
         state = c.app.state.vidret
         original = state.index.search
         busy, release = threading.Event(), threading.Event()
@@ -279,3 +284,153 @@ def test_concurrent_searches_are_coalesced_with_each_requests_own_k_and_exclusio
         for body, g, e, w in zip(bodies, got, expected, wider, strict=True):
             _assert_same_ranking(body, g["results"], e, w)
         assert state.searcher.items == len(bodies) and state.searcher.batches == 2  # the held call, then the rest
+
+
+def test_list_get_and_files_of_built_videos(client: TestClient, embeddings: dict[str, Path]) -> None:
+    """Listing pages through the index in build order (on Milvus too), `q` matches ids and labels, and a built
+    video's metadata, thumbnail and file are served."""
+    from indexing.embeddings import load_embeddings
+
+    g = load_embeddings(embeddings["gallery"])
+    body = client.get("/v1/videos", params={"offset": 2, "limit": 5}).json()
+    assert body["total"] == 18 and [v["id"] for v in body["videos"]] == [str(i) for i in g.ids[2:7]]
+    label = str(g.labels[3])
+    found = client.get("/v1/videos", params={"q": label}).json()
+    assert found["total"] == int((g.labels == label).sum()) and {v["label"] for v in found["videos"]} == {label}
+    vid = str(g.ids[3])
+    meta = client.get(f"/v1/videos/{vid}").json()
+    assert meta["label"] == label and meta["camera"] == str(g.cameras[3]) and not meta["path"].startswith("/")
+    thumb = client.get(f"/v1/videos/{vid}/thumbnail")
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    r = client.get(f"/v1/videos/{vid}/video", headers={"Range": "bytes=0-9"})
+    assert r.status_code == 206 and len(r.content) == 10
+
+
+def _expected(g, q: np.ndarray, k: int, flt: dict, skip: str | None) -> list[str]:
+    """Brute force: the ids of the k best inner products among the gallery entries matching ``flt``."""
+    keep = [
+        i
+        for i in range(len(g.ids))
+        if ("label" not in flt or g.labels[i] == flt["label"])
+        and ("camera" not in flt or g.cameras[i] == flt["camera"])
+        and ("exclude_camera" not in flt or g.cameras[i] != flt["exclude_camera"])
+        and g.ids[i] != skip
+    ]
+    scores = g.embeddings[keep] @ q
+    return [str(g.ids[keep[j]]) for j in np.argsort(-scores, kind="stable")[:k]]
+
+
+def test_search_filters_equal_brute_force(client: TestClient, embeddings: dict[str, Path]) -> None:
+    """`filter` on search by id, by embedding and in a batch: the hits are those of brute force over the matching
+    videos; k above the number of matches gives the matches; a filter matching nothing gives 200 and no hits."""
+    from indexing.embeddings import load_embeddings
+
+    g = load_embeddings(embeddings["gallery"])
+    vid, cam, label = str(g.ids[0]), str(g.cameras[0]), str(g.labels[4])
+    filters = [
+        {"label": label},
+        {"camera": cam},
+        {"exclude_camera": cam},
+        {"label": str(g.labels[0]), "exclude_camera": cam},
+        {"label": label, "camera": cam, "exclude_camera": None},
+        {"label": "nobody"},
+    ]
+    for flt in filters:
+        want = {k: v for k, v in flt.items() if v is not None}
+        r = client.post("/v1/search", json={"id": vid, "k": 50, "filter": flt})
+        assert r.status_code == 200, r.text
+        assert [h["id"] for h in r.json()["results"]] == _expected(g, g.embeddings[0], 50, want, vid)
+        r = client.post("/v1/search", json={"embedding": g.embeddings[5].tolist(), "k": 2, "filter": flt})
+        assert [h["id"] for h in r.json()["results"]] == _expected(g, g.embeddings[5], 2, want, None)
+        batch = client.post(
+            "/v1/search/batch", json={"queries": [{"id": vid}, {"id": str(g.ids[9])}], "k": 3, "filter": flt}
+        ).json()["results"]
+        assert [[h["id"] for h in hs] for hs in batch] == [
+            _expected(g, g.embeddings[0], 3, want, vid),
+            _expected(g, g.embeddings[9], 3, want, str(g.ids[9])),
+        ]
+    assert client.post("/v1/search", json={"id": vid, "filter": {"label": "nobody"}}).json()["results"] == []
+
+
+@pytest.mark.parametrize(
+    "flt,needle",
+    [
+        ({"colour": "red"}, "colour"),
+        ({"label": 3}, "label"),
+        ({"camera": ["c1"]}, "camera"),
+        ({"label": "two\nlines"}, "line break"),
+        ("c1", "filter"),
+    ],
+)
+def test_bad_filters_are_422(client: TestClient, flt, needle: str) -> None:
+    r = client.post("/v1/search", json={"embedding": [1.0] * 32, "filter": flt})
+    assert r.status_code == 422 and needle in r.json()["detail"]
+    r = client.post("/v1/search/batch", json={"queries": [{"embedding": [1.0] * 32}], "filter": flt})
+    assert r.status_code == 422
+
+
+def test_upload_search_and_quoted_labels_with_filters(client: TestClient, video: Path) -> None:
+    """The upload search takes the filter as a JSON form field. A label with quotes and backslashes is matched
+    exactly: it breaks nothing and adds no condition (a would-be injection matches no video)."""
+    data = video.read_bytes()
+    tricky = 'say "hi" \\ or label != "'
+    r = client.post(
+        "/v1/videos",
+        files={"file": ("a.mp4", data, "video/mp4")},
+        data={"id": "tricky1", "label": tricky, "camera": 'c"9'},
+        headers=AUTH,
+    )
+    assert r.status_code == 201, r.text
+
+    def upload_search(flt: str | None) -> dict:
+        form = {"k": "5", **({"filter": flt} if flt is not None else {})}
+        r = client.post("/v1/search/video", files={"file": ("q.mp4", data, "video/mp4")}, data=form)
+        return {"status": r.status_code, "body": r.json()}
+
+    import json
+
+    hits = upload_search(json.dumps({"label": tricky}))["body"]["results"]
+    assert [h["id"] for h in hits] == ["tricky1"] and hits[0]["camera"] == 'c"9'
+    hits = upload_search(json.dumps({"exclude_camera": 'c"9'}))["body"]["results"]
+    assert len(hits) == 5 and "tricky1" not in {h["id"] for h in hits}
+    assert upload_search(json.dumps({"label": '" or label != "'}))["body"]["results"] == []
+    assert upload_search("")["body"]["results"][0]["id"] in {"tricky1", "id0008_c2_s1"}
+    bad = upload_search('{"colour": "red"}')
+    assert bad["status"] == 422 and "filter.colour" in bad["body"]["detail"]
+    bad = upload_search("{not json")
+    assert bad["status"] == 422 and "filter" in bad["body"]["detail"]
+    r = client.post("/v1/search", json={"id": "id0008_c2_s1", "k": 3, "filter": {"camera": 'c"9'}})
+    assert [h["id"] for h in r.json()["results"]] == ["tricky1"]
+
+
+def test_a_milvus_failure_answers_503(milvus_db: Path, tmp_path: Path) -> None:
+    """Milvus unreachable or failing is not the client's mistake: 503 naming the backend, not a 400 or a 500."""
+    import shutil
+
+    from pymilvus import MilvusException
+
+    shutil.copy(milvus_db, tmp_path / "m.db")
+    served = {"index": tmp_path / "data", "backend": "milvus", "milvus_uri": str(tmp_path / "m.db")}
+    served["milvus_collection"] = "gallery"
+    with _client(served, None) as c:
+        index = c.app.state.vidret.index
+
+        def down(*args, **kwargs):
+            raise MilvusException(message="service unavailable")
+
+        index.client.search = index.client.query = down
+        r = c.post("/v1/search", json={"embedding": [1.0] * 32, "k": 3})
+        assert r.status_code == 503 and "the index backend failed" in r.json()["detail"]
+        assert c.get("/v1/videos/x").status_code == 503
+
+
+def test_serve_checks_the_milvus_collection_before_starting(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    res = run_cli("serve", "--backend", "milvus", "--milvus-uri", tmp_path / "m.db", "--milvus-collection", "nope")
+    assert res.returncode == 1 and "--milvus-collection nope: no such collection" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_cli("serve", "--backend", "milvus", timeout=120)
+    assert res.returncode == 1 and "--milvus-uri is required" in res.stderr
+    res = run_cli("serve", "--backend", "mongo", timeout=120)
+    assert res.returncode == 1 and "setting backend" in res.stderr

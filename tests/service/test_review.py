@@ -510,3 +510,27 @@ def test_a_decision_survives_sigkill(train_index: Path, checkpoint: Path, audit_
         assert rows["id0001_c2_s0"]["label"] == "zz"
     finally:
         server.stop()
+
+
+def test_review_export_cli_on_milvus(milvus_db: Path, embeddings: dict[str, Path], tmp_path: Path) -> None:
+    """`vidret review export --backend milvus` reads the videos from the collection and the decisions from the
+    folder `vidret serve --index` kept them in: a drop is left out, a relabel applied."""
+    import numpy as np
+
+    gallery = [str(i) for i in np.load(embeddings["gallery"])["ids"]]
+    dropped, relabelled = gallery[0], gallery[1]
+    db = tmp_path / "m.db"
+    shutil.copy(milvus_db, db)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    store = ReviewStore(folder)
+    store.decide(dropped, "drop", None)
+    store.decide(relabelled, "relabel", "id0099")
+    out = tmp_path / "clean.csv"
+    args = ("review", "export", "--index", folder, "--out", out, "--backend", "milvus", "--milvus-uri", db)
+    res = run_cli(*args, "--milvus-collection", "gallery")
+    assert res.returncode == 0, res.stderr
+    rows = {row["id"]: row for row in csv.DictReader(open(out))}
+    assert set(rows) == set(gallery) - {dropped} and rows[relabelled]["label"] == "id0099"
+    res = run_cli("review", "export", "--index", folder, "--out", out, "--backend", "milvus")
+    assert res.returncode == 1 and "--milvus-uri" in res.stderr
