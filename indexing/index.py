@@ -520,7 +520,33 @@ def checked_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
     return vectors
 
 
-class VideoIndex:
+class IndexInfo:
+    """What a backend's ``info`` record (index.json, or the Milvus record) says of its index, as properties."""
+
+    info: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["dim"])
+
+    @property
+    def type(self) -> str:
+        return str(self.info["type"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.info["metric"])
+
+    @property
+    def created(self) -> str:
+        return str(self.info["created"])
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        return self.info.get("checkpoint_sha256")
+
+
+class VideoIndex(IndexInfo):
     """A FAISS index with string ids and metadata; use ``build`` or ``load``."""
 
     def __init__(
@@ -550,26 +576,6 @@ class VideoIndex:
     @property
     def count(self) -> int:
         return len(self._by_id)
-
-    @property
-    def dim(self) -> int:
-        return int(self.info["dim"])
-
-    @property
-    def type(self) -> str:
-        return str(self.info["type"])
-
-    @property
-    def metric(self) -> str:
-        return str(self.info["metric"])
-
-    @property
-    def created(self) -> str:
-        return str(self.info["created"])
-
-    @property
-    def checkpoint_sha256(self) -> str | None:
-        return self.info.get("checkpoint_sha256")
 
     # ---- build / load / save ----------------------------------------------------------------------------------
     @classmethod

@@ -48,6 +48,7 @@ from indexing.index import (
     PQ_BITS,
     DuplicateIdError,
     Hit,
+    IndexInfo,
     RWLock,
     UnknownIdError,
     _nlist,
@@ -285,7 +286,7 @@ def _write_record(client: Any, name: str, info: dict[str, Any]) -> None:
     client.upsert(name, [{"key": RECORD_KEY, "info": json.dumps(info), "vector": [0.0, 0.0]}])
 
 
-class MilvusIndex:
+class MilvusIndex(IndexInfo):
     """A Milvus collection of video embeddings and metadata; use ``build`` or ``open``."""
 
     def __init__(self, client: Any, uri: str, collection: str, info: dict[str, Any]) -> None:
@@ -300,26 +301,6 @@ class MilvusIndex:
     @property
     def count(self) -> int:
         return self._count("")
-
-    @property
-    def dim(self) -> int:
-        return int(self.info["dim"])
-
-    @property
-    def type(self) -> str:
-        return str(self.info["type"])
-
-    @property
-    def metric(self) -> str:
-        return str(self.info["metric"])
-
-    @property
-    def created(self) -> str:
-        return str(self.info["created"])
-
-    @property
-    def checkpoint_sha256(self) -> str | None:
-        return self.info.get("checkpoint_sha256")
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """``fn(data collection, ...)``, a pymilvus call; a Milvus failure becomes a MilvusError naming the
