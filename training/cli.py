@@ -125,13 +125,24 @@ def bench_noise_cmd(
         "several types (a rate of 0 is the clean setting).",
     ),
     seeds: int = typer.Option(3, help="Seeds per (loss, noise setting)."),
-    epochs: int | None = typer.Option(None, help="Fine-tuning epochs per cell (default 30; --quick 2)."),
+    epochs: int | None = typer.Option(None, help="Fine-tuning epochs per cell (default 70; --quick 2)."),
     pretrain_epochs: int | None = typer.Option(None, help="Pretraining epochs, run once (default 20; --quick 2)."),
     train_identities: int | None = typer.Option(None, help="Fine-tuning identities (default 30)."),
     imae_t: float | None = typer.Option(
         None, help="IMAE T; default: chosen on a validation split of the fine-tuning identities."
     ),
+    jobs: int | None = typer.Option(
+        None,
+        help="Cells trained at once, each in its own process with its share of the CPU threads. Default: 1 on a "
+        "GPU, else one per CPU core (at most 4).",
+    ),
     quick: bool = typer.Option(False, "--quick", help="A tiny grid: checks every stage."),
+    report_only: bool = typer.Option(
+        False,
+        "--report-only",
+        help="Train nothing: write results.csv, results.md and plots/ from the cells of this grid that have "
+        "finished in OUT_DIR (a grid run in pieces), and list the rest.",
+    ),
 ) -> None:
     """Pretrain once, then fine-tune every loss at every noise setting; mAP on the clean test split; reports."""
     from dataclasses import replace
@@ -140,7 +151,13 @@ def bench_noise_cmd(
 
     cfg = NoiseBenchConfig.quick(str(out_dir)) if quick else NoiseBenchConfig(out_dir=str(out_dir))
     given = {"losses": list(losses), "noise": list(noise), "seeds": seeds} if not quick else {}
-    optional = {"epochs": epochs, "pretrain_epochs": pretrain_epochs, "train_identities": train_identities}
+    optional = {
+        "epochs": epochs,
+        "pretrain_epochs": pretrain_epochs,
+        "train_identities": train_identities,
+        "jobs": jobs,
+    }
+    given["report_only"] = report_only
     cfg = replace(cfg, imae_t=imae_t, **given, **{k: v for k, v in optional.items() if v is not None})
     run_noise_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
     typer.echo((out_dir / "results.md").read_text())

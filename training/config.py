@@ -16,6 +16,8 @@ from typing import Any
 from indexing.errors import UserError
 
 OPTIMIZERS = ("adamw", "sgd")
+IMAE_T_FINETUNE = 8.0  # the T the pretrained noise benchmark chose on its validation split
+IMAE_T_SCRATCH = 4.0  # from random weights: T 8 and 16 stalled learning, 2-4 did best (docs/losses.md)
 REQUIRED = object()  # opt() without a default: a required flag
 
 
@@ -40,10 +42,11 @@ class TrainConfig:
     val_query: str | None = opt(None, "Validation query manifest (mAP/CMC every epoch).", cli_type=Path)
     val_gallery: str | None = opt(None, "Validation gallery manifest.", cli_type=Path)
     loss: str = opt("imae", "cce | ls (label smoothing) | mae | gce | sce | nce_rce | imae (docs/losses.md).")
-    imae_t: float = opt(
-        4.0,
-        "IMAE temperature T: weight exp(T p_y (1 - p_y)). 4 did best or near best in every "
-        "study we ran (docs/losses.md, Choosing T); choose it on a validation split.",
+    imae_t: float | None = opt(
+        None,
+        "IMAE temperature T: weight exp(T p_y (1 - p_y)). Default: 8 when fine-tuning from --weights (chosen on "
+        "the validation split of the pretrained noise benchmark), 4 from random weights (where 8 and above "
+        "stalled learning). See docs/losses.md, Choosing T.",
     )
     imae_normalize: str = opt("weight", "IMAE batch reduction: weight (divide by total weight) | mean.")
     gce_q: float = opt(0.7, "GCE q.")
@@ -91,6 +94,10 @@ class TrainConfig:
         "progress bar) and checking that the loss is finite.",
     )
     quiet: bool = opt(False, "No console output (library callers).", cli=False)
+
+    def __post_init__(self) -> None:
+        if self.imae_t is None:  # measured per regime: docs/losses.md, Choosing T
+            self.imae_t = IMAE_T_FINETUNE if self.weights else IMAE_T_SCRATCH
 
     def loss_kwargs(self) -> dict[str, Any]:
         return {

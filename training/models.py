@@ -164,19 +164,23 @@ def build_model(
     if scale <= 0:
         raise UserError(f"--scale must be > 0, got {scale}")
     backbone, dim = _REGISTRY[name]()
+    model = VideoEmbedder(backbone, dim, num_classes, embedding_dim, scale)
     if weights is not None:
-        load_backbone_weights(backbone, weights, model_name=name)
-    return VideoEmbedder(backbone, dim, num_classes, embedding_dim, scale)
+        load_weights(model, weights, model_name=name)
+    return model
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path, model_name: str | None = None) -> None:
-    """Load local weights into the backbone; no download.
+def load_weights(model: VideoEmbedder, path: str | Path, model_name: str | None = None) -> None:
+    """Load local weights; no download.
 
-    ``path`` is either a plain state dict (optionally under a 'state_dict' or 'model' key), whose matching tensors
-    are loaded, or a vidret checkpoint (``format: vidret-checkpoint``): its ``backbone.*`` tensors are loaded, all
-    of them, with the prefix stripped; the neck and classifier are not (a new run has its own classes). A
-    checkpoint of another architecture, or one whose backbone tensors do not fit, is refused with the reason.
+    ``path`` is either a plain backbone state dict (optionally under a 'state_dict' or 'model' key), whose matching
+    tensors are loaded, or a vidret checkpoint (``format: vidret-checkpoint``): its ``backbone.*`` tensors are
+    loaded, all of them, and its embedding neck (``neck.*``: Linear + BatchNorm, independent of the classes) when
+    its shapes fit (same ``--embedding-dim``), so fine-tuning starts from the embedding the checkpoint retrieves
+    with. The classifier is never loaded: a new run has its own classes. A checkpoint of another architecture, or
+    one whose backbone tensors do not fit, is refused with the reason.
     """
+    backbone = model.backbone
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--weights {path}: file not found")
@@ -186,6 +190,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, model_name: str
         raise UserError(f"--weights {path}: not a readable PyTorch weights file ({exc})") from None
     if isinstance(state, dict) and state.get("format") == "vidret-checkpoint":
         _load_vidret_backbone(backbone, state, path, model_name)
+        _load_vidret_neck(model.neck, state["model"])
         return
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -222,3 +227,13 @@ def _load_vidret_backbone(backbone: nn.Module, ck: dict, path: Path, model_name:
         )
         raise UserError(f"--weights {path}: the checkpoint's backbone does not fit this model ({detail})")
     backbone.load_state_dict(state, strict=True)
+
+
+def _load_vidret_neck(neck: nn.Module, model_state: dict) -> bool:
+    """The checkpoint's ``neck.*`` tensors when all of them fit (same embedding size); else the new neck stays."""
+    state = {k[len("neck.") :]: v for k, v in model_state.items() if k.startswith("neck.")}
+    own = neck.state_dict()
+    if set(state) != set(own) or any(own[k].shape != state[k].shape for k in own):
+        return False
+    neck.load_state_dict(state, strict=True)
+    return True

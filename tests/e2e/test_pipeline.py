@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,25 @@ def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
         assert Path(json.loads((run / "config.json").read_text())["weights"]) == pretrained, run.name
     selection = json.loads((out / "t_selection" / "selection.json").read_text())
     assert selection["chosen"] in (2.0, 4.0) and set(selection["candidates"]) == {"2.0", "4.0"}
+    # the default --jobs trains cells in parallel processes here (CPU: one per core); a rerun in one process
+    # reuses every finished cell, so the parallel cells were recorded with exactly the settings of a serial run
+    jobs = min(4, os.cpu_count() or 1)
+    assert f"{len(rows)} cells, {jobs} at a time" in res.stderr
+    again = run_cli("bench", "noise", out, "--quick", "--jobs", "1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(rows)} cells, 1 at a time" in again.stderr
+    with open(out / "results.csv", newline="") as fh:
+        assert [(r["loss"], r["final_mAP"], r["seconds"]) for r in csv.DictReader(fh)] == [
+            (r["loss"], r["final_mAP"], r["seconds"]) for r in rows
+        ]
+    # a grid run in pieces: --report-only trains nothing, reports the finished cells and names the others
+    (out / "runs" / "imae_identity0.4_seed0" / "done.json").unlink()
+    report = run_cli("bench", "noise", out, "--quick", "--report-only")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "1 of 6 cells have not finished: imae identity0.4 seed 0" in report.stderr
+    assert not (out / "runs" / "imae_identity0.4_seed0" / "done.json").exists()  # nothing was trained
+    with open(out / "results.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 5
+    assert "Not run (--report-only reports the 5 finished cells): imae identity0.4 seed 0" in report.stdout
+    empty = run_cli("bench", "noise", tmp_path / "empty", "--quick", "--report-only")
+    assert empty.returncode == 1 and "--report-only" in empty.stderr and "Traceback" not in empty.stderr

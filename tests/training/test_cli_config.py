@@ -82,3 +82,18 @@ def test_train_help_lists_every_flag() -> None:
         if default not in (None, False) and f.name not in ("train", "out"):
             assert f"[default: {default}]" in res.stdout, flag
     assert "--quiet" not in res.stdout and "--no-compile" not in res.stdout and res.stdout.count("[required]") == 2
+
+
+def test_imae_t_defaults_per_regime_and_a_given_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.trainer as trainer
+
+    got: list[TrainConfig] = []
+    monkeypatch.setattr(
+        trainer, "fit", lambda cfg: got.append(cfg) or trainer.FitResult(Path(), Path(), Path(), [], [])
+    )
+    base = ["--train", "t.csv", "--out", "o"]
+    for extra in ([], ["--weights", "pre.pt"], ["--weights", "pre.pt", "--imae-t", "2"], ["--imae-t", "0"]):
+        _train_command().main(base + extra, standalone_mode=False)
+    # from random weights 4; fine-tuning from --weights 8 (docs/losses.md, Choosing T); a given T is kept, 0 too
+    assert [c.imae_t for c in got] == [4.0, 8.0, 2.0, 0.0]
+    assert [c.loss_kwargs()["t"] for c in got] == [4.0, 8.0, 2.0, 0.0]

@@ -59,10 +59,18 @@ def test_weights_accept_a_vidret_checkpoint_and_refuse_another_architecture(tmp_
     src = build_model("tiny3d", num_classes=5)
     ck = {"format": "vidret-checkpoint", "arch": {"name": "tiny3d", "num_classes": 5}, "model": src.state_dict()}
     torch.save(ck, tmp_path / "last.pt")
-    dst = build_model("tiny3d", num_classes=3, weights=tmp_path / "last.pt")  # other classes: backbone only
-    for a, b in zip(src.backbone.state_dict().values(), dst.backbone.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    assert not torch.equal(src.neck[0].weight, dst.neck[0].weight)
+    # other classes: backbone and embedding neck, a new classifier
+    dst = build_model("tiny3d", num_classes=3, weights=tmp_path / "last.pt")
+    for part in ("backbone", "neck"):
+        ours, theirs = getattr(src, part).state_dict(), getattr(dst, part).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert dst.classifier.weight.shape == (3, 256)
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():  # the same embedding as the checkpoint's model: retrieval starts where pretraining ended
+        assert torch.allclose(src.eval().embed(x), dst.eval().embed(x), atol=1e-6)
+    other_dim = build_model("tiny3d", num_classes=3, embedding_dim=64, weights=tmp_path / "last.pt")
+    assert torch.equal(other_dim.backbone.features[0].weight, src.backbone.features[0].weight)
+    assert other_dim.neck[0].weight.shape == (64, src.neck[0].weight.shape[1])  # another size: a new neck
     with pytest.raises(UserError, match="model 'tiny3d', but --model is 'r3d_18'"):
         build_model("r3d_18", num_classes=3, weights=tmp_path / "last.pt")
     state = {k: v for k, v in src.state_dict().items() if k != "backbone.features.0.weight"}

@@ -90,16 +90,19 @@ class NoiseBenchConfig:
     # pretraining (clean labels, once per benchmark)
     pretrain_epochs: int = 20
     pretrain_batch_size: int = 16
+    pretrain_lr: float = 2e-3
     # fine-tuning (every cell)
     model: str = "tiny3d"
     frames: int = 4
     size: int = 32
-    epochs: int = 30
+    epochs: int = 70  # long enough for CCE to memorise > 90% of the wrong labels at 40% symmetric noise
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3  # 2e-3 and above break the pretrained features (docs/noise-benchmark.md)
     workers: int = 0
+    jobs: int | None = None  # cells trained at once, each in its own process; None: auto_jobs()
+    report_only: bool = False  # train nothing: report the cells already finished in out_dir
     imae_t: float | None = None
-    t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
     select_rate: float = 0.4
     val_fraction: float = 0.2
 
@@ -149,6 +152,8 @@ class NoiseBenchConfig:
         ]:
             if not ok:
                 raise UserError(f"{flag}: invalid value {value}")
+        if self.jobs is not None and self.jobs < 1:
+            raise UserError(f"--jobs: invalid value {self.jobs} (>= 1)")
         if self.imae_t is not None and not 0 <= self.imae_t < float("inf"):
             raise UserError(f"--imae-t must be a finite number >= 0, got {self.imae_t}")
 
@@ -254,9 +259,13 @@ def cell_config(
     return TrainConfig(**settings)
 
 
-def _train(tcfg: TrainConfig) -> tuple[list[dict], float, float]:
+class NotRun(Exception):
+    """--report-only met a run that has not finished with these settings."""
+
+
+def _train(tcfg: TrainConfig, reuse_only: bool = False) -> tuple[list[dict], float, float]:
     """Train one run, or reuse a finished run of exactly these settings: (history, wall and CPU seconds of its
-    training; CPU counts every thread of this process)."""
+    training; CPU counts every thread of this process). ``reuse_only``: raise NotRun instead of training."""
     from training.trainer import fit
 
     run = Path(tcfg.out)
@@ -265,6 +274,8 @@ def _train(tcfg: TrainConfig) -> tuple[list[dict], float, float]:
         record = json.loads(done.read_text())
         if record.get("config") == asdict(tcfg):  # a finished run of these settings: reuse it
             return record["history"], float(record.get("seconds", "nan")), float(record.get("cpu_seconds", "nan"))
+    if reuse_only:
+        raise NotRun(str(run))
     if run.exists():
         shutil.rmtree(run)
     start, cpu = time.perf_counter(), time.process_time()
@@ -328,12 +339,19 @@ def prepare(cfg: NoiseBenchConfig, log) -> Prepared:
         seed=0,
         epochs=cfg.pretrain_epochs,
         batch_size=cfg.pretrain_batch_size,
+        lr=cfg.pretrain_lr,
         val_query=str(folder / "val_query.csv"),
         val_gallery=str(folder / "val_gallery.csv"),
         warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
     )
     log(f"pretraining {cfg.model} with clean labels on {cfg.pretrain_identities} identities ({len(fit_rows)} clips)")
-    hist, seconds, cpu = _train(tcfg)
+    try:
+        hist, seconds, cpu = _train(tcfg, reuse_only=cfg.report_only)
+    except NotRun:
+        raise UserError(
+            f"--report-only: {folder / 'run'} holds no finished pretraining of these settings; "
+            "run the benchmark without --report-only first"
+        ) from None
     val_map = hist[-1]["val_mAP"]
     log(
         f"pretraining: validation mAP {val_map:.4f} after {cfg.pretrain_epochs} epochs, "
@@ -347,25 +365,34 @@ def prepare(cfg: NoiseBenchConfig, log) -> Prepared:
 def select_t(cfg: NoiseBenchConfig, prep: Prepared, rows: list[VideoRow], log) -> float:
     """IMAE's T: the candidate with the best final validation mAP on a split of the fine-tuning identities."""
     out = Path(cfg.out_dir)
+    if cfg.report_only:
+        chosen = out / "t_selection" / "selection.json"
+        if not chosen.is_file():
+            raise UserError(f"--report-only: no {chosen}; pass the T that was used with --imae-t")
+        return float(json.loads(chosen.read_text())["chosen"])
     fit_rows, query, gallery = carve_validation(rows, cfg.val_fraction, cfg.data_seed)
     noisy, _ = _noisy_rows(fit_rows, cfg.select_rate, "symmetric", seed=12345)
     folder = out / "t_selection"
     for name, rs in (("train.csv", noisy), ("val_query.csv", query), ("val_gallery.csv", gallery)):
         write_manifest(folder / name, rs)
     scores, seconds = {}, {}
-    for t in cfg.t_candidates:
-        tcfg = cell_config(
-            cfg,
-            "imae",
-            t,
-            folder / "train.csv",
-            folder / f"imae_t{t:g}",
-            seed=0,
-            weights=str(prep.pretrain_ckpt),
-            val_query=str(folder / "val_query.csv"),
-            val_gallery=str(folder / "val_gallery.csv"),
+    tasks = {
+        t: (
+            cell_config(
+                cfg,
+                "imae",
+                t,
+                folder / "train.csv",
+                folder / f"imae_t{t:g}",
+                seed=0,
+                weights=str(prep.pretrain_ckpt),
+                val_query=str(folder / "val_query.csv"),
+                val_gallery=str(folder / "val_gallery.csv"),
+            ),
         )
-        hist, seconds[t], _ = _train(tcfg)
+        for t in cfg.t_candidates
+    }
+    for t, (hist, seconds[t], _) in run_tasks(cfg, _train, tasks):
         scores[t] = hist[-1]["val_mAP"]
         log(f"T selection: T={t:g} -> validation mAP {scores[t]:.4f} (symmetric noise {cfg.select_rate:g})")
     best = max(scores, key=lambda t: scores[t])
@@ -385,6 +412,8 @@ def run_noise_bench(cfg: NoiseBenchConfig, log=print) -> list[RunResult]:
 
 def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     out = Path(cfg.out_dir)
+    if cfg.report_only and not (out / "pretrain" / "run" / "done.json").is_file():
+        raise UserError(f"--report-only: {out} holds no finished benchmark; run it without --report-only first")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     prep = prepare(cfg, log)
@@ -398,27 +427,50 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     embeddings = None
     if any(kind == "identity" for kind, _ in cfg.settings()):
         embeddings = _infer(prep.pretrain_ckpt, rows, cfg.batch_size)[0]
-    results, curves, weights = [], {}, {}
-    total = len(cfg.settings()) * cfg.seeds * len(cfg.losses)
-    i = 0
+    tasks: dict[tuple[str, float, int, str], tuple] = {}
     for kind, rate in cfg.settings():
         name = setting_name(kind, rate)
         for seed in range(cfg.seeds):
             noisy, realised = _noisy_rows(rows, rate, kind, 1000 * seed + int(round(rate * 100)), embeddings)
             train_csv = write_manifest(out / "labels" / f"train_{name}_seed{seed}.csv", noisy)
+            log(f"{name}, seed {seed}: {realised:.3f} of the labels wrong")
             for loss in cfg.losses:
-                i += 1
-                log(f"[{i}/{total}] {loss}, {name} (realised {realised:.3f}), seed {seed}")
-                res, hist, w = _cell(cfg, prep, loss, t, kind, rate, seed, train_csv, noisy)
-                results.append(res)
-                curves.setdefault((name, seed), {})[loss] = hist
-                if seed == 0:
-                    weights.setdefault(name, {})[loss] = w
-                log(
-                    f"    final mAP {res.final_mAP:.4f}, best {res.best_mAP:.4f} (epoch {res.best_epoch}); "
-                    f"fits {res.train_acc_noisy:.3f} of wrong labels; {res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU)"
-                )
-    write_reports(out, results, curves, weights, _header(cfg, prep, t, time.perf_counter() - started))
+                tasks[(kind, rate, seed, loss)] = (cfg, prep, loss, t, kind, rate, seed, train_csv, noisy)
+    jobs, threads = resolve_jobs(cfg)
+    log(f"{len(tasks)} cells, {jobs} at a time ({threads} CPU threads each)")
+    done: dict[tuple[str, float, int, str], tuple] = {}
+    missing: list[tuple[str, float, int, str]] = []
+    cell_start = time.perf_counter()
+    for key, value in run_tasks(cfg, _report_cell if cfg.report_only else _cell, tasks):
+        if value is None:
+            missing.append(key)
+            continue
+        done[key] = value
+        res = value[0]
+        elapsed = time.perf_counter() - cell_start
+        left = elapsed / len(done) * (len(tasks) - len(done))
+        log(
+            f"[{len(done)}/{len(tasks)}] {res.loss}, {setting_name(res.noise_type, res.noise_rate)}, seed {res.seed}: "
+            f"final mAP {res.final_mAP:.4f}, best {res.best_mAP:.4f} (epoch {res.best_epoch}); "
+            f"fits {res.train_acc_noisy:.3f} of wrong labels; {res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU); "
+            f"about {left / 60:.0f} min left"
+        )
+    if not done:
+        raise UserError(f"--report-only: none of the {len(tasks)} cells has finished in {out}")
+    results, curves, weights = [], {}, {}
+    for key in (k for k in tasks if k in done):  # reports in grid order, whatever the order cells finished in
+        res, hist, w = done[key]
+        name = setting_name(res.noise_type, res.noise_rate)
+        results.append(res)
+        curves.setdefault((name, res.seed), {})[res.loss] = hist
+        if res.seed == 0:
+            weights.setdefault(name, {})[res.loss] = w
+    header = _header(cfg, prep, t, time.perf_counter() - started)
+    if missing:
+        names = ", ".join(f"{loss} {setting_name(kind, rate)} seed {seed}" for kind, rate, seed, loss in missing)
+        header += f"\nNot run (--report-only reports the {len(done)} finished cells): {names}.\n"
+        log(f"{len(missing)} of {len(tasks)} cells have not finished: {names}")
+    write_reports(out, results, curves, weights, header)
     return results
 
 
@@ -446,7 +498,7 @@ def _cell(
         val_query=str(data / "query.csv"),
         val_gallery=str(data / "gallery.csv"),
     )
-    hist, seconds, cpu = _train(tcfg)
+    hist, seconds, cpu = _train(tcfg, reuse_only=cfg.report_only)
     acc_clean, acc_noisy, w, flipped = memorisation(cfg, run, noisy, loss, t)
     maps = [h["val_mAP"] for h in hist]
     best = int(np.argmax(maps))
@@ -469,6 +521,14 @@ def _cell(
     return res, hist, (w, flipped)
 
 
+def _report_cell(*args) -> tuple | None:
+    """``_cell`` of a finished run, or None where the run has not finished (--report-only)."""
+    try:
+        return _cell(*args)
+    except NotRun:
+        return None
+
+
 def _header(cfg: NoiseBenchConfig, prep: Prepared, t: float, wall: float) -> str:
     return (
         f"# Noise benchmark\n\n{cfg.model} pretrained with clean labels on {cfg.pretrain_identities} separate "
@@ -479,3 +539,60 @@ def _header(cfg: NoiseBenchConfig, prep: Prepared, t: float, wall: float) -> str
         f"{cfg.size} px); IMAE T = {t:g}; test = clean query/gallery of {cfg.test_identities} unseen identities. "
         f"This invocation took {wall / 60:.1f} min (finished cells are reused and not re-timed).\n"
     )
+
+
+def auto_jobs() -> int:
+    """Cells trained at once when --jobs is not given: 1 on a GPU (one model at a time keeps it busy); on the CPU
+    one per core, at most 4. Small models use several threads badly: on 2 cores, two one-thread cells at once
+    finish about 1.4x more cells per hour than one two-thread cell at a time (docs/noise-benchmark.md, "Cost")."""
+    import os
+
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
+
+
+def resolve_jobs(cfg: NoiseBenchConfig) -> tuple[int, int]:
+    """(processes, torch threads per process)."""
+    import os
+
+    jobs = 1 if cfg.report_only else cfg.jobs or auto_jobs()
+    return jobs, max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _worker_init(threads: int) -> None:
+    """A cell process: its share of the CPU threads, and one decoded-video cache for every cell it trains."""
+    import torch
+
+    from training.data.dataset import shared_frame_cache
+
+    torch.set_num_threads(threads)
+    global _worker_cache
+    _worker_cache = shared_frame_cache()
+    _worker_cache.__enter__()
+
+
+def run_tasks(cfg: NoiseBenchConfig, fn, tasks: dict):
+    """``fn(*args)`` for every ``key: args`` of ``tasks``, yielding ``(key, result)`` as each finishes: in this
+    process when one job runs at a time, else in ``--jobs`` fresh (spawned: forking after PyTorch has started its
+    thread pools can hang) processes. The first failure stops the rest and is raised."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    jobs, threads = resolve_jobs(cfg)
+    if jobs == 1 or len(tasks) <= 1:
+        for key, args in tasks.items():
+            yield key, fn(*args)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(
+        min(jobs, len(tasks)), mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(fn, *args): key for key, args in tasks.items()}
+        try:
+            for fut in cf.as_completed(futures):
+                yield futures[fut], fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise

@@ -114,3 +114,48 @@ def test_report_pairs_seeds_and_says_where_imae_loses(tmp_path: Path) -> None:
     assert "| nce_rce | -4.0 ± 9.5 (1/3) | – |" in md  # seed ranges overlap: not `apart`
     assert "| imae | 46.0 ± 1.0 | 10.0 ± 0.0 (1 seed) |" in md  # fewer seeds than the table's header says
     assert "| imae | 20.0 ± 0.0 | 90.0 ± 0.0 (1 seed) |" in md
+
+
+def test_verdict_answers_the_benchmarks_questions_and_says_what_it_cannot() -> None:
+    results = [_result("cce", s, 0.30 + 0.01 * s, noisy=0.95) for s in range(3)]
+    results += [_result("imae", s, 0.45 + 0.01 * s) for s in range(3)]
+    results += [_result("nce_rce", s, [0.50, 0.40, 0.60][s]) for s in range(3)]
+    md = results_markdown(results)
+    assert "- Regime: cce fits 95.0% of the wrong labels at symmetric 0.4 (mean of 3 seeds): above the 90%" in md
+    assert "- imae >= cce + 10 at symmetric 0.4, seed ranges apart: met (imae 46.0 [45.0, 47.0] vs cce 31.0" in md
+    assert "- imae >= every loss at symmetric 0.4 (3 seeds or more each): NOT met: nce_rce 50.0 (imae 46.0)." in md
+    close = [_result("cce", s, 0.40, noisy=0.5) for s in range(2)] + [_result("imae", s, 0.45) for s in range(2)]
+    md = results_markdown(close)
+    assert "NOT above the 90% of the paper's regime" in md
+    assert "seed ranges apart: NOT met (imae 45.0 [45.0, 45.0] vs cce 40.0 [40.0, 40.0]: +5.0 points)" in md
+    assert "- imae >= every loss at symmetric 0.4 (2 seeds or more each): met (imae 45.0)." in md
+    one = results_markdown([_result("imae", 0, 0.3, kind="pairflip")])
+    assert "no cce cell at symmetric 0.4" in one and "not answerable" in one
+
+
+@pytest.mark.parametrize(
+    ("cuda", "cores", "given", "expected"),
+    [
+        (True, 16, None, (1, 16)),  # one model at a time keeps a GPU busy
+        (False, 2, None, (2, 1)),  # this machine: two one-thread cells
+        (False, 1, None, (1, 1)),
+        (False, 16, None, (4, 4)),
+        (False, 16, 2, (2, 8)),  # --jobs wins
+        (True, 16, 3, (3, 5)),
+    ],
+)
+def test_jobs_follow_the_device_and_the_cores(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, cores: int, given: int | None, expected: tuple[int, int]
+) -> None:
+    import os
+
+    import torch
+
+    from training.bench.grid import resolve_jobs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert resolve_jobs(NoiseBenchConfig(out_dir="x", jobs=given)) == expected
+    assert resolve_jobs(NoiseBenchConfig(out_dir="x", jobs=given, report_only=True))[0] == 1  # inference only
+    with pytest.raises(UserError, match="--jobs: invalid value 0"):
+        NoiseBenchConfig(out_dir="x", jobs=0).validate()
