@@ -26,7 +26,9 @@ def test_help_lists_the_commands() -> None:
 def test_expand_multi_value_flags() -> None:
     argv = ["plot", "weights", "out.png", "--t", "1", "2", "4", "--x"]
     assert expand_multi_value_flags(argv) == ["plot", "weights", "out.png", "--t", "1", "--t", "2", "--t", "4", "--x"]
-    assert expand_multi_value_flags(["--rates", "0", "0.2"]) == ["--rates", "0", "--rates", "0.2"]
+    assert expand_multi_value_flags(["--noise", "symmetric:0,0.4", "pairflip:0.4", "--seeds", "1"]) == [
+        "--noise", "symmetric:0,0.4", "--noise", "pairflip:0.4", "--seeds", "1",
+    ]  # fmt: skip
     assert expand_multi_value_flags(["evaluate", "--k", "1", "5", "--json", "o.json"]) == [
         "evaluate",
         "--k",

@@ -121,8 +121,8 @@ def bench_noise_cmd(
     noise: list[str] = typer.Option(
         ["symmetric:0,0.2,0.4,0.6", "pairflip:0.2,0.4", "identity:0.4"],
         "--noise",
-        help="Noise settings TYPE:RATE[,RATE...], TYPE symmetric | pairflip | identity; repeat the flag for "
-        "several types (a rate of 0 is the clean setting).",
+        help="Noise settings TYPE:RATE[,RATE...], TYPE symmetric | pairflip | identity; several after one flag "
+        "(--noise symmetric:0.6 pairflip:0.4) or one per flag (a rate of 0 is the clean setting).",
     ),
     seeds: int = typer.Option(3, help="Seeds per (loss, noise setting)."),
     epochs: int | None = typer.Option(None, help="Fine-tuning epochs per cell (default 70; --quick 2)."),

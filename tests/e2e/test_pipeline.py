@@ -140,10 +140,10 @@ def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
     (out / "runs" / "imae_identity0.4_seed0" / "done.json").unlink()
     report = run_cli("bench", "noise", out, "--quick", "--report-only")
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "1 of 6 cells have not finished: imae identity0.4 seed 0" in report.stderr
+    assert "1 of 6 cells have not finished: identity0.4: seed 0 (imae)" in report.stderr
     assert not (out / "runs" / "imae_identity0.4_seed0" / "done.json").exists()  # nothing was trained
     with open(out / "results.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 5
-    assert "Not run (--report-only reports the 5 finished cells): imae identity0.4 seed 0" in report.stdout
+    assert "Not run (--report-only reports the 5 finished cells): identity0.4: seed 0 (imae)." in report.stdout
     empty = run_cli("bench", "noise", tmp_path / "empty", "--quick", "--report-only")
     assert empty.returncode == 1 and "--report-only" in empty.stderr and "Traceback" not in empty.stderr

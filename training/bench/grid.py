@@ -467,7 +467,7 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
             weights.setdefault(name, {})[res.loss] = w
     header = _header(cfg, prep, t, time.perf_counter() - started)
     if missing:
-        names = ", ".join(f"{loss} {setting_name(kind, rate)} seed {seed}" for kind, rate, seed, loss in missing)
+        names = describe_cells(missing, len(cfg.losses))
         header += f"\nNot run (--report-only reports the {len(done)} finished cells): {names}.\n"
         log(f"{len(missing)} of {len(tasks)} cells have not finished: {names}")
     write_reports(out, results, curves, weights, header)
@@ -519,6 +519,19 @@ def _cell(
         cpu_seconds=cpu,
     )
     return res, hist, (w, flipped)
+
+
+def describe_cells(cells: list[tuple[str, float, int, str]], n_losses: int) -> str:
+    """``[(kind, rate, seed, loss)]`` -> "symmetric0.6: seed 1, seed 2 (cce, imae); clean: seed 2": a seed without
+    a loss list stands for every loss."""
+    by_seed: dict[tuple[str, int], list[str]] = {}
+    for kind, rate, seed, loss in cells:
+        by_seed.setdefault((setting_name(kind, rate), seed), []).append(loss)
+    parts: dict[str, list[str]] = {}
+    for (name, seed), losses in by_seed.items():
+        every = len(losses) == n_losses
+        parts.setdefault(name, []).append(f"seed {seed}" + ("" if every else f" ({', '.join(losses)})"))
+    return "; ".join(f"{name}: {', '.join(seeds)}" for name, seeds in parts.items())
 
 
 def _report_cell(*args) -> tuple | None:

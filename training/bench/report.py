@@ -169,7 +169,7 @@ def verdict(results: Sequence[RunResult], ref: str = "imae", base: str = "cce") 
         ahead = [loss for loss, v in means.items() if loss != ref and v > means[ref]]
         seeds = min(len(groups[(loss, s)]) for loss in means)
         lines.append(
-            f"- {ref} >= every loss at {s} ({seeds} seed{'s' if seeds > 1 else ''} or more each): "
+            f"- {ref} >= every loss at {s} (at least {seeds} seed{'s' if seeds > 1 else ''} each): "
             + ("met" if not ahead else "NOT met: " + ", ".join(f"{x} {means[x]:.1f}" for x in ahead))
             + f" ({ref} {means[ref]:.1f})."
         )
