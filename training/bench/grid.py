@@ -17,13 +17,17 @@
 6. results.csv, results.md (mean ± std and the paired per-seed comparison), plots/.
 
 Runs already finished with the same settings (a ``done.json`` in their folder records them) are reused, so an
-interrupted benchmark continues, and a grid can be run in pieces.
+interrupted benchmark continues, and a grid can be run in pieces; ``report_only`` (``--report-only``) trains
+nothing and reports the finished cells. Cells (and T candidates) train ``jobs`` at a time, each in a spawned
+process with its share of the CPU threads (``run_tasks``); a cell is the same run whichever process trains it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -558,8 +562,6 @@ def auto_jobs() -> int:
     """Cells trained at once when --jobs is not given: 1 on a GPU (one model at a time keeps it busy); on the CPU
     one per core, at most 4. Small models use several threads badly: on 2 cores, two one-thread cells at once
     finish about 1.4x more cells per hour than one two-thread cell at a time (docs/noise-benchmark.md, "Cost")."""
-    import os
-
     import torch
 
     return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
@@ -567,18 +569,32 @@ def auto_jobs() -> int:
 
 def resolve_jobs(cfg: NoiseBenchConfig) -> tuple[int, int]:
     """(processes, torch threads per process)."""
-    import os
-
     jobs = 1 if cfg.report_only else cfg.jobs or auto_jobs()
     return jobs, max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _worker_init(threads: int) -> None:
-    """A cell process: its share of the CPU threads, and one decoded-video cache for every cell it trains."""
+def watch_parent(parent: int, interval: float = 2.0, exit=os._exit) -> threading.Thread:
+    """A daemon thread that ends this process once ``parent`` is gone (this process re-parented): a cell process
+    whose benchmark was killed stops instead of training on for nobody."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        exit(1)
+
+    thread = threading.Thread(target=watch, name="watch-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _worker_init(threads: int, parent: int) -> None:
+    """A cell process: its share of the CPU threads, one decoded-video cache for every cell it trains, and an end
+    when the benchmark's process ends."""
     import torch
 
     from training.data.dataset import shared_frame_cache
 
+    watch_parent(parent)
     torch.set_num_threads(threads)
     global _worker_cache
     _worker_cache = shared_frame_cache()
@@ -599,7 +615,7 @@ def run_tasks(cfg: NoiseBenchConfig, fn, tasks: dict):
         return
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(
-        min(jobs, len(tasks)), mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        min(jobs, len(tasks)), mp_context=ctx, initializer=_worker_init, initargs=(threads, os.getpid())
     ) as pool:
         futures = {pool.submit(fn, *args): key for key, args in tasks.items()}
         try:

@@ -173,3 +173,15 @@ def test_cells_not_run_are_named_compactly() -> None:
     missing = [("symmetric", 0.6, 1, loss) for loss in ("cce", "imae", "ls")]
     missing += [("symmetric", 0.6, 2, "cce"), ("symmetric", 0.6, 2, "imae"), ("clean", 0.0, 2, "cce")]
     assert describe_cells(missing, n_losses=3) == "symmetric0.6: seed 1, seed 2 (cce, imae); clean: seed 2 (cce)"
+
+
+def test_a_cell_process_ends_when_the_benchmark_process_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from training.bench.grid import watch_parent
+
+    ppid = iter([10, 10, 1])  # the benchmark (10) dies; the cell process is re-parented to init
+    monkeypatch.setattr(os, "getppid", lambda: next(ppid))
+    exits: list[int] = []
+    watch_parent(10, interval=0.01, exit=exits.append).join(timeout=5)
+    assert exits == [1]
