@@ -142,6 +142,7 @@ class VideoEmbedder(nn.Module):
         self.backbone = backbone
         self.neck = nn.Sequential(nn.Linear(feature_dim, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
         self.classifier = CosineClassifier(embedding_dim, num_classes, scale)
+        self.weights_loaded: str | None = None  # what --weights loaded, in words (build_model)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.neck(self.backbone(x)).float(), dim=1)
@@ -166,12 +167,12 @@ def build_model(
     backbone, dim = _REGISTRY[name]()
     model = VideoEmbedder(backbone, dim, num_classes, embedding_dim, scale)
     if weights is not None:
-        load_weights(model, weights, model_name=name)
+        model.weights_loaded = load_weights(model, weights, model_name=name)
     return model
 
 
-def load_weights(model: VideoEmbedder, path: str | Path, model_name: str | None = None) -> None:
-    """Load local weights; no download.
+def load_weights(model: VideoEmbedder, path: str | Path, model_name: str | None = None) -> str:
+    """Load local weights; no download. Returns what was loaded, in words, for the training log.
 
     ``path`` is either a plain backbone state dict (optionally under a 'state_dict' or 'model' key), whose matching
     tensors are loaded, or a vidret checkpoint (``format: vidret-checkpoint``): its ``backbone.*`` tensors are
@@ -190,8 +191,10 @@ def load_weights(model: VideoEmbedder, path: str | Path, model_name: str | None 
         raise UserError(f"--weights {path}: not a readable PyTorch weights file ({exc})") from None
     if isinstance(state, dict) and state.get("format") == "vidret-checkpoint":
         _load_vidret_backbone(backbone, state, path, model_name)
-        _load_vidret_neck(model.neck, state["model"])
-        return
+        neck = _load_vidret_neck(model.neck, state["model"])
+        return "the checkpoint's backbone and embedding neck" if neck else (
+            "the checkpoint's backbone; a new embedding neck (its size differs from the checkpoint's)"
+        )
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -204,6 +207,7 @@ def load_weights(model: VideoEmbedder, path: str | Path, model_name: str | None 
     if not usable:
         raise UserError(f"--weights {path}: no tensor matches the backbone's parameters (wrong architecture?)")
     backbone.load_state_dict(usable, strict=False)
+    return f"{len(usable)} of the backbone's {len(own)} tensors"
 
 
 def _load_vidret_backbone(backbone: nn.Module, ck: dict, path: Path, model_name: str | None) -> None:

@@ -183,6 +183,8 @@ def fit(cfg: TrainConfig) -> FitResult:
     job = _setup_job(cfg)
     data = _setup_data(cfg, job.info, job.device)
     optim = _build_optimisation(cfg, len(data.classes), max(1, len(data.loader)), job.device, job.precision)
+    if cfg.weights and not cfg.resume:
+        job.say(f"--weights {cfg.weights}: loaded {optim.model.weights_loaded}")
     progress = restore_checkpoint(cfg, job, data.classes, optim)
     _wrap_for_training(cfg, job, optim)
     writer = _start_logging(cfg, job, data)

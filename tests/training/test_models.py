@@ -46,6 +46,8 @@ def test_local_weights_load_and_errors(tmp_path: Path) -> None:
     dst = build_model("tiny3d", num_classes=3, weights=tmp_path / "w.pt")
     for a, b in zip(src.backbone.state_dict().values(), dst.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    n = len(src.backbone.state_dict())
+    assert dst.weights_loaded == f"{n} of the backbone's {n} tensors"
     with pytest.raises(UserError, match="file not found"):
         build_model("tiny3d", num_classes=3, weights=tmp_path / "nope.pt")
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
@@ -65,12 +67,14 @@ def test_weights_accept_a_vidret_checkpoint_and_refuse_another_architecture(tmp_
         ours, theirs = getattr(src, part).state_dict(), getattr(dst, part).state_dict()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert dst.classifier.weight.shape == (3, 256)
+    assert dst.weights_loaded == "the checkpoint's backbone and embedding neck"  # what training prints
     x = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():  # the same embedding as the checkpoint's model: retrieval starts where pretraining ended
         assert torch.allclose(src.eval().embed(x), dst.eval().embed(x), atol=1e-6)
     other_dim = build_model("tiny3d", num_classes=3, embedding_dim=64, weights=tmp_path / "last.pt")
     assert torch.equal(other_dim.backbone.features[0].weight, src.backbone.features[0].weight)
     assert other_dim.neck[0].weight.shape == (64, src.neck[0].weight.shape[1])  # another size: a new neck
+    assert "a new embedding neck" in other_dim.weights_loaded
     with pytest.raises(UserError, match="model 'tiny3d', but --model is 'r3d_18'"):
         build_model("r3d_18", num_classes=3, weights=tmp_path / "last.pt")
     state = {k: v for k, v in src.state_dict().items() if k != "backbone.features.0.weight"}

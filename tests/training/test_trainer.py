@@ -271,3 +271,14 @@ def test_device_and_precision_selection() -> None:
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(UserError, match="fp16 needs a GPU"):
         resolve_precision("fp16", cpu)
+
+
+def test_fine_tuning_from_a_vidret_checkpoint_says_what_it_loaded(
+    synth_dir: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    ck = trained_run / "checkpoints" / "last.pt"
+    res = _train(synth_dir, tmp_path / "ft", "--epochs", "1", "--weights", ck)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"--weights {ck}: loaded the checkpoint's backbone and embedding neck" in res.stdout
+    cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert cfg["weights"] == str(ck) and cfg["imae_t"] == 8.0  # fine-tuning's T (docs/losses.md)
