@@ -192,8 +192,10 @@ def load_weights(model: VideoEmbedder, path: str | Path, model_name: str | None 
     if isinstance(state, dict) and state.get("format") == "vidret-checkpoint":
         _load_vidret_backbone(backbone, state, path, model_name)
         neck = _load_vidret_neck(model.neck, state["model"])
-        return "the checkpoint's backbone and embedding neck" if neck else (
-            "the checkpoint's backbone; a new embedding neck (its size differs from the checkpoint's)"
+        return (
+            "the checkpoint's backbone and embedding neck"
+            if neck
+            else ("the checkpoint's backbone; a new embedding neck (its size differs from the checkpoint's)")
         )
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
