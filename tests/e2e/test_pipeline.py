@@ -132,14 +132,18 @@ def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
     again = run_cli("bench", "noise", out, "--quick", "--jobs", "1")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{len(rows)} cells, 1 at a time" in again.stderr
+    assert f"{len(rows)} cells: {len(rows)} finished earlier (reused), 0 to train" in again.stderr
     with open(out / "results.csv", newline="") as fh:
         assert [(r["loss"], r["final_mAP"], r["seconds"]) for r in csv.DictReader(fh)] == [
             (r["loss"], r["final_mAP"], r["seconds"]) for r in rows
         ]
     # a grid run in pieces: --report-only trains nothing, reports the finished cells and names the others
     (out / "runs" / "imae_identity0.4_seed0" / "done.json").unlink()
+    inputs = [out / "bench_config.json", *(out / "labels").iterdir(), *(out / "pretrain").glob("*.*")]
+    before = {p: p.stat().st_mtime_ns for p in inputs}
     report = run_cli("bench", "noise", out, "--quick", "--report-only")
     assert report.returncode == 0, report.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in inputs} == before  # it writes reports only, not the grid's inputs
     assert "1 of 6 cells have not finished: identity0.4: seed 0 (imae)" in report.stderr
     assert not (out / "runs" / "imae_identity0.4_seed0" / "done.json").exists()  # nothing was trained
     with open(out / "results.csv", newline="") as fh:

@@ -175,6 +175,7 @@ class Prepared:
 
 
 def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
+    """The benchmark's synthetic videos, generated once per data settings (``--report-only``: checked, never made)."""
     from training.data.synth import SynthConfig, generate
 
     total = cfg.pretrain_identities + cfg.train_identities + cfg.test_identities
@@ -191,6 +192,8 @@ def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
     stamp = folder / "synth.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("config") == asdict(scfg):
         return
+    if cfg.report_only:
+        raise UserError(f"--report-only: {folder} holds no synthetic data of these settings; run without it first")
     if folder.exists():
         shutil.rmtree(folder)
     generate(folder, scfg)
@@ -238,6 +241,11 @@ def carve_validation(rows: list[VideoRow], fraction: float, seed: int) -> tuple[
     return fit, query, gallery
 
 
+def _manifest(cfg: NoiseBenchConfig, path: Path, rows: list[VideoRow]) -> Path:
+    """``rows`` written to ``path`` for training; ``--report-only`` writes nothing (the runs name the same path)."""
+    return path if cfg.report_only else write_manifest(path, rows)
+
+
 def cell_config(
     cfg: NoiseBenchConfig, loss: str, t: float, train_csv: Path, run: Path, seed: int, **overrides: Any
 ) -> TrainConfig:
@@ -267,6 +275,15 @@ class NotRun(Exception):
     """--report-only met a run that has not finished with these settings."""
 
 
+def _finished(tcfg: TrainConfig) -> dict | None:
+    """The record of a finished run of exactly these settings in ``tcfg.out``, or None."""
+    done = Path(tcfg.out) / "done.json"
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    return record if record.get("config") == asdict(tcfg) else None
+
+
 def _train(tcfg: TrainConfig, reuse_only: bool = False) -> tuple[list[dict], float, float]:
     """Train one run, or reuse a finished run of exactly these settings: (history, wall and CPU seconds of its
     training; CPU counts every thread of this process). ``reuse_only``: raise NotRun instead of training."""
@@ -274,10 +291,9 @@ def _train(tcfg: TrainConfig, reuse_only: bool = False) -> tuple[list[dict], flo
 
     run = Path(tcfg.out)
     done = run / "done.json"
-    if done.exists():
-        record = json.loads(done.read_text())
-        if record.get("config") == asdict(tcfg):  # a finished run of these settings: reuse it
-            return record["history"], float(record.get("seconds", "nan")), float(record.get("cpu_seconds", "nan"))
+    record = _finished(tcfg)
+    if record:  # a finished run of these settings: reuse it
+        return record["history"], float(record.get("seconds", "nan")), float(record.get("cpu_seconds", "nan"))
     if reuse_only:
         raise NotRun(str(run))
     if run.exists():
@@ -332,8 +348,8 @@ def prepare(cfg: NoiseBenchConfig, log) -> Prepared:
     fit_rows, query, gallery = carve_validation(pre_rows, cfg.val_fraction, cfg.data_seed)
     folder = out / "pretrain"
     for name, rs in (("train.csv", fit_rows), ("val_query.csv", query), ("val_gallery.csv", gallery)):
-        write_manifest(folder / name, rs)
-    finetune_csv = write_manifest(data / "finetune.csv", ft_rows)
+        _manifest(cfg, folder / name, rs)
+    finetune_csv = _manifest(cfg, data / "finetune.csv", ft_rows)
     tcfg = cell_config(
         cfg,
         "cce",
@@ -362,7 +378,8 @@ def prepare(cfg: NoiseBenchConfig, log) -> Prepared:
         f"{seconds:.0f} s ({cpu:.0f} s CPU)"
     )
     record = {"seconds": seconds, "cpu_seconds": cpu, "val_mAP": val_map, "epochs": cfg.pretrain_epochs}
-    atomic_write_text(folder / "pretrain.json", json.dumps({**record, "clips": len(fit_rows)}))
+    if not cfg.report_only:
+        atomic_write_text(folder / "pretrain.json", json.dumps({**record, "clips": len(fit_rows)}))
     return Prepared(data, folder / "run" / "checkpoints" / "last.pt", finetune_csv, seconds, cpu, val_map)
 
 
@@ -427,7 +444,8 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
         t = select_t(cfg, prep, rows, log)
         log(f"chosen IMAE T = {t:g} (on a validation split of the fine-tuning identities)")
     t = t if t is not None else 4.0
-    atomic_write_text(out / "bench_config.json", json.dumps({**asdict(cfg), "imae_t_used": t}, indent=2))
+    if not cfg.report_only:
+        atomic_write_text(out / "bench_config.json", json.dumps({**asdict(cfg), "imae_t_used": t}, indent=2))
     embeddings = None
     if any(kind == "identity" for kind, _ in cfg.settings()):
         embeddings = _infer(prep.pretrain_ckpt, rows, cfg.batch_size)[0]
@@ -436,28 +454,30 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
         name = setting_name(kind, rate)
         for seed in range(cfg.seeds):
             noisy, realised = _noisy_rows(rows, rate, kind, 1000 * seed + int(round(rate * 100)), embeddings)
-            train_csv = write_manifest(out / "labels" / f"train_{name}_seed{seed}.csv", noisy)
+            train_csv = _manifest(cfg, out / "labels" / f"train_{name}_seed{seed}.csv", noisy)
             log(f"{name}, seed {seed}: {realised:.3f} of the labels wrong")
             for loss in cfg.losses:
                 tasks[(kind, rate, seed, loss)] = (cfg, prep, loss, t, kind, rate, seed, train_csv, noisy)
-    jobs, threads = resolve_jobs(cfg)
-    log(f"{len(tasks)} cells, {jobs} at a time ({threads} CPU threads each)")
+    finished = {key for key, args in tasks.items() if _finished(_cell_config(*args[:8]))}
+    rest = "not finished (--report-only trains nothing)" if cfg.report_only else "to train"
+    log(f"{len(tasks)} cells: {len(finished)} finished earlier (reused), {len(tasks) - len(finished)} {rest}")
     done: dict[tuple[str, float, int, str], tuple] = {}
     missing: list[tuple[str, float, int, str]] = []
     cell_start = time.perf_counter()
-    for key, value in run_tasks(cfg, _report_cell if cfg.report_only else _cell, tasks):
+    for key, value in run_tasks(cfg, _report_cell if cfg.report_only else _cell, tasks, log):
         if value is None:
             missing.append(key)
             continue
         done[key] = value
         res = value[0]
-        elapsed = time.perf_counter() - cell_start
-        left = elapsed / len(done) * (len(tasks) - len(done))
+        trained = len(done.keys() - finished)  # the time left is what the trained cells took, not the reused ones
+        to_train = len(tasks) - len(finished) - trained
+        left = (time.perf_counter() - cell_start) / trained * to_train if trained else 0.0
         log(
             f"[{len(done)}/{len(tasks)}] {res.loss}, {setting_name(res.noise_type, res.noise_rate)}, seed {res.seed}: "
             f"final mAP {res.final_mAP:.4f}, best {res.best_mAP:.4f} (epoch {res.best_epoch}); "
-            f"fits {res.train_acc_noisy:.3f} of wrong labels; {res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU); "
-            f"about {left / 60:.0f} min left"
+            f"fits {res.train_acc_noisy:.3f} of wrong labels; {res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU)"
+            + (f"; about {left / 60:.0f} min left" if trained and to_train else "")
         )
     if not done:
         raise UserError(f"--report-only: none of the {len(tasks)} cells has finished in {out}")
@@ -478,6 +498,23 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     return results
 
 
+def _cell_config(
+    cfg: NoiseBenchConfig, prep: Prepared, loss: str, t: float, kind: str, rate: float, seed: int, train_csv: Path
+) -> TrainConfig:
+    """A grid cell's run: fine-tuning from the pretrained checkpoint, tested on the clean query/gallery."""
+    return cell_config(
+        cfg,
+        loss,
+        t,
+        train_csv,
+        Path(cfg.out_dir) / "runs" / f"{loss}_{setting_name(kind, rate)}_seed{seed}",
+        seed,
+        weights=str(prep.pretrain_ckpt),
+        val_query=str(prep.data / "query.csv"),
+        val_gallery=str(prep.data / "gallery.csv"),
+    )
+
+
 def _cell(
     cfg: NoiseBenchConfig,
     prep: Prepared,
@@ -489,19 +526,8 @@ def _cell(
     train_csv: Path,
     noisy: list[VideoRow],
 ) -> tuple[RunResult, list[dict], tuple[np.ndarray, np.ndarray]]:
-    run = Path(cfg.out_dir) / "runs" / f"{loss}_{setting_name(kind, rate)}_seed{seed}"
-    data = prep.data
-    tcfg = cell_config(
-        cfg,
-        loss,
-        t,
-        train_csv,
-        run,
-        seed,
-        weights=str(prep.pretrain_ckpt),
-        val_query=str(data / "query.csv"),
-        val_gallery=str(data / "gallery.csv"),
-    )
+    tcfg = _cell_config(cfg, prep, loss, t, kind, rate, seed, train_csv)
+    run = Path(tcfg.out)
     hist, seconds, cpu = _train(tcfg, reuse_only=cfg.report_only)
     acc_clean, acc_noisy, w, flipped = memorisation(cfg, run, noisy, loss, t)
     maps = [h["val_mAP"] for h in hist]
@@ -601,7 +627,7 @@ def _worker_init(threads: int, parent: int) -> None:
     _worker_cache.__enter__()
 
 
-def run_tasks(cfg: NoiseBenchConfig, fn, tasks: dict):
+def run_tasks(cfg: NoiseBenchConfig, fn, tasks: dict, log=None):
     """``fn(*args)`` for every ``key: args`` of ``tasks``, yielding ``(key, result)`` as each finishes: in this
     process when one job runs at a time, else in ``--jobs`` fresh (spawned: forking after PyTorch has started its
     thread pools can hang) processes. The first failure stops the rest and is raised."""
@@ -609,6 +635,8 @@ def run_tasks(cfg: NoiseBenchConfig, fn, tasks: dict):
     import multiprocessing
 
     jobs, threads = resolve_jobs(cfg)
+    if log is not None and not cfg.report_only:
+        log(f"{len(tasks)} cells, {jobs} at a time ({threads} CPU threads each)")
     if jobs == 1 or len(tasks) <= 1:
         for key, args in tasks.items():
             yield key, fn(*args)
