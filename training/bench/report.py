@@ -81,9 +81,15 @@ def _group(results: Sequence[RunResult]) -> dict[tuple[str, str], list[RunResult
     return groups
 
 
+def _std(values) -> float:
+    """The sample standard deviation over seeds (0 for one seed): the ± of every table and error bar."""
+    a = np.asarray(values, dtype=float)
+    return float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
 def _ms(values: list[float], scale: float = 100.0) -> str:
     a = np.asarray(values, dtype=float) * scale
-    return f"{a.mean():.1f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.1f}"
+    return f"{a.mean():.1f} ± {_std(a):.1f}"
 
 
 def _table(results: Sequence[RunResult], attr: str, scale: float = 100.0) -> list[str]:
@@ -124,8 +130,7 @@ def paired_comparison(results: Sequence[RunResult], ref: str = "imae") -> list[s
             wins = int((d > 0).sum())
             lo_a, hi_a, lo_b, hi_b = (f(d_[k] for k in seeds) for d_ in (a, b) for f in (min, max))
             apart = len(seeds) > 1 and (lo_a > hi_b or hi_a < lo_b)
-            std = d.std(ddof=1) if d.size > 1 else 0.0
-            cells.append(f"{d.mean():+.1f} ± {std:.1f} ({wins}/{len(seeds)}{', apart' if apart else ''})")
+            cells.append(f"{d.mean():+.1f} ± {_std(d):.1f} ({wins}/{len(seeds)}{', apart' if apart else ''})")
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
     return lines
 
@@ -236,7 +241,7 @@ def plot_map_vs_noise(results: Sequence[RunResult], out: Path) -> Path:
                     ax.errorbar(
                         [q for q, _ in pts],
                         [np.mean(v) for _, v in pts],
-                        yerr=[np.std(v) for _, v in pts],
+                        yerr=[_std(v) for _, v in pts],
                         marker="o",
                         capsize=3,
                         label=loss.upper(),
