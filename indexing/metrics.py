@@ -12,10 +12,14 @@ label once, so a query's same-label items (relevant, or junk: itself / same came
 labels across the whole gallery. For a block of queries the relevant items' scores (a handful per query) are
 sorted, every gallery item is located among them with one binary search (``searchsorted``), and a histogram of
 those positions, minus the query's own same-label and self items, gives for the m-th relevant item the number of
-other items ranked above it: rank_m = m + that count. Exact ties with a relevant item's score (rare with float
-embeddings) are found by one comparison pass and resolved by gallery order. Cost per query O(G log R) instead of
-O(G log G); memory bounded by the block size (about 24 bytes per query x gallery item).
-"""
+other items ranked above it: rank_m = m + that count. Cost per query O(G log R) instead of O(G log G); memory
+bounded by the block size (about 32 bytes per query x gallery item).
+
+Independent of the grouping: a matrix product's rounding depends on the block's shape, so the ranking is defined
+by each pair's score of record (``_canonical_scores``: exact float64 products, a fixed summation tree), ties by
+gallery order. The block's scores are float64; the items within their rounding bound (``_rounding_bound``) of a
+relevant item's score (exact ties included) are placed again by their scores of record; every other item is too
+far for the rounding to reorder it. A query's AP is thus the same alone, in any block and behind any route."""
 
 from __future__ import annotations
 
@@ -114,23 +118,107 @@ def _checked(
     return q, g, ranks
 
 
-def _break_exact_ties(
+def _canonical_scores(q: torch.Tensor, g: torch.Tensor, metric: str) -> torch.Tensor:
+    """Each pair's score of record, ``u`` (smaller ranks first): one function of the two vectors alone, whatever
+    the block, the batch or the machine's matrix kernels.
+
+    The products of float32 components are exact in float64; they are summed by a fixed pairwise tree of
+    element-wise float64 additions (each correctly rounded, so the order is fixed and the result reproducible)."""
+    q64, g64 = q.double(), g.double()
+    prods = q64 * g64  # (P, D), exact
+    terms = torch.cat([-2.0 * prods, g64 * g64], 1) if metric == "l2" else -prods
+    width = 1 << max(0, int(terms.shape[1] - 1).bit_length())
+    if width != terms.shape[1]:
+        terms = torch.cat([terms, terms.new_zeros(terms.shape[0], width - terms.shape[1])], 1)
+    while terms.shape[1] > 1:
+        half = terms.shape[1] // 2
+        terms = terms[:, :half] + terms[:, half:]
+    return terms[:, 0]
+
+
+def _rounding_bound(q: torch.Tensor, g_max: float, metric: str, unit: float = 2.0**-53) -> torch.Tensor:
+    """Per query: a bound on |computed score - exact score| for any gallery item and any summation order, with
+    ``unit`` the unit roundoff (float32: 2^-24, float64: 2^-53): gamma_D times the sum of |terms| (by
+    Cauchy-Schwarz), taken twice over for safety."""
+    d = q.shape[1]
+    q_norm = q.double().norm(dim=-1)
+    magnitude = (2.0 * q_norm * g_max + g_max * g_max) if metric == "l2" else q_norm * g_max
+    return 2.0 * (d + 2) * unit * magnitude
+
+
+def _relevant_ahead(
+    q: torch.Tensor, items: torch.Tensor, rel: torch.Tensor, g: torch.Tensor, metric: str
+) -> torch.Tensor:
+    """For each of one query's ``items``: how many of its relevant items ``rel`` rank ahead of it by the score of
+    record (ties: smaller gallery index first)."""
+    q_rep = q[None, :].expand(len(items), -1)
+    mine = _canonical_scores(q_rep, g[items], metric)[:, None]
+    theirs = _canonical_scores(q[None, :].expand(len(rel), -1), g[rel], metric)[None, :]
+    return ((theirs < mine) | ((theirs == mine) & (rel[None, :] < items[:, None]))).sum(1)
+
+
+def _place_near_items(
     hist: torch.Tensor,
-    tied: torch.Tensor,
-    pos: torch.Tensor,
-    rel_u: torch.Tensor,
+    bins: torch.Tensor,
+    near: torch.Tensor,
     rel_idx: torch.Tensor,
-    u: torch.Tensor,
+    n_rel: torch.Tensor,
+    q_rows: torch.Tensor,
+    g: torch.Tensor,
+    metric: str,
 ) -> None:
-    """Move the other items whose score equals a relevant item's exactly to the side the gallery order puts them on
-    (ties: smaller gallery index first), in ``hist`` (in place)."""
-    for row in tied.any(1).nonzero().squeeze(1).tolist() if bool(tied.any()) else []:
-        for col in tied[row].nonzero().squeeze(1).tolist():
-            lo = int(pos[row, col])
-            hi = int(torch.searchsorted(rel_u[row], u[row, col], right=True))
-            at = lo + int((rel_idx[row, lo:hi] < col).sum())
-            hist[row, lo] -= 1
-            hist[row, at] += 1
+    """Move each ``near`` item (within the rounding of a relevant item's block score) from its block-score bin of
+    ``hist`` to the bin of the scores of record (``_relevant_ahead``), in place."""
+    rows, cols = near.nonzero(as_tuple=True)  # row-major: each row's items together
+    if not len(rows):
+        return
+    exact = torch.empty_like(rows)
+    start = 0
+    for row, k in enumerate(torch.bincount(rows, minlength=len(hist)).tolist()):
+        if k:
+            items, rel = cols[start : start + k], rel_idx[row, : int(n_rel[row])]
+            exact[start : start + k] = _relevant_ahead(q_rows[row], items, rel, g, metric)
+            start += k
+    hist.index_put_((rows, bins[rows, cols]), torch.full_like(rows, -1), accumulate=True)
+    hist.index_put_((rows, exact), torch.ones_like(rows), accumulate=True)
+
+
+def _block_ranks(
+    u: torch.Tensor,
+    cand: torch.Tensor,
+    cvalid: torch.Tensor,
+    crel: torch.Tensor,
+    n_rel: torch.Tensor,
+    selfs: torch.Tensor,
+    svalid: torch.Tensor,
+    q_rows: torch.Tensor,
+    g: torch.Tensor,
+    g_max: float,
+    metric: str,
+) -> torch.Tensor:
+    """(B, r_max) float64: the rank of each query's m-th relevant item among the items that count (the module
+    docstring); ``u`` is the block's scores (float64, changed in place)."""
+    cu, su = u.gather(1, cand), u.gather(1, selfs)
+    r_max = int(n_rel.max())
+    key, order = torch.sort(torch.where(crel, cu, torch.full_like(cu, float("inf"))), dim=1, stable=True)
+    rel_u, rel_idx = key[:, :r_max], cand.gather(1, order)[:, :r_max]
+    band = 2.0 * _rounding_bound(q_rows, g_max, metric)[:, None]
+    # each relevant score's rounding window [u_r - band, u_r + band], overlapping windows merged by cummax: an item
+    # in a gap (even position 2k) surely has k relevant items ahead of it; one in a window (odd) is placed exactly
+    edges = torch.stack([rel_u - band, rel_u + band], 2).flatten(1).cummax(1).values.contiguous()
+    bins = torch.searchsorted(edges, u)
+    near = (bins & 1).bool()
+    bins >>= 1
+    hist = torch.zeros(len(u), r_max + 1, dtype=torch.int64)
+    hist.scatter_add_(1, bins, torch.ones(1, 1, dtype=torch.int64).expand_as(bins))
+    for items, ok in ((cu, cvalid), (su, svalid)):  # relevant and junk items are not "other" items
+        hist.scatter_add_(1, torch.searchsorted(edges, items.contiguous()) >> 1, -ok.long())
+    line = torch.arange(len(u))[:, None]
+    for items, ok in ((cand, cvalid), (selfs, svalid)):
+        near[line.expand_as(items)[ok], items[ok]] = False
+    _place_near_items(hist, bins, near, rel_idx, n_rel, q_rows, g, metric)
+    m = torch.arange(1, r_max + 1, dtype=torch.float64)[None, :]
+    return m + hist.cumsum(1)[:, :r_max].double()
 
 
 def evaluate_retrieval(
@@ -145,8 +233,10 @@ def evaluate_retrieval(
     ks: Sequence[int] = (1, 5, 10),
     metric: str = "cosine",
     memory_budget_mb: int = 256,
+    block_size: int | None = None,
 ) -> RetrievalScores:
-    """Exact mAP and CMC@ks of the queries against the gallery (see the module docstring)."""
+    """Exact mAP and CMC@ks of the queries against the gallery (see the module docstring). ``block_size``: queries
+    scored per matrix product (default: what ``memory_budget_mb`` allows); it changes no result."""
     q, g, ks = _checked(q_emb, q_ids, q_labels, g_emb, g_ids, g_labels, ks, metric)
     nq, ng = q.shape[0], g.shape[0]
     qi_np, gi_np = _codes(q_ids, g_ids)
@@ -156,13 +246,16 @@ def evaluate_retrieval(
     by_label, by_id = _members(gl_np), _members(gi_np)
     # rank order = ascending u, ties by gallery index; u = -score
     if metric == "l2":
-        gt, g_bias = (-2 * g).T.contiguous(), (g * g).sum(1)  # ||q-g||^2 - ||q||^2
+        gt, g_bias = (-2 * g.double()).T.contiguous(), (g.double() ** 2).sum(1)  # ||q-g||^2 - ||q||^2
     else:
-        gt, g_bias = (-g).T.contiguous(), None
+        gt, g_bias = (-g.double()).T.contiguous(), None
+    g_max = float(g.double().norm(dim=1).max()) if ng else 0.0  # for the rounding bound of the block scores
     aps: list[torch.Tensor] = []
     first_ranks: list[torch.Tensor] = []
     skipped = 0
-    bs = int(max(1, min(8192, (memory_budget_mb << 20) // max(1, ng * 24))))
+    bs = int(max(1, min(8192, (memory_budget_mb << 20) // max(1, ng * 32)))) if block_size is None else block_size
+    if bs < 1:
+        raise UserError(f"block_size must be >= 1, got {bs}")
     for s in range(0, nq, bs):
         e = min(nq, s + bs)
         cand, cvalid = _group_block(*by_label, ql[s:e])  # same label: relevant, or junk (self / same camera)
@@ -177,27 +270,11 @@ def evaluate_retrieval(
         cand, cvalid, crel, n_rel = cand[has], cvalid[has], crel[has], n_rel[has]
         selfs, svalid = _group_block(*by_id, qi[rows])  # the query itself under another label: junk too
         svalid &= gl[selfs] != ql[rows, None]
-        u = q[rows] @ gt
+        u = q[rows].double() @ gt  # float32 vectors, float64 scores: rounding far below float32's resolution
         if g_bias is not None:
             u += g_bias
-        cu, su = u.gather(1, cand), u.gather(1, selfs)
-        r_max = int(n_rel.max())
-        key, order = torch.sort(torch.where(crel, cu, torch.full_like(cu, float("inf"))), dim=1, stable=True)
-        rel_u, rel_idx = key[:, :r_max].contiguous(), cand.gather(1, order)[:, :r_max]
-        pos = torch.searchsorted(rel_u, u)  # relevant items with a strictly smaller u
-        hist = torch.zeros(len(rows), r_max + 1, dtype=torch.int64)
-        hist.scatter_add_(1, pos, torch.ones(1, 1, dtype=torch.int64).expand_as(pos))
-        for items, ok in ((cu, cvalid), (su, svalid)):  # relevant and junk items are not "other" items
-            hist.scatter_add_(1, torch.searchsorted(rel_u, items.contiguous()), -ok.long())
-        line = torch.arange(len(rows))[:, None]
-        for items, ok in ((cand, cvalid), (selfs, svalid)):  # NaN equals nothing: only other items can tie
-            u[line.expand_as(items)[ok], items[ok]] = float("nan")
-        rel_ext = torch.cat([rel_u, torch.full((len(rows), 1), float("nan"))], 1)
-        tied = rel_ext.gather(1, pos) == u  # another item with exactly a relevant item's score
-        _break_exact_ties(hist, tied, pos, rel_u, rel_idx, u)
-        before = hist.cumsum(1)[:, :r_max]
-        m = torch.arange(1, r_max + 1, dtype=torch.float64)[None, :]
-        ranks = m + before.double()
+        ranks = _block_ranks(u, cand, cvalid, crel, n_rel, selfs, svalid, q[rows], g, g_max, metric)
+        m = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)[None, :]
         aps.append(torch.where(m <= n_rel[:, None], m / ranks, torch.zeros_like(ranks)).sum(1) / n_rel.double())
         first_ranks.append(ranks[:, 0])
     if not aps:
