@@ -31,11 +31,12 @@ from indexing.embeddings import (
     save_shard,
     write_shard_list,
 )
+from training.checkpoint import load_checkpoint_file
 from training.data.dataset import VideoDataset, clip_transform, collate, worker_init
 from training.data.manifest import VideoRow, read_manifest
 from training.data.video import ClipSpec, read_clip
 from training.models import build_model
-from training.runtime import DistInfo, init_distributed, load_checkpoint_file, select_device, sha256_file
+from training.runtime import DistInfo, init_distributed, select_device, sha256_file
 
 
 @dataclass

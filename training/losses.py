@@ -53,8 +53,14 @@ def build_loss(name: str, **kwargs: float | str) -> nn.Module:
         raise ValueError(f"loss {name!r}: {exc}") from None
 
 
-def _prepare(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate shapes and labels; upcast half precision to float32 (float64 stays float64)."""
+def _prepare(
+    logits: torch.Tensor, targets: torch.Tensor, check_on_host: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate shapes and labels; upcast half precision to float32 (float64 stays float64).
+
+    ``check_on_host``: an out-of-range label raises at once, which reads the labels back (a host sync on a GPU).
+    Without it nothing is read back: such a label is clamped and its sample's logits made NaN, so the loss is NaN
+    and the trainer's device-side non-finite flag reports the step (read once per ``--log-interval``)."""
     if logits.dim() != 2:
         raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
     n, c = logits.shape
@@ -64,13 +70,16 @@ def _prepare(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
         raise ValueError(f"targets must be (N,) = ({n},), got shape {tuple(targets.shape)}")
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"targets must be integer class indices, got {targets.dtype}")
-    if n:
-        bad = (targets < 0) | (targets >= c)
-        if bool(bad.any()):
-            first = int(targets[bad.nonzero()[0, 0]])
-            raise ValueError(f"label {first} is outside [0, {c}) for {c} classes")
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()
+    if n:
+        bad = (targets < 0) | (targets >= c)
+        if check_on_host and bool(bad.any()):
+            first = int(targets[bad.nonzero()[0, 0]])
+            raise ValueError(f"label {first} is outside [0, {c}) for {c} classes")
+        if not check_on_host:
+            logits = logits + torch.where(bad, float("nan"), 0.0).to(logits.dtype)[:, None]
+            targets = targets.clamp(0, c - 1)
     return logits, targets.long()
 
 
@@ -79,17 +88,22 @@ def _p_y(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class _Loss(nn.Module):
-    """Base: subclasses implement ``_per_sample`` (un-reduced) and ``_weights`` (L1 norm of dL_i/dz)."""
+    """Base: subclasses implement ``_per_sample`` (un-reduced) and ``_weights`` (L1 norm of dL_i/dz).
+
+    ``check_labels_on_host`` (default True): raise at once for an out-of-range label. The trainer turns it off, so a
+    step reads nothing back from the device; a bad label then shows as a NaN loss at its step (``_prepare``)."""
+
+    check_labels_on_host = True
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits, targets = _prepare(logits, targets)
+        logits, targets = _prepare(logits, targets, self.check_labels_on_host)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
         return self._per_sample(logits, targets).mean()
 
     @torch.no_grad()
     def sample_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits, targets = _prepare(logits.detach(), targets)
+        logits, targets = _prepare(logits.detach(), targets, self.check_labels_on_host)
         return self._weights(logits, targets)
 
     def _per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -225,7 +239,7 @@ class IMAE(_Loss):
         return torch.exp(self.t * p_y * (1.0 - p_y))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits, targets = _prepare(logits, targets)
+        logits, targets = _prepare(logits, targets, self.check_labels_on_host)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
         return _IMAEFunction.apply(logits, targets, self.t, self.normalize == "weight")

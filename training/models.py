@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from indexing.errors import UserError
+from training.checkpoint import checked_checkpoint, is_vidret_checkpoint, load_torch_file
 
 _REGISTRY: dict[str, Callable[[], tuple[nn.Module, int]]] = {}
 
@@ -183,13 +184,9 @@ def load_weights(model: VideoEmbedder, path: str | Path, model_name: str | None 
     """
     backbone = model.backbone
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--weights {path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise UserError(f"--weights {path}: not a readable PyTorch weights file ({exc})") from None
-    if isinstance(state, dict) and state.get("format") == "vidret-checkpoint":
+    state = load_torch_file(path, f"--weights {path}")
+    if is_vidret_checkpoint(state):
+        state = checked_checkpoint(state, f"--weights {path}")
         _load_vidret_backbone(backbone, state, path, model_name)
         neck = _load_vidret_neck(model.neck, state["model"])
         return (

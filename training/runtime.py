@@ -1,4 +1,5 @@
-"""Small runtime helpers for training and inference: device and precision choice, DDP set-up, atomic checkpoints."""
+"""Small runtime helpers for training and inference: device and precision choice, DDP set-up, atomic checkpoints
+(the checkpoint format itself: ``training/checkpoint.py``)."""
 
 from __future__ import annotations
 
@@ -92,17 +93,3 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """torch.load(weights_only=True) with clear errors for missing or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of many types
-        raise UserError(f"{path}: not a readable vidret checkpoint ({str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "vidret-checkpoint":
-        raise UserError(f"{path}: not a vidret checkpoint")
-    return ckpt

@@ -38,10 +38,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from indexing.atomic import atomic_write, atomic_write_text
 from indexing.errors import UserError
+from training.checkpoint import checkpoint_state, gather_rng_states, load_checkpoint_file, restore_rng_state
 from training.config import OPTIMIZERS, TrainConfig
 from training.data.dataset import EpochSampler, VideoDataset, apply_bad_video_policy, collate, worker_init
 from training.data.manifest import VideoRow, class_map, read_manifest
 from training.data.video import ClipSpec
+from training.distributed import every_rank_can_step, share_skipped
 from training.losses import build_loss
 from training.models import build_model
 from training.runtime import (
@@ -49,7 +51,6 @@ from training.runtime import (
     atomic_torch_save,
     autocast,
     init_distributed,
-    load_checkpoint_file,
     resolve_precision,
     select_device,
 )
@@ -193,11 +194,12 @@ def fit(cfg: TrainConfig) -> FitResult:
     for epoch in range(progress.start_epoch, cfg.epochs):
         stats = train_one_epoch(cfg, job, data, optim, epoch, skipped)
         row = _epoch_row(cfg, epoch, stats, optim, len(skipped), data)
+        if job.info.is_main and data.val is not None:
+            row.update(evaluate(optim.model, cfg, job.device, data.val))
+        rng = gather_rng_states(job.info)  # every rank's generators (rank 0's after validation drew from them)
         if job.info.is_main:
-            if data.val is not None:
-                row.update(evaluate(optim.model, cfg, job.device, data.val))
             improved = progress.add(row, validated=data.val is not None)
-            save_checkpoint(cfg, job, data, optim, progress, epoch + 1, improved)
+            save_checkpoint(cfg, job, data, optim, progress, epoch + 1, improved, rng)
             _log_epoch(cfg, job, writer, progress.history, validated=data.val is not None)
         if job.info.enabled:
             dist.barrier()
@@ -290,6 +292,7 @@ def _build_optimisation(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     loss_fn = build_loss(cfg.loss, **cfg.loss_kwargs())
+    loss_fn.check_labels_on_host = False  # no host sync a step: a bad label is a NaN loss, reported at its step
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -356,36 +359,28 @@ def restore_checkpoint(cfg: TrainConfig, job: Job, classes: list[str], optim: Op
     optim.opt.load_state_dict(ck["optimizer"])
     optim.sched.load_state_dict(ck["scheduler"])
     optim.scaler.load_state_dict(ck["scaler"])
-    torch.set_rng_state(ck["rng"]["torch"])
-    if "cuda" in ck["rng"] and torch.cuda.is_available():  # the GPUs this machine has
-        torch.cuda.set_rng_state_all(ck["rng"]["cuda"][: torch.cuda.device_count()])
-    job.say(f"resuming {job.run_dir} after epoch {int(ck['epoch'])}")
+    note = restore_rng_state(ck, job.info)  # each rank its own generators
+    job.say(f"resuming {job.run_dir} after epoch {int(ck['epoch'])}" + (f"; {note}" if note else ""))
     return Progress(int(ck["epoch"]), float(ck["best_map"]), list(ck["history"]))
 
 
 def _checkpoint_state(
-    cfg: TrainConfig, data: Data, optim: Optimisation, progress: Progress, epoch: int
+    cfg: TrainConfig, data: Data, optim: Optimisation, progress: Progress, epoch: int, rng: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The checkpoint of docs/formats.md: plain tensors and primitives (``torch.load(weights_only=True)``)."""
+    """The checkpoint of docs/formats.md (``training/checkpoint.py``), with every rank's random state ``rng``."""
     from training.data.dataset import MEAN, STD
 
-    state = {k: v.detach().cpu() for k, v in optim.model.state_dict().items()}
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
     spec = data.spec
-    return {
-        "format": "vidret-checkpoint",
-        "version": 1,
-        "arch": {
+    return checkpoint_state(
+        arch={
             "name": cfg.model,
             "num_classes": len(data.classes),
             "embedding_dim": cfg.embedding_dim,
             "scale": cfg.scale,
         },
-        "model": state,
-        "classes": data.classes,
-        "input": {
+        model={k: v.detach().cpu() for k, v in optim.model.state_dict().items()},
+        classes=data.classes,
+        input_spec={
             "frames": spec.frames,
             "size": spec.size,
             "sampling": spec.sampling,
@@ -393,23 +388,30 @@ def _checkpoint_state(
             "mean": list(MEAN),
             "std": list(STD),
         },
-        "embedding_dim": cfg.embedding_dim,
-        "config": asdict(cfg),
-        "epoch": epoch,
-        "best_map": progress.best,
-        "history": progress.history,
-        "optimizer": optim.opt.state_dict(),
-        "scheduler": optim.sched.state_dict(),
-        "scaler": optim.scaler.state_dict(),
-        "rng": rng,
-    }
+        config=asdict(cfg),
+        epoch=epoch,
+        best_map=progress.best,
+        history=progress.history,
+        optimizer=optim.opt.state_dict(),
+        scheduler=optim.sched.state_dict(),
+        scaler=optim.scaler.state_dict(),
+        rng_ranks=rng,
+    )
 
 
 def save_checkpoint(
-    cfg: TrainConfig, job: Job, data: Data, optim: Optimisation, progress: Progress, epoch: int, improved: bool
+    cfg: TrainConfig,
+    job: Job,
+    data: Data,
+    optim: Optimisation,
+    progress: Progress,
+    epoch: int,
+    improved: bool,
+    rng: list[dict[str, Any]] | None = None,
 ) -> None:
-    """checkpoints/last.pt after every epoch, and best.pt when ``improved``; each written atomically."""
-    ck = _checkpoint_state(cfg, data, optim, progress, epoch)
+    """checkpoints/last.pt after every epoch, and best.pt when ``improved``; each written atomically. ``rng``: every
+    rank's generator states (``gather_rng_states``; default: this process's alone)."""
+    ck = _checkpoint_state(cfg, data, optim, progress, epoch, rng if rng is not None else gather_rng_states(job.info))
     atomic_torch_save(ck, job.last_path)
     if improved:
         atomic_torch_save(ck, job.best_path)
@@ -436,7 +438,7 @@ def train_one_epoch(
         for step, batch in enumerate(data.loader):
             wait_s += time.perf_counter() - t_ready
             apply_bad_video_policy(batch["skipped"], cfg.on_bad_video, skipped)
-            if batch["clip"].shape[0] >= 2:  # BatchNorm needs two samples
+            if every_rank_can_step(batch["clip"].shape[0], cfg.on_bad_video, job.info):  # 2 clips, on every rank
                 logits, y, loss = _train_step(cfg, job, optim, batch)
                 running.add(step, batch["index"], logits, y, loss, optim.loss_fn)
             if (step + 1) % cfg.log_interval == 0:
@@ -444,6 +446,7 @@ def train_one_epoch(
             t_ready = time.perf_counter()
         _read_back(running, bar, optim.steps_per_epoch, epoch, cfg, job)
         loop_s = time.perf_counter() - t_start
+        share_skipped(skipped, job.info)
     finally:
         if bar is not None:
             bar.stop()

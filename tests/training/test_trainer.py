@@ -56,7 +56,7 @@ def test_run_directory_and_checkpoint_follow_the_contract(trained_run: Path) -> 
         "mean": ck["input"]["mean"],
         "std": ck["input"]["std"],
     }
-    assert len(ck["classes"]) == 6 and {"optimizer", "scheduler", "scaler", "rng"} <= set(ck)
+    assert len(ck["classes"]) == 6 and {"optimizer", "scheduler", "scaler", "rng_ranks"} <= set(ck)
     assert (trained_run / "checkpoints" / "best.pt").exists()
     for written in ("checkpoints/last.pt", "metrics.csv", "config.json", "plots/curves.png"):  # atomic, not 0600
         assert (trained_run / written).stat().st_mode & 0o777 == 0o644, written
@@ -244,7 +244,7 @@ def test_resume_restores_the_gpu_generators_saved_in_the_checkpoint(
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     ck = torch.load(last, weights_only=True)
     gpu_states = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
-    ck["rng"]["cuda"] = gpu_states  # as written on a machine with two GPUs
+    ck["rng_ranks"][0]["cuda"] = gpu_states  # as written on a machine with two GPUs
     torch.save(ck, last)
     restored: list[list[torch.Tensor]] = []
     # resumed on a machine with one GPU (faked: this one has none); nothing is left to train, so no CUDA call but
