@@ -154,19 +154,31 @@ class Guard:
             "uploads": settings.max_concurrent_uploads,
             "audit": settings.max_concurrent_audits,
         }
-        self.routes: dict[int, RouteInfo] = {}
+        self.routes: dict[int, RouteInfo] = {}  # by position in the flat list of routes
+        self.flat: list | None = None
+
+    def _flat_routes(self) -> list:
+        """The app's routes, those of included routers flattened (FastAPI >= 0.130 includes routers lazily)."""
+        if self.flat is None:
+            try:
+                from fastapi.routing import iter_route_contexts
+            except ImportError:  # older FastAPI: include_router copied the routes
+                self.flat = list(self.router.routes)
+            else:
+                self.flat = list(iter_route_contexts(self.router.routes))
+        return self.flat
 
     def _route(self, scope: Scope) -> RouteInfo:
-        for route in self.router.routes:
+        for n, route in enumerate(self._flat_routes()):
             match, _ = route.matches(scope)
             if match == Match.FULL:
-                if id(route) not in self.routes:
+                if n not in self.routes:
                     calls = _dependency_calls(getattr(route, "dependant", None))
-                    self.routes[id(route)] = RouteInfo(
+                    self.routes[n] = RouteInfo(
                         checks=[CHECKS[c] for c in calls if c in CHECKS],
-                        heavy=heavy_kind(scope["method"], getattr(route, "path", "")),
+                        heavy=heavy_kind(scope["method"], getattr(route, "path", "") or ""),
                     )
-                return self.routes[id(route)]
+                return self.routes[n]
         return RouteInfo()
 
     def _host_allowed(self, scope: Scope, headers: Headers) -> str | None:

@@ -28,9 +28,7 @@ async def ready(state: ServiceState = Depends(get_state)) -> Response | Status:
     return JSONResponse({"detail": detail}, status_code=503)
 
 
-@router.get(
-    "/metrics", response_class=Response, dependencies=[Depends(require_metrics_key)], responses=AUTH_RESPONSES
-)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require_metrics_key)], responses=AUTH_RESPONSES)
 def metrics(state: ServiceState = Depends(get_state)) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
