@@ -112,16 +112,19 @@ def _host_netloc(host_header: str) -> str | None:
     return _origin_netloc(f"http://{host_header}")
 
 
-def foreign_origin(headers: Headers) -> str | None:
-    """Why a browser's request comes from another origin than the server's own, or None."""
+def foreign_origin(headers: Headers, named: frozenset[str] = frozenset()) -> str | None:
+    """Why a browser's request comes from another origin than the server's own, or None. ``named``: the names of
+    VIDRET_ALLOWED_HOSTS, whose origins are the server's too (behind a proxy that rewrites Host)."""
     site = headers.get("sec-fetch-site")
     if site is not None and site.strip().lower() not in ("same-origin", "none"):
         return f"Sec-Fetch-Site: {site.strip()[:40]}"
     origin = headers.get("origin")
     if origin is None:
         return None
-    own = _host_netloc(headers.get("host", ""))
-    if own is None or _origin_netloc(origin) != own:
+    own, theirs = _host_netloc(headers.get("host", "")), _origin_netloc(origin)
+    if theirs is not None and (theirs in named or theirs.rpartition(":")[0] in named or theirs.strip("[]") in named):
+        return None
+    if own is None or theirs != own:
         return f"Origin: {origin.strip()[:100]}"
     return None
 
@@ -148,7 +151,9 @@ class Guard:
         self.app, self.settings, self.router = app, settings, router
         self.hosts = {h for h in (*LOOPBACK_NAMES, settings.host.strip().strip("[]").lower()) if h}
         self.hosts -= {"0.0.0.0", "::"}
-        self.hosts |= {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
+        names = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
+        self.named = frozenset(names - {"*"})  # their origins are the server's own too (a proxy may rewrite Host)
+        self.hosts |= names
         self.slots = {
             "evaluation": settings.max_concurrent_evaluations,
             "uploads": settings.max_concurrent_uploads,
@@ -201,7 +206,7 @@ class Guard:
             detail = f"Host {name!r} is not an allowed name of this server: add it to VIDRET_ALLOWED_HOSTS"
             await send_json(send, 400, detail)
             return
-        if scope["method"] not in SAFE_METHODS and (why := foreign_origin(headers)) is not None:
+        if scope["method"] not in SAFE_METHODS and (why := foreign_origin(headers, self.named)) is not None:
             await send_json(send, 403, f"cross-origin request refused ({why}): use the server's own page or a client")
             return
         info = self._route(scope)
