@@ -37,14 +37,14 @@ class Settings(BaseSettings):
     api_key: str | None = Field(
         None,
         description="When set, adding and deleting videos need 'Bearer <key>'. "
-        "Without it, writes are refused unless the server binds to loopback or "
-        "allow_unauthenticated_writes is set.",
+        "Without it, writes are refused unless the server listens only on loopback (decided from its listening "
+        "sockets) and no read_api_key is set, or allow_unauthenticated_writes is set.",
     )
     read_api_key: str | None = Field(
         None,
         description="When set, searches, listings, thumbnails and evaluation "
-        "need 'Bearer <key>' with this key or api_key (/health, /ready, /metrics and "
-        "the web page stay open).",
+        "need 'Bearer <key>' with this key or api_key, and so does /metrics unless metrics_api_key is set "
+        "(/health, /ready and the web page stay open). It never authorises a write.",
     )
     allow_unauthenticated_writes: bool = Field(
         False,
