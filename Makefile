@@ -75,7 +75,7 @@ $(DEMO)/index/index.json: $(DEMO)/gallery.npz
 
 demo: setup $(DEMO)/index/index.json $(DEMO)/query.npz
 	$(VIDRET) evaluate --index $(DEMO)/index --queries $(DEMO)/query.npz --json $(DEMO)/evaluation.json
-	@echo "serving http://127.0.0.1:$(DEMO_PORT)/ (API docs at /docs); Ctrl-C to stop"
+	@echo "serving http://127.0.0.1:$(DEMO_PORT)/ (API schema at /openapi.json); Ctrl-C to stop"
 	$(VIDRET) serve --index $(DEMO)/index --checkpoint $(DEMO)/run/checkpoints/last.pt --port $(DEMO_PORT)
 
 clean:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -19,7 +20,10 @@ from indexing.errors import UserError
 from indexing.milvus import MilvusError
 from service.api import evaluate, health, review, search, videos
 from service.deps import AUTH_RESPONSES, redact_paths, require_read_key
+from service.docs_page import add_docs
+from service.guard import Guard
 from service.middleware import LimitBodySize, Metrics, RecordMetrics
+from service.policy import log_write_policy
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -40,11 +44,19 @@ def _page_headers(html: str) -> dict[str, str]:
     return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
+MAX_LISTED_ERRORS = 10  # a 422 names this many errors at most (a huge invalid body must not get a huger answer)
+MAX_ERROR_CHARS = 200  # and each in this many characters at most
+
+
 def _validation_message(exc: RequestValidationError) -> str:
+    errors = exc.errors()
     parts = []
-    for err in exc.errors():
+    for err in errors[:MAX_LISTED_ERRORS]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        part = f"{loc}: {err.get('msg', 'invalid')}"
+        parts.append(part if len(part) <= MAX_ERROR_CHARS else part[: MAX_ERROR_CHARS - 3] + "...")
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more errors")
     return "; ".join(parts) or "invalid request"
 
 
@@ -54,14 +66,8 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if not settings.api_key and not settings.binds_loopback:
-            if settings.allow_unauthenticated_writes:
-                log.warning(
-                    "VIDRET_ALLOW_UNAUTHENTICATED_WRITES=1: anyone who reaches %s may add and delete videos",
-                    settings.host,
-                )
-            else:
-                log.warning("adds and deletes are refused: listening on %s without VIDRET_API_KEY", settings.host)
+        # the sockets listen once the lifespan has started: say what the write policy is then
+        asyncio.get_running_loop().call_later(1.0, log_write_policy, settings)
         if load_in_background:
             threading.Thread(target=state.load, name="vidret-load", daemon=True).start()
         else:
@@ -73,10 +79,12 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
         title="vidret",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # service/docs_page.py: only with local assets (VIDRET_DOCS, VIDRET_DOCS_ASSETS)
+        redoc_url=None,
         description="Video retrieval: search by id, vector or uploaded video; add, delete, evaluate.",
     )
     app.state.vidret = state
-    app.include_router(health.router)  # /health, /ready, /metrics stay open
+    app.include_router(health.router)  # /health, /ready stay open; /metrics needs its key or the read key
     # reads need VIDRET_READ_API_KEY when it is set (writes: their own)
     for router in (search.router, videos.router, evaluate.router, review.evaluation_router, review.router):
         app.include_router(router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
@@ -106,7 +114,10 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
         status = getattr(exc, "http_status", 400)  # 409: a write to a read-only (memory-mapped) index
         return JSONResponse({"detail": redact_paths(str(exc))}, status_code=status)  # no server paths to clients
 
+    if settings.docs:
+        add_docs(app, settings)
     app.add_middleware(LimitBodySize, settings=settings)
+    app.add_middleware(Guard, settings=settings, router=app.router)  # before the body limit: Host, origin, keys
     app.add_middleware(RecordMetrics, metrics=state.metrics)
 
     return app

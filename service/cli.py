@@ -75,7 +75,7 @@ def serve(
     ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
-    """Serve the search API and web page (GET / ; GET /docs for the API)."""
+    """Serve the search API and web page (GET / ; the API's schema at GET /openapi.json)."""
     given = {k: v for k, v in locals().items() if v is not None and k != "log_level"}  # the flags set: settings
     from pydantic import ValidationError
 
@@ -87,13 +87,10 @@ def serve(
         err = exc.errors()[0]
         raise UserError(f"setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     _check_served(settings)
-    import uvicorn
-
     from service.app import create_app
+    from service.server import run
 
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5
-    )
+    run(create_app(settings), settings, log_level=log_level)  # with the slow-client limits of service/server.py
 
 
 def _check_served(settings) -> None:

@@ -1,24 +1,23 @@
 """Dependencies shared by the routers: the state, readiness, auth, the declared upload size. They never block,
 so they are ``async``: FastAPI runs them on the event loop instead of handing each to a worker thread.
 
-Access policy (the two auth dependencies below are the only places that decide it):
+Access policy (decided in ``service/policy.py``; the auth dependencies below and ``service/guard.py`` call it):
 
-* writes (adding, deleting videos: every route that depends on :func:`require_api_key`) need
-  ``Authorization: Bearer <VIDRET_API_KEY>`` when that key is set; without it they are refused with a 403, unless the
-  server binds to a loopback address or ``VIDRET_ALLOW_UNAUTHENTICATED_WRITES=1``;
+* writes (adding, deleting videos: every route that depends on :func:`require_api_key`) follow the write policy of
+  ``service/policy.py`` (the key, or keyless only on a server that listens on loopback alone);
 * reads (``/v1/...``, attached to the routers in ``create_app``) need ``Bearer <VIDRET_READ_API_KEY>`` or the write
   key when a read key is set, and are open otherwise.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPBearer
 
+from service.policy import check_metrics, check_read, check_write
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -59,52 +58,25 @@ async def get_settings(state: ServiceState = Depends(get_state)) -> Settings:
     return state.settings
 
 
-def _presented_key(request: Request) -> bytes:
-    """The bearer token of the request as bytes; 401 without an Authorization header, 403 with another scheme."""
-    header = request.headers.get("authorization")
-    if header is None or not header.strip():
-        raise HTTPException(401, "missing Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        raise HTTPException(403, "wrong API key: send Authorization: Bearer <key>")
-    # Header values arrive as latin-1 text: encoding them back gives the bytes the client sent (a key typed in UTF-8
-    # matches its UTF-8 bytes), and comparing bytes never raises, whatever they are.
-    return token.strip().encode("latin-1", errors="replace")
-
-
-def _matches(token: bytes, *keys: str | None) -> bool:
-    found = False
-    for key in keys:
-        if key:  # compare against every key, so the time taken does not say which one matched
-            found |= hmac.compare_digest(token, key.encode("utf-8"))
-    return found
-
-
 async def require_api_key(
     request: Request, settings: Settings = Depends(get_settings), _: object = Security(bearer)
 ) -> None:
-    """The write policy: every route that changes the index depends on this."""
-    if not settings.api_key:
-        if settings.allow_unauthenticated_writes or settings.binds_loopback:
-            return
-        raise HTTPException(
-            403,
-            f"writes are disabled: the server listens on {settings.host} without an API key. "
-            "Set VIDRET_API_KEY (vidret serve --api-key) and send Authorization: Bearer <key>, "
-            "or set VIDRET_ALLOW_UNAUTHENTICATED_WRITES=1 to let anyone who can reach it write",
-        )
-    if not _matches(_presented_key(request), settings.api_key):
-        raise HTTPException(403, "wrong API key")
+    """The write policy (``service/policy.py``): every route that changes the index depends on this."""
+    check_write(settings, request.scope.get("server"), request.headers)
 
 
 async def require_read_key(
     request: Request, settings: Settings = Depends(get_settings), _: object = Security(bearer)
 ) -> None:
     """The read policy: open unless VIDRET_READ_API_KEY is set; then it or the write key is needed."""
-    if not settings.read_api_key:
-        return
-    if not _matches(_presented_key(request), settings.read_api_key, settings.api_key):
-        raise HTTPException(403, "wrong API key")
+    check_read(settings, request.headers)
+
+
+async def require_metrics_key(
+    request: Request, settings: Settings = Depends(get_settings), _: object = Security(bearer)
+) -> None:
+    """/metrics: VIDRET_METRICS_API_KEY (or the write key) when set, else the read policy."""
+    check_metrics(settings, request.headers)
 
 
 # An absolute POSIX path, quoted ('/a b/c') or bare (/a/b/c), not part of a URL or a relative path. A bare path's

@@ -64,22 +64,33 @@ class RecordMetrics:
 
 
 class LimitBodySize:
-    """Refuses a request body over ``VIDRET_MAX_UPLOAD_MB`` (plus the multipart framing allowance) with 413 before it
-    is stored: at once from a declared ``Content-Length``, and for a chunked body as soon as the bytes received pass
-    the limit. FastAPI parses a form before the route's dependencies run, so this cannot be a dependency."""
+    """Refuses a request body over its limit with 413 before it is stored: a multipart upload over
+    ``VIDRET_MAX_UPLOAD_MB`` (plus the multipart framing allowance), any other body (JSON) over ``VIDRET_MAX_JSON_KB``,
+    so that a JSON body is never parsed past that. At once from a declared ``Content-Length``, and for a chunked body
+    as soon as the bytes received pass the limit. FastAPI parses a form before the route's dependencies run, so this
+    cannot be a dependency."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.limit = int(settings.max_upload_mb * 2**20) + MULTIPART_ALLOWANCE
-        self.detail = f"request body larger than VIDRET_MAX_UPLOAD_MB={settings.max_upload_mb:g}"
+        self.upload_limit = int(settings.max_upload_mb * 2**20) + MULTIPART_ALLOWANCE
+        self.upload_detail = f"request body larger than VIDRET_MAX_UPLOAD_MB={settings.max_upload_mb:g}"
+        self.json_limit = settings.max_json_kb * 1024
+        self.json_detail = (
+            f"request body larger than VIDRET_MAX_JSON_KB={settings.max_json_kb} (only multipart uploads may be larger)"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if headers.get(b"content-type", b"").lower().lstrip().startswith(b"multipart/form-data"):
+            limit, detail = self.upload_limit, self.upload_detail
+        else:
+            limit, detail = self.json_limit, self.json_detail
+        if declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, detail)
             return
         received = 0
 
@@ -88,15 +99,15 @@ class LimitBodySize:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     # answered by the app's error handler; closing the connection stops the client sending more
-                    raise HTTPException(413, self.detail, headers={"Connection": "close"})
+                    raise HTTPException(413, detail, headers={"Connection": "close"})
             return message
 
         await self.app(scope, counting_receive, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body: Any = json.dumps({"detail": self.detail}).encode()
+    async def _refuse(self, send: Send, detail: str) -> None:
+        body: Any = json.dumps({"detail": detail}).encode()
         await send(
             {
                 "type": "http.response.start",

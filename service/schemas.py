@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Bounds of every number and list a request may hold, so that no value reaches the work unchecked (422, never a
+# 500 or minutes of work). The settings (VIDRET_MAX_K, VIDRET_MAX_BATCH, ...) are checked after, within these.
+K_MAX = 10_000  # the largest k (and cutoff in ks) any setting allows; VIDRET_MAX_K is the served one
+KS_MAX_ITEMS = 32  # cutoffs in one evaluation
+BATCH_MAX_ITEMS = 4096  # queries in one batch (VIDRET_MAX_BATCH, at most this)
+EMBEDDING_MAX_ITEMS = 65_536  # values of a query vector
+QUERY_IDS_MAX_ITEMS = 100_000  # query_ids of one evaluation (VIDRET_MAX_EVAL_QUERIES is checked after)
+ID_MAX_CHARS = 1024  # a video id in a body (the id rule itself is stricter)
+OFFSET_MAX = 2**31 - 1  # a listing's offset
+Cutoff = Annotated[int, Field(ge=1, le=K_MAX)]
 
 
 class Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str | None = Field(None, description="An indexed video id.")
-    embedding: list[float] | None = Field(None, description="A query vector of the index's dimension.")
+    id: str | None = Field(None, max_length=ID_MAX_CHARS, description="An indexed video id.")
+    embedding: list[float] | None = Field(
+        None, max_length=EMBEDDING_MAX_ITEMS, description="A query vector of the index's dimension."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> Query:
@@ -44,15 +57,15 @@ class SearchFilter(BaseModel):
 
 
 class SearchRequest(Query):
-    k: int = Field(10, ge=1)
+    k: int = Field(10, ge=1, le=K_MAX)
     exclude_self: bool = True
     filter: SearchFilter | None = Field(None, description="Metadata conditions on the hits (label, camera).")
 
 
 class BatchSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    queries: list[Query] = Field(..., min_length=1)
-    k: int = Field(10, ge=1)
+    queries: list[Query] = Field(..., min_length=1, max_length=BATCH_MAX_ITEMS)
+    k: int = Field(10, ge=1, le=K_MAX)
     exclude_self: bool = True
     filter: SearchFilter | None = Field(None, description="Metadata conditions on the hits, for every query.")
 
@@ -107,16 +120,16 @@ class VideoList(BaseModel):
 
 class EvaluateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query_ids: list[str] | None = Field(None, min_length=1)
+    query_ids: list[Annotated[str, Field(max_length=ID_MAX_CHARS)]] | None = Field(
+        None, min_length=1, max_length=QUERY_IDS_MAX_ITEMS
+    )
     all: bool = False
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    ks: list[Cutoff] = Field(default_factory=lambda: [1, 5, 10], min_length=1, max_length=KS_MAX_ITEMS)
 
     @model_validator(mode="after")
     def _one_of(self) -> EvaluateRequest:
         if (self.query_ids is None) == (not self.all):
             raise ValueError("give either 'query_ids' or 'all': true")
-        if any(k < 1 for k in self.ks):
-            raise ValueError("ks must be >= 1")
         return self
 
 

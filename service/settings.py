@@ -37,14 +37,14 @@ class Settings(BaseSettings):
     api_key: str | None = Field(
         None,
         description="When set, adding and deleting videos need 'Bearer <key>'. "
-        "Without it, writes are refused unless the server binds to loopback or "
-        "allow_unauthenticated_writes is set.",
+        "Without it, writes are refused unless the server listens only on loopback (decided from its listening "
+        "sockets) and no read_api_key is set, or allow_unauthenticated_writes is set.",
     )
     read_api_key: str | None = Field(
         None,
         description="When set, searches, listings, thumbnails and evaluation "
-        "need 'Bearer <key>' with this key or api_key (/health, /ready, /metrics and "
-        "the web page stay open).",
+        "need 'Bearer <key>' with this key or api_key, and so does /metrics unless metrics_api_key is set "
+        "(/health, /ready and the web page stay open). It never authorises a write.",
     )
     allow_unauthenticated_writes: bool = Field(
         False,
@@ -53,9 +53,60 @@ class Settings(BaseSettings):
     )
     max_eval_queries: int = Field(1000, ge=1, description="Queries one /v1/evaluate may run (past it, 422).")
     max_upload_mb: float = Field(64.0, gt=0)
-    max_k: int = Field(100, ge=1)
+    max_k: int = Field(100, ge=1, le=10_000)
     max_frames: int = Field(3000, ge=1, description="Frames an upload may have (longer videos are refused).")
-    max_batch: int = Field(256, ge=1, description="Queries per batch search.")
+    max_batch: int = Field(256, ge=1, le=4096, description="Queries per batch search.")
+    max_json_kb: int = Field(
+        2048,
+        ge=1,
+        le=1 << 20,
+        description="The largest JSON (non-upload) request body, in KiB; checked before it is parsed (past it, 413).",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated Host names (and host:port) the server answers, besides localhost, 127.0.0.1, "
+        "::1, the configured host and the address a connection arrived at; '*' allows any (behind a proxy that "
+        "checks Host). Other Host headers get 400 (DNS rebinding).",
+    )
+    metrics_api_key: str | None = Field(
+        None,
+        description="When set, /metrics needs 'Bearer <key>' with this key (or api_key); otherwise /metrics needs "
+        "read_api_key when that is set, and is open when it is not.",
+    )
+    docs: bool = Field(
+        False,
+        description="Serve the interactive API documentation at /docs (Swagger UI). Its assets are served from "
+        "docs_assets; without them /docs is off (the page would load its script from a third-party host). "
+        "/openapi.json is always served.",
+    )
+    docs_assets: Path | None = Field(
+        None,
+        description="A folder holding swagger-ui-bundle.js and swagger-ui.css (the swagger-ui-dist package), "
+        "served at /docs/assets when docs is on.",
+    )
+    max_concurrent_evaluations: int = Field(
+        2, ge=1, le=1024, description="Evaluations running at once (/v1/evaluate, /v1/evaluate/queries); more: 503."
+    )
+    max_concurrent_uploads: int = Field(
+        4, ge=1, le=1024, description="Uploads processed at once (adding a video, searching by video); more: 503."
+    )
+    max_concurrent_audits: int = Field(
+        1, ge=1, le=64, description="Audit imports and computations running at once; more: 503."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request's headers before it is disconnected."
+    )
+    body_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds a request body may stall (no bytes arriving) before the request gets 408 and is closed.",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open connections at most; more are answered 503 and closed at once (0: from the file "
+        "limit, which `vidret serve` raises to its hard limit, keeping a quarter (at least 64) for files).",
+    )
     device: str = "auto"
     snapshot_every: int = Field(200, ge=1, description="Compact the journal into a snapshot after this many writes.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long inference waits to batch concurrent uploads.")

@@ -1,11 +1,13 @@
-"""/health, /ready, /metrics: always open (no key needed, even when VIDRET_READ_API_KEY is set)."""
+"""/health and /ready: always open, and answered on the event loop (``async``), never in the worker thread pool
+that the heavy routes use, so they answer at once under any load. /metrics: behind VIDRET_METRICS_API_KEY when
+set, else behind VIDRET_READ_API_KEY when that is set."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from service.deps import get_state, load_error_message
+from service.deps import AUTH_RESPONSES, get_state, load_error_message, require_metrics_key
 from service.schemas import Status
 from service.state import ServiceState
 
@@ -13,12 +15,12 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Status)
-def health() -> Status:
+async def health() -> Status:
     return Status(status="ok")
 
 
 @router.get("/ready", response_model=Status, responses={503: {"description": "not loaded yet"}})
-def ready(state: ServiceState = Depends(get_state)) -> Response | Status:
+async def ready(state: ServiceState = Depends(get_state)) -> Response | Status:
     stopped = [w.stopped for w in (state.batcher, state.searcher) if w is not None and w.stopped is not None]
     if state.ready and not stopped:
         return Status(status="ready")
@@ -26,7 +28,7 @@ def ready(state: ServiceState = Depends(get_state)) -> Response | Status:
     return JSONResponse({"detail": detail}, status_code=503)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require_metrics_key)], responses=AUTH_RESPONSES)
 def metrics(state: ServiceState = Depends(get_state)) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

@@ -14,6 +14,7 @@ from service.api.evaluate import check_evaluation, run_evaluation
 from service.deps import ready_state, require_api_key
 from service.review import AuditFormatError, AuditRow, ReviewStore, cleaned_manifest, compute_audit, parse_audit_csv
 from service.schemas import (
+    OFFSET_MAX,
     AuditImport,
     AuditInfo,
     DecisionInfo,
@@ -100,14 +101,20 @@ async def import_audit(
     """Import an audit (replaces the current one; decisions are kept). Rows naming no indexed video are counted in
     ``unknown_ids`` and left out."""
     data = await file.read()
+    return await run_in_threadpool(_import_audit, state, data)
+
+
+def _import_audit(state: ServiceState, data: bytes) -> AuditImport:
+    """Parse, keep the rows naming indexed videos (one lookup each: a Milvus query, so in a worker thread, never on
+    the event loop) and store."""
     try:
-        parsed = await run_in_threadpool(parse_audit_csv, data)
+        parsed = parse_audit_csv(data)
     except AuditFormatError as exc:
         raise HTTPException(422, f"audit CSV: {exc}") from None
     rows = [r for r in parsed if state.index.get(r.id) is not None]
     if not rows:
         raise HTTPException(422, f"audit CSV: none of its {len(parsed)} ids is an indexed video")
-    return await run_in_threadpool(_store_audit, state, rows, "import", {"unknown_ids": len(parsed) - len(rows)})
+    return _store_audit(state, rows, "import", {"unknown_ids": len(parsed) - len(rows)})
 
 
 def _compute(state: ServiceState) -> AuditImport:
@@ -190,7 +197,7 @@ def _queue(state: ServiceState, offset: int, limit: int, undecided: bool, neighb
 
 @router.get("/queue", response_model=ReviewQueue, responses={503: {}})
 async def queue(
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX),
     limit: int = Query(20, ge=1, le=200),
     undecided: bool = Query(False, description="Only the videos without a decision."),
     neighbours: int = Query(5, ge=0, le=MAX_NEIGHBOURS, description="Nearest neighbours per item."),

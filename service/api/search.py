@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from service.deps import ready_state
 from service.schemas import (
+    K_MAX,
     BatchSearchRequest,
     BatchSearchResponse,
     Hit,
@@ -110,7 +111,7 @@ async def search_batch(req: BatchSearchRequest, state: ServiceState = Depends(re
 @router.post("/search/video", response_model=SearchResponse, responses={409: {}, 413: {}, 415: {}, 422: {}, 503: {}})
 async def search_video(
     file: UploadFile = File(...),
-    k: int = Form(10),
+    k: int = Form(10, ge=1, le=K_MAX),
     filter: str | None = Form(
         None, max_length=16384, description='As POST /v1/search\'s filter, as JSON: {"label": .., "camera": ..}.'
     ),

@@ -17,7 +17,7 @@ from indexing.index import DuplicateIdError, UnknownIdError
 from indexing.store import VideoMeta
 from service.deps import ready_state, require_api_key
 from service.review import ReviewStore
-from service.schemas import VideoInfo, VideoList
+from service.schemas import OFFSET_MAX, VideoInfo, VideoList
 from service.state import ServiceState
 from service.uploads import embed_upload, require_model, save_upload
 
@@ -71,7 +71,7 @@ def _matching(state: ServiceState, q: str) -> list[VideoMeta]:
 
 @router.get("", response_model=VideoList)
 def list_videos(
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=OFFSET_MAX),
     limit: int = Query(100, ge=1, le=1000),
     q: str | None = Query(
         None,

@@ -32,7 +32,7 @@ def _server(index: Path) -> RealServer:
 def test_a_declared_oversized_body_is_refused_without_reading_it(index_dir: Path) -> None:
     with _server(index_dir) as server, socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
         conn.sendall(
-            b"POST /v1/search/video HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; "
+            b"POST /v1/search/video HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
             b"boundary=x\r\nContent-Length: 10000000000\r\n\r\n"
         )  # 10 GB announced, not one byte sent
         t0 = time.monotonic()
@@ -45,7 +45,7 @@ def test_a_chunked_body_is_cut_off_at_the_limit(index_dir: Path) -> None:
     sent = 0
     with _server(index_dir) as server, socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
         conn.sendall(
-            b"POST /v1/search/video HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; "
+            b"POST /v1/search/video HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
             b"boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         head = (

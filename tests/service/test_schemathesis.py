@@ -92,7 +92,9 @@ def locked_app(fuzz_index: Path):
         yield application
 
 
-def call(app, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> tuple[int, bytes]:
+def call(
+    app, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"", query: bytes = b""
+) -> tuple[int, bytes]:
     """One request through the ASGI interface, headers exactly as given."""
     scope = {
         "type": "http",
@@ -102,7 +104,7 @@ def call(app, method: str, path: str, headers: list[tuple[bytes, bytes]], body: 
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query,
         "root_path": "",
         "headers": headers,
         "client": ("127.0.0.1", 50000),
@@ -196,3 +198,75 @@ def test_any_other_header_bytes_get_no_server_error(locked_app, route, name: byt
         headers.append((b"content-type", ctype))
     status, text = call(locked_app, method, path, headers, body)
     assert status < 500, f"{method} {path} {name.decode()}: {value[:60]!r}: {status} {text[:200]!r}"
+
+
+# ---- every integer in the published schema, at any size (the schema bounds them: 422, never a 5xx) ----
+
+BASE_BODIES = {  # a valid body of each JSON route, into which the integers go
+    "/v1/search": {"id": "id0008_c2_s1"},
+    "/v1/search/batch": {"queries": [{"id": "id0008_c2_s1"}]},
+    "/v1/evaluate": {"all": True},
+    "/v1/evaluate/queries": {"all": True},
+}
+
+
+def _resolve(doc: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def _is_int(schema: dict) -> bool:
+    return schema.get("type") == "integer" or any(s.get("type") == "integer" for s in schema.get("anyOf", []))
+
+
+def integer_fields(doc: dict) -> list[tuple[str, str, str, str, bool]]:
+    """(method, path, 'query' or 'body', name, whether a list of integers) of every integer the API takes."""
+    found = []
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for p in op.get("parameters", []):
+                if p["in"] == "query" and _is_int(p.get("schema", {})):
+                    found.append((method.upper(), path, "query", p["name"], False))
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is None:
+                continue
+            for name, prop in _resolve(doc, body["schema"]).get("properties", {}).items():
+                if _is_int(prop):
+                    found.append((method.upper(), path, "body", name, False))
+                elif prop.get("type") == "array" and _is_int(_resolve(doc, prop.get("items", {}))):
+                    found.append((method.upper(), path, "body", name, True))
+    return found
+
+
+BIG_INTS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 10**30, 10**300, -(2**63) - 1]),
+)
+
+
+def test_the_integer_fields_are_found(app) -> None:
+    fields = {(m, p, n) for m, p, _, n, _ in integer_fields(app.openapi())}
+    assert {("GET", "/v1/videos", "offset"), ("POST", "/v1/evaluate", "ks"), ("POST", "/v1/search", "k")} <= fields
+
+
+@given(data=st.data())
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_any_integer_anywhere_gets_no_server_error(app, data) -> None:
+    from urllib.parse import urlencode
+
+    method, path, where, name, is_list = data.draw(st.sampled_from(integer_fields(app.openapi())))
+    value = data.draw(st.lists(BIG_INTS, min_size=1, max_size=40) if is_list else BIG_INTS)
+    concrete = path.replace("{video_id}", "id0008_c2_s1").replace("{video_id:path}", "id0008_c2_s1")
+    headers = [(b"authorization", b"Bearer k")]
+    if where == "query":
+        status, text = call(app, method, concrete, headers, query=urlencode({name: value}).encode())
+    else:
+        body = json.dumps({**BASE_BODIES.get(path, {}), name: value}).encode()
+        status, text = call(app, method, concrete, [*headers, (b"content-type", b"application/json")], body)
+    assert status < 500, f"{method} {path} {name}={str(value)[:80]}: {status} {text[:200]!r}"

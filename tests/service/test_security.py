@@ -112,7 +112,7 @@ class RealServer:
     def request(self, method: str, path: str, headers: list[bytes], body: bytes = b"") -> tuple[int, bytes]:
         head = [
             f"{method} {path} HTTP/1.1".encode(),
-            b"Host: test",
+            f"Host: 127.0.0.1:{self.port}".encode(),
             b"Connection: close",
             f"Content-Length: {len(body)}".encode(),
             *headers,
@@ -192,8 +192,10 @@ def test_read_key_guards_every_read_and_the_write_key_opens_them_too(
             assert r.status_code == 200, (route, key, r.text[:200])
     r = locked.delete("/v1/videos/id0008_c2_s0", headers={"Authorization": f"Bearer {READ}"})
     assert r.status_code == 403  # the read key does not write
-    for path in ("/health", "/ready", "/metrics", "/"):  # open, even with a read key
+    for path in ("/health", "/ready", "/"):  # open, even with a read key
         assert locked.get(path).status_code == 200, path
+    assert locked.get("/metrics").status_code == 401  # the index size is the read key's too
+    assert locked.get("/metrics", headers={"Authorization": f"Bearer {READ}"}).status_code == 200
     with _client(index_dir, host="0.0.0.0", api_key=WRITE) as c:  # no read key: reads are open
         assert c.get("/v1/videos").status_code == 200
         assert c.post("/v1/search", json={"id": "id0008_c2_s1"}).status_code == 200
