@@ -32,13 +32,14 @@ from typing import Any
 
 from indexing.atomic import atomic_write_text, fsync_dir
 from indexing.errors import UserError
+from indexing.ids import check_text
+from training.data.manifest import escape_cell
 
 REVIEW_FILE = "review.sqlite"
 SCHEMA_VERSION = 1
 ACTIONS = ("keep", "relabel", "drop")
 AUDIT_COLUMNS = ("id", "label", "p_label", "predicted", "p_predicted", "suspicion")  # `vidret audit` writes these
 EXPORT_COLUMNS = ("path", "label", "id", "camera")
-MAX_LABEL = 200
 SCHEMA = """
     CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, position INTEGER NOT NULL, label TEXT NOT NULL,
@@ -148,9 +149,7 @@ def check_decision(action: str, label: str | None) -> str | None:
     label = (label or "").strip()
     if not label:
         raise ValueError("action 'relabel' needs a non-empty label")
-    if len(label) > MAX_LABEL or any(c in label for c in "\r\n\x00"):
-        raise ValueError(f"label must be at most {MAX_LABEL} characters on one line")
-    return label
+    return check_text(label, "label")  # indexing/ids.py: the bounds of every stored label (InvalidIdError)
 
 
 class ReviewStore:
@@ -302,7 +301,8 @@ def cleaned_manifest(
 ) -> Export:
     """The indexed videos (``VideoMeta``s, in index order) as a manifest CSV (``EXPORT_COLUMNS``) with the decisions
     applied: relabels change the label, drops leave the row out. Videos without a stored path cannot be trained on
-    and are left out too."""
+    and are left out too. Cells that would start a spreadsheet formula get a ``'`` in front (``escape_cell``;
+    ``read_manifest`` takes it off again)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(EXPORT_COLUMNS)
@@ -319,7 +319,8 @@ def cleaned_manifest(
         if d is not None and d.action == "relabel" and d.label:
             label = d.label
             relabelled += 1
-        w.writerow([export_path(m.path, Path(index_dir), relative_to), label, m.id, m.camera])
+        cells = (export_path(m.path, Path(index_dir), relative_to), label, m.id, m.camera)
+        w.writerow([escape_cell(c) for c in cells])  # no spreadsheet formulas; read_manifest reads them back
         rows += 1
     return Export(buf.getvalue(), rows, dropped, relabelled, without_path)
 

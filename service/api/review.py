@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Response, Up
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.evaluate import check_evaluation, run_evaluation
+from service.api.ids import path_id
 from service.deps import ready_state, require_api_key
 from service.review import AuditFormatError, AuditRow, ReviewStore, cleaned_manifest, compute_audit, parse_audit_csv
 from service.schemas import (
@@ -201,7 +202,7 @@ async def queue(
 
 
 @router.put(
-    "/decisions/{video_id:path}",
+    "/decisions/{video_id:vid}",  # service/api/ids.py: the id convertor
     response_model=DecisionInfo,
     dependencies=[Depends(require_api_key)],
     responses={401: {}, 403: {}, 404: {}, 422: {}, 503: {}},
@@ -209,6 +210,7 @@ async def queue(
 async def decide(video_id: str, req: DecisionRequest, state: ServiceState = Depends(ready_state)) -> DecisionInfo:
     """Keep, relabel (``label`` required) or drop an indexed video; replaces its previous decision. Committed
     (durable) before the answer."""
+    video_id = path_id(video_id)
     if state.index.get(video_id) is None:
         raise HTTPException(404, f"unknown video id {video_id!r}")
     try:
