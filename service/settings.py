@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(64.0, gt=0)
     max_k: int = Field(100, ge=1)
     max_frames: int = Field(3000, ge=1, description="Frames an upload may have (longer videos are refused).")
+    max_frame_pixels: int = Field(
+        3840 * 2160,
+        ge=1,
+        description="Pixels (width x height) an upload's frames may have, as its container declares them, checked "
+        "before decoding: larger ones are refused with 413 (a small file can declare huge frames).",
+    )
+    thumbnail_cache_mb: float = Field(
+        32.0, ge=0, description="Memory for cached thumbnails (JPEG bytes, least recently used dropped first; 0: none)."
+    )
     max_batch: int = Field(256, ge=1, description="Queries per batch search.")
     device: str = "auto"
     snapshot_every: int = Field(200, ge=1, description="Compact the journal into a snapshot after this many writes.")

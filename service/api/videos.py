@@ -21,6 +21,7 @@ from service.deps import ready_state, require_api_key
 from service.review import ReviewStore
 from service.schemas import VideoInfo, VideoList
 from service.state import ServiceState
+from service.thumbnails import thumbnail_cache
 from service.uploads import embed_upload, require_model, save_upload
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
@@ -152,10 +153,14 @@ async def thumbnail(video_id: str, state: ServiceState = Depends(ready_state)) -
         raise HTTPException(404, f"the video file of {video_id!r} is not available")
     # an added video was an upload: read it as a video container only, whatever its name
     stored = _is_stored(state, meta.path)
+    make = partial(middle_frame_jpeg, meta.path, video_only=stored, label="the video")
+    cache = thumbnail_cache(state)  # decoded once per file, not once per view
     try:
-        data = await run_in_threadpool(partial(middle_frame_jpeg, meta.path, video_only=stored, label="the video"))
+        data = await run_in_threadpool(lambda: cache.get_or_make(cache.key(meta.id, meta.path), make))
     except VideoDecodeError as exc:  # its reason names no path
         raise HTTPException(404, f"the video file of {video_id!r} cannot be decoded: {exc.reason}") from None
+    except OSError:  # deleted meanwhile
+        raise HTTPException(404, f"the video file of {video_id!r} is not available") from None
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
@@ -291,6 +296,7 @@ async def delete_video(video_id: str, state: ServiceState = Depends(ready_state)
         await run_in_threadpool(state.index.remove, [video_id])
     except UnknownIdError:
         raise HTTPException(404, f"unknown video id {video_id!r}") from None
+    thumbnail_cache(state).forget(video_id)
     if _is_stored(state, meta.path):
         Path(meta.path).unlink(missing_ok=True)
     await run_in_threadpool(ReviewStore(state.settings.index).forget, video_id)  # its review goes with it
