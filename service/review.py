@@ -24,7 +24,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,9 +348,22 @@ def export_index(index_dir: str | Path, out: str | Path, metas: Sequence[Any] | 
 
 
 # ---- an audit computed by the server ------------------------------------------------------------------------------
-def compute_audit(loaded: Any, metas: Sequence[Any], batch_size: int = 16) -> tuple[list[AuditRow], dict[str, int]]:
+class AuditCancelled(Exception):
+    """The computation was cancelled between two chunks; nothing was stored."""
+
+
+def compute_audit(
+    loaded: Any,
+    metas: Sequence[Any],
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[list[AuditRow], dict[str, int]]:
     """``vidret audit`` for indexed videos: the checkpoint's classifier gives p(given label) for each video whose
-    label is one of its classes and whose file exists (the others are counted, not audited). Most suspect first."""
+    label is one of its classes and whose file exists (the others are counted, not audited). Most suspect first.
+
+    The videos are decoded a chunk of ``batch_size`` at a time: ``progress(done, total)`` after each, and
+    ``AuditCancelled`` as soon as ``cancelled()`` is true."""
     import numpy as np
 
     from training.data.manifest import VideoRow
@@ -365,15 +378,28 @@ def compute_audit(loaded: Any, metas: Sequence[Any], batch_size: int = 16) -> tu
             counts["missing_file"] += 1
         else:
             rows.append(VideoRow(path=m.path, id=m.id, label=m.label, camera=m.camera, row=len(rows) + 1))
-    if not rows:
-        return [], counts
-    loader = eval_loader(
-        rows, loaded.spec, batch_size, 0, loaded.mean, loaded.std, class_to_idx=cmap, on_bad_video="skip"
-    )
-    _, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True)
+    parts, kept = [], []
+    for start in range(0, len(rows), batch_size):
+        if cancelled is not None and cancelled():
+            raise AuditCancelled()
+        if progress is not None:
+            progress(start, len(rows))
+        chunk = rows[start : start + batch_size]
+        loader = eval_loader(
+            chunk, loaded.spec, batch_size, 0, loaded.mean, loaded.std, class_to_idx=cmap, on_bad_video="skip"
+        )
+        _, logits, got, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True)
+        if len(got):
+            parts.append(logits)
+            kept.extend(start + int(i) for i in got)
+    if cancelled is not None and cancelled():
+        raise AuditCancelled()
+    if progress is not None:
+        progress(len(rows), len(rows))
     counts["undecodable"] = len(rows) - len(kept)
-    if not len(kept):
+    if not kept:
         return [], counts
+    logits = np.concatenate(parts)
     z = logits - logits.max(1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)  # as training.audit.predict computes them
     kept_rows = [rows[i] for i in kept]
