@@ -40,6 +40,7 @@ import numpy as np
 from indexing.embeddings import Embeddings
 from indexing.errors import UserError
 from indexing.filters import LINE_BREAKS, SearchFilter, milvus_literal
+from indexing.ids import check_entries
 from indexing.index import (
     HNSW_EF_CONSTRUCTION,
     HNSW_EF_SEARCH,
@@ -204,6 +205,7 @@ def _entities(
     added_at: float,
     vectors: np.ndarray,
 ) -> list[dict[str, Any]]:
+    check_entries(ids, labels, cameras)  # indexing/ids.py: the same rule as the FAISS store
     _check_text(ids, "id")
     broken = next((i for i in ids if any(c in str(i) for c in LINE_BREAKS)), None)
     if broken is not None:  # ids are looked up through expressions, which cannot hold a line break

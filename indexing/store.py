@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from indexing.errors import UserError
+from indexing.ids import check_entries
 
 SCHEMA_VERSION = 1
 
@@ -81,6 +82,7 @@ class MetadataStore:
         return int(self.conn.execute("SELECT value FROM info WHERE key='next_row'").fetchone()[0])
 
     def insert_initial(self, metas: Sequence[VideoMeta]) -> None:
+        check_entries([m.id for m in metas], [m.label for m in metas], [m.camera for m in metas])
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany(
@@ -105,6 +107,7 @@ class MetadataStore:
         vectors: np.ndarray,
     ) -> tuple[list[VideoMeta], int]:
         """Commit metadata + journal (with the vectors) in one transaction; returns the new rows and last seq."""
+        check_entries(ids, labels, cameras)  # indexing/ids.py: the same rule as the Milvus backend
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:

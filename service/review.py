@@ -24,7 +24,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +32,14 @@ from typing import Any
 
 from indexing.atomic import atomic_write_text, fsync_dir
 from indexing.errors import UserError
+from indexing.ids import check_text
+from training.data.manifest import escape_cell
 
 REVIEW_FILE = "review.sqlite"
 SCHEMA_VERSION = 1
 ACTIONS = ("keep", "relabel", "drop")
 AUDIT_COLUMNS = ("id", "label", "p_label", "predicted", "p_predicted", "suspicion")  # `vidret audit` writes these
 EXPORT_COLUMNS = ("path", "label", "id", "camera")
-MAX_LABEL = 200
 SCHEMA = """
     CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, position INTEGER NOT NULL, label TEXT NOT NULL,
@@ -148,9 +149,7 @@ def check_decision(action: str, label: str | None) -> str | None:
     label = (label or "").strip()
     if not label:
         raise ValueError("action 'relabel' needs a non-empty label")
-    if len(label) > MAX_LABEL or any(c in label for c in "\r\n\x00"):
-        raise ValueError(f"label must be at most {MAX_LABEL} characters on one line")
-    return label
+    return check_text(label, "label")  # indexing/ids.py: the bounds of every stored label (InvalidIdError)
 
 
 class ReviewStore:
@@ -302,7 +301,8 @@ def cleaned_manifest(
 ) -> Export:
     """The indexed videos (``VideoMeta``s, in index order) as a manifest CSV (``EXPORT_COLUMNS``) with the decisions
     applied: relabels change the label, drops leave the row out. Videos without a stored path cannot be trained on
-    and are left out too."""
+    and are left out too. Cells that would start a spreadsheet formula get a ``'`` in front (``escape_cell``;
+    ``read_manifest`` takes it off again)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(EXPORT_COLUMNS)
@@ -319,7 +319,8 @@ def cleaned_manifest(
         if d is not None and d.action == "relabel" and d.label:
             label = d.label
             relabelled += 1
-        w.writerow([export_path(m.path, Path(index_dir), relative_to), label, m.id, m.camera])
+        cells = (export_path(m.path, Path(index_dir), relative_to), label, m.id, m.camera)
+        w.writerow([escape_cell(c) for c in cells])  # no spreadsheet formulas; read_manifest reads them back
         rows += 1
     return Export(buf.getvalue(), rows, dropped, relabelled, without_path)
 
@@ -347,9 +348,22 @@ def export_index(index_dir: str | Path, out: str | Path, metas: Sequence[Any] | 
 
 
 # ---- an audit computed by the server ------------------------------------------------------------------------------
-def compute_audit(loaded: Any, metas: Sequence[Any], batch_size: int = 16) -> tuple[list[AuditRow], dict[str, int]]:
+class AuditCancelled(Exception):
+    """The computation was cancelled between two chunks; nothing was stored."""
+
+
+def compute_audit(
+    loaded: Any,
+    metas: Sequence[Any],
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[list[AuditRow], dict[str, int]]:
     """``vidret audit`` for indexed videos: the checkpoint's classifier gives p(given label) for each video whose
-    label is one of its classes and whose file exists (the others are counted, not audited). Most suspect first."""
+    label is one of its classes and whose file exists (the others are counted, not audited). Most suspect first.
+
+    The videos are decoded a chunk of ``batch_size`` at a time: ``progress(done, total)`` after each, and
+    ``AuditCancelled`` as soon as ``cancelled()`` is true."""
     import numpy as np
 
     from training.data.manifest import VideoRow
@@ -364,15 +378,28 @@ def compute_audit(loaded: Any, metas: Sequence[Any], batch_size: int = 16) -> tu
             counts["missing_file"] += 1
         else:
             rows.append(VideoRow(path=m.path, id=m.id, label=m.label, camera=m.camera, row=len(rows) + 1))
-    if not rows:
-        return [], counts
-    loader = eval_loader(
-        rows, loaded.spec, batch_size, 0, loaded.mean, loaded.std, class_to_idx=cmap, on_bad_video="skip"
-    )
-    _, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True)
+    parts, kept = [], []
+    for start in range(0, len(rows), batch_size):
+        if cancelled is not None and cancelled():
+            raise AuditCancelled()
+        if progress is not None:
+            progress(start, len(rows))
+        chunk = rows[start : start + batch_size]
+        loader = eval_loader(
+            chunk, loaded.spec, batch_size, 0, loaded.mean, loaded.std, class_to_idx=cmap, on_bad_video="skip"
+        )
+        _, logits, got, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True)
+        if len(got):
+            parts.append(logits)
+            kept.extend(start + int(i) for i in got)
+    if cancelled is not None and cancelled():
+        raise AuditCancelled()
+    if progress is not None:
+        progress(len(rows), len(rows))
     counts["undecodable"] = len(rows) - len(kept)
-    if not len(kept):
+    if not kept:
         return [], counts
+    logits = np.concatenate(parts)
     z = logits - logits.max(1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)  # as training.audit.predict computes them
     kept_rows = [rows[i] for i in kept]

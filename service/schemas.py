@@ -178,6 +178,18 @@ class AuditImport(AuditInfo):
     undecodable: int = Field(0, description="Computed: videos whose file could not be decoded.")
 
 
+class AuditJobInfo(BaseModel):
+    id: str
+    url: str = Field(..., description="The job's URL: GET for its progress and result, DELETE to cancel it.")
+    state: Literal["running", "cancelling", "done", "failed", "cancelled"]
+    done: int = Field(..., description="Videos decoded and scored so far.")
+    total: int | None = Field(..., description="Videos the job audits (null until counted).")
+    started_at: float
+    finished_at: float | None
+    result: AuditImport | None = Field(..., description="When done: the stored audit, as an import's answer.")
+    error: str | None = Field(..., description="When failed: why.")
+
+
 class DecisionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["keep", "relabel", "drop"]

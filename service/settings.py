@@ -107,6 +107,15 @@ class Settings(BaseSettings):
         description="Open connections at most; more are answered 503 and closed at once (0: from the file "
         "limit, which `vidret serve` raises to its hard limit, keeping a quarter (at least 64) for files).",
     )
+    max_frame_pixels: int = Field(
+        3840 * 2160,
+        ge=1,
+        description="Pixels (width x height) an upload's frames may have, as its container declares them, checked "
+        "before decoding: larger ones are refused with 413 (a small file can declare huge frames).",
+    )
+    thumbnail_cache_mb: float = Field(
+        32.0, ge=0, description="Memory for cached thumbnails (JPEG bytes, least recently used dropped first; 0: none)."
+    )
     device: str = "auto"
     snapshot_every: int = Field(200, ge=1, description="Compact the journal into a snapshot after this many writes.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long inference waits to batch concurrent uploads.")

@@ -56,11 +56,28 @@ async def save_upload(file: UploadFile, settings: Settings, folder: Path | None 
     return Path(name)
 
 
+def check_declared_shape(path: str, settings: Settings) -> None:
+    """413 when the frame size or the frame count that the upload's container declares is past the limits
+    (``VIDRET_MAX_FRAME_PIXELS``, ``VIDRET_MAX_FRAMES``); ``VideoDecodeError`` when its headers cannot be read."""
+    from training.data.video import declared_shape
+
+    n, h, w = declared_shape(path, label=UPLOAD_LABEL)
+    if h * w > settings.max_frame_pixels:
+        raise HTTPException(
+            413,
+            f"the video's frames are {w}x{h} ({h * w} pixels), more than "
+            f"VIDRET_MAX_FRAME_PIXELS={settings.max_frame_pixels}",
+        )
+    if n > settings.max_frames:
+        raise HTTPException(413, f"the video declares {n} frames, more than VIDRET_MAX_FRAMES={settings.max_frames}")
+
+
 def embed_upload(state: ServiceState, path: str) -> np.ndarray:
     """Decode (within the frame limit) and embed an uploaded video with the checkpoint's eval transform."""
     from training.data.video import VideoDecodeError, count_video_frames, read_video_clip
 
     try:
+        check_declared_shape(path, state.settings)  # before anything is decoded: a small file can hold huge frames
         n = count_video_frames(path, label=UPLOAD_LABEL)
         if n > state.settings.max_frames:
             raise HTTPException(

@@ -3,7 +3,6 @@ reviewers' decisions, the cleaned manifest). The store is ``service/review.py``.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,15 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Response, Up
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.evaluate import check_evaluation, run_evaluation
+from service.api.ids import path_id
+from service.audit_jobs import JobRunning, audit_jobs
 from service.deps import ready_state, require_api_key
-from service.review import AuditFormatError, AuditRow, ReviewStore, cleaned_manifest, compute_audit, parse_audit_csv
+from service.review import AuditFormatError, AuditRow, ReviewStore, cleaned_manifest, parse_audit_csv
 from service.schemas import (
     OFFSET_MAX,
     AuditImport,
     AuditInfo,
+    AuditJobInfo,
     DecisionInfo,
     DecisionRequest,
     EvaluateRequest,
@@ -32,7 +34,6 @@ evaluation_router = APIRouter(prefix="/v1", tags=["evaluate"])
 router = APIRouter(prefix="/v1/review", tags=["review"])
 MAX_NEIGHBOURS = 20
 UNKNOWN_CAMERAS = {"", "None", "nan"}  # as indexing.metrics reads cameras: these never match one another
-_computing = threading.Lock()  # one server-side audit at a time (it decodes every indexed video)
 
 
 # ---- per-query AP --------------------------------------------------------------------------------------------------
@@ -117,41 +118,70 @@ def _import_audit(state: ServiceState, data: bytes) -> AuditImport:
     return _store_audit(state, rows, "import", {"unknown_ids": len(parsed) - len(rows)})
 
 
-def _compute(state: ServiceState) -> AuditImport:
-    metas, _ = state.index.snapshot()
-    rows, counts = compute_audit(state.model, metas)
-    if not rows:
-        raise HTTPException(
-            409,
-            "no indexed video could be audited: the checkpoint's classes must include its label "
-            f"and its file must be available ({counts['unknown_label']} with another label, "
-            f"{counts['missing_file']} without a file, {counts['undecodable']} undecodable)",
-        )
-    return _store_audit(state, rows, "computed", counts)
-
-
 @router.post(
     "/audit/compute",
-    status_code=201,
-    response_model=AuditImport,
+    status_code=202,
+    response_model=AuditJobInfo,
     dependencies=[Depends(require_api_key)],
     responses={401: {}, 403: {}, 409: {}, 503: {}},
 )
-async def compute(state: ServiceState = Depends(ready_state)) -> AuditImport:
-    """Audit the indexed videos with the server's checkpoint (as ``vidret audit`` does for a manifest): every video
-    whose label is a class of the checkpoint and whose file is available. 409 without a checkpoint, while another
-    audit is computed, or when no video can be audited. It decodes every such video: minutes for large indexes."""
+async def compute(response: Response, state: ServiceState = Depends(ready_state)) -> AuditJobInfo:
+    """Start auditing the indexed videos with the server's checkpoint (as ``vidret audit`` does for a manifest):
+    every video whose label is a class of the checkpoint and whose file is available. It decodes every such video
+    (minutes for large indexes), so it runs as a background job: 202 with the job (``Location``: its URL), whose
+    ``GET`` gives the progress and then the result, and whose ``DELETE`` cancels it. 409 without a checkpoint, or
+    while another audit job runs (``Location``: that job's URL)."""
     if state.model is None:
         raise HTTPException(
             409,
             "the server has no checkpoint (vidret serve --checkpoint): import an audit made by `vidret audit` instead",
         )
-    if not _computing.acquire(blocking=False):
-        raise HTTPException(409, "an audit is already being computed")
     try:
-        return await run_in_threadpool(_compute, state)
-    finally:
-        _computing.release()
+        job = audit_jobs(state).start(state)
+    except JobRunning as exc:
+        raise HTTPException(
+            409,
+            f"an audit is already being computed: GET {exc.job.url} for its progress, DELETE it to cancel",
+            headers={"Location": exc.job.url},
+        ) from None
+    response.headers["Location"] = job.url
+    return AuditJobInfo(**job.to_json())
+
+
+@router.get("/audit/jobs", response_model=list[AuditJobInfo], responses={503: {}})
+def list_audit_jobs(state: ServiceState = Depends(ready_state)) -> list[AuditJobInfo]:
+    """The server's recent audit jobs, newest first (a running one, if any, is the first)."""
+    return [AuditJobInfo(**j.to_json()) for j in audit_jobs(state).list()]
+
+
+def _job(state: ServiceState, job_id: str):
+    job = audit_jobs(state).get(job_id)
+    if job is None:
+        raise HTTPException(404, f"unknown audit job {job_id[:40]!r} (jobs are kept in memory until a restart)")
+    return job
+
+
+@router.get("/audit/jobs/{job_id}", response_model=AuditJobInfo, responses={404: {}, 503: {}})
+def audit_job(job_id: str, state: ServiceState = Depends(ready_state)) -> AuditJobInfo:
+    """A job's state (running, cancelling, done, failed, cancelled), its progress (``done`` of ``total`` videos)
+    and, when done, its result (as an import's answer)."""
+    return AuditJobInfo(**_job(state, job_id).to_json())
+
+
+@router.delete(
+    "/audit/jobs/{job_id}",
+    status_code=202,
+    response_model=AuditJobInfo,
+    dependencies=[Depends(require_api_key)],
+    responses={401: {}, 403: {}, 404: {}, 409: {}, 503: {}},
+)
+def cancel_audit_job(job_id: str, state: ServiceState = Depends(ready_state)) -> AuditJobInfo:
+    """Cancel a running job: it stops before its next chunk of videos and stores nothing (state ``cancelling``,
+    then ``cancelled``). 409 when it has already finished."""
+    job = _job(state, job_id)
+    if not audit_jobs(state).cancel(job):
+        raise HTTPException(409, f"the audit job {job.id} has already finished ({job.state})")
+    return AuditJobInfo(**job.to_json())
 
 
 def _queue(state: ServiceState, offset: int, limit: int, undecided: bool, neighbours: int) -> ReviewQueue:
@@ -208,7 +238,7 @@ async def queue(
 
 
 @router.put(
-    "/decisions/{video_id:path}",
+    "/decisions/{video_id:vid}",  # service/api/ids.py: the id convertor
     response_model=DecisionInfo,
     dependencies=[Depends(require_api_key)],
     responses={401: {}, 403: {}, 404: {}, 422: {}, 503: {}},
@@ -216,6 +246,7 @@ async def queue(
 async def decide(video_id: str, req: DecisionRequest, state: ServiceState = Depends(ready_state)) -> DecisionInfo:
     """Keep, relabel (``label`` required) or drop an indexed video; replaces its previous decision. Committed
     (durable) before the answer."""
+    video_id = path_id(video_id)
     if state.index.get(video_id) is None:
         raise HTTPException(404, f"unknown video id {video_id!r}")
     try:

@@ -13,16 +13,18 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from indexing.ids import InvalidIdError, check_text, normalize_id
 from indexing.index import DuplicateIdError, UnknownIdError
 from indexing.store import VideoMeta
+from service.api.ids import path_id
 from service.deps import ready_state, require_api_key
 from service.review import ReviewStore
 from service.schemas import OFFSET_MAX, VideoInfo, VideoList
 from service.state import ServiceState
+from service.thumbnails import thumbnail_cache
 from service.uploads import embed_upload, require_model, save_upload
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
-ID_PATTERN = re.compile(r"^[\w.:@/+-]{1,200}$")
 
 
 def _stored_folder(state: ServiceState) -> Path:
@@ -51,7 +53,7 @@ def _info(state: ServiceState, meta) -> VideoInfo:
 def _stored_name(vid: str, suffix: str) -> str:
     """A new file name for an added video: the id's hash and a readable form of it, then a random part, so two adds
     of one id never write (or clean up) the same file."""
-    safe = re.sub(r"[^\w.-]", "_", vid)[:60]
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", vid)[:60]  # ASCII: the name stays far below 255 bytes
     return f"{hashlib.sha1(vid.encode()).hexdigest()[:12]}_{safe}_{secrets.token_hex(8)}{suffix}"
 
 
@@ -106,8 +108,12 @@ async def add_video(
     require_model(state)
     if getattr(state.index, "read_only", False):  # before the upload is embedded and stored
         raise HTTPException(409, "the index is served memory-mapped (read-only): serve it without --mmap to add")
-    if not ID_PATTERN.match(id):
-        raise HTTPException(422, "id must be 1-200 characters of letters, digits and . _ : @ / + -")
+    try:  # indexing/ids.py: the one rule of every backend, checked before the upload is read
+        id = normalize_id(id)
+        check_text(label, "label")
+        check_text(camera, "camera")
+    except InvalidIdError as exc:
+        raise HTTPException(422, str(exc)) from None
     if state.index.get(id) is not None:
         raise HTTPException(409, f"id {id!r} already exists")
     folder = _stored_folder(state)
@@ -132,11 +138,12 @@ async def add_video(
 
 
 @router.get(
-    "/{video_id:path}/thumbnail",
+    "/{video_id:vid}/thumbnail",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}}, 404: {}, 503: {}},
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {}, 422: {}, 503: {}},
 )
 async def thumbnail(video_id: str, state: ServiceState = Depends(ready_state)) -> Response:
+    video_id = path_id(video_id)
     from training.data.video import VideoDecodeError, middle_frame_jpeg
 
     meta = state.index.get(video_id)
@@ -146,10 +153,14 @@ async def thumbnail(video_id: str, state: ServiceState = Depends(ready_state)) -
         raise HTTPException(404, f"the video file of {video_id!r} is not available")
     # an added video was an upload: read it as a video container only, whatever its name
     stored = _is_stored(state, meta.path)
+    make = partial(middle_frame_jpeg, meta.path, video_only=stored, label="the video")
+    cache = thumbnail_cache(state)  # decoded once per file, not once per view
     try:
-        data = await run_in_threadpool(partial(middle_frame_jpeg, meta.path, video_only=stored, label="the video"))
+        data = await run_in_threadpool(lambda: cache.get_or_make(cache.key(meta.id, meta.path), make))
     except VideoDecodeError as exc:  # its reason names no path
         raise HTTPException(404, f"the video file of {video_id!r} cannot be decoded: {exc.reason}") from None
+    except OSError:  # deleted meanwhile
+        raise HTTPException(404, f"the video file of {video_id!r} is not available") from None
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
@@ -207,13 +218,14 @@ def _stream(fh, first: int, length: int):
 
 
 @router.get(
-    "/{video_id:path}/video",
+    "/{video_id:vid}/video",
     response_class=Response,
     responses={
         200: {"content": {t: {} for t in VIDEO_TYPES.values()}, "description": "the whole file"},
         206: {"content": {t: {} for t in VIDEO_TYPES.values()}, "description": "the range asked"},
         404: {},
         416: {},
+        422: {},
         503: {},
     },
 )
@@ -227,6 +239,7 @@ async def video_file(
     file), and only if it is a video container."""
     from training.data.video import sniff_file
 
+    video_id = path_id(video_id)
     meta = state.index.get(video_id)
     if meta is None:
         raise HTTPException(404, f"unknown video id {video_id!r}")
@@ -258,8 +271,9 @@ async def video_file(
     )
 
 
-@router.get("/{video_id:path}", response_model=VideoInfo, responses={404: {}, 503: {}})
+@router.get("/{video_id:vid}", response_model=VideoInfo, responses={404: {}, 422: {}, 503: {}})
 def get_video(video_id: str, state: ServiceState = Depends(ready_state)) -> VideoInfo:
+    video_id = path_id(video_id)
     meta = state.index.get(video_id)
     if meta is None:
         raise HTTPException(404, f"unknown video id {video_id!r}")
@@ -267,13 +281,14 @@ def get_video(video_id: str, state: ServiceState = Depends(ready_state)) -> Vide
 
 
 @router.delete(
-    "/{video_id:path}",
+    "/{video_id:vid}",
     status_code=204,
     response_class=Response,
-    responses={401: {}, 403: {}, 404: {}, 503: {}},
+    responses={401: {}, 403: {}, 404: {}, 422: {}, 503: {}},
     dependencies=[Depends(require_api_key)],
 )
 async def delete_video(video_id: str, state: ServiceState = Depends(ready_state)) -> Response:
+    video_id = path_id(video_id)
     meta = state.index.get(video_id)
     if meta is None:
         raise HTTPException(404, f"unknown video id {video_id!r}")
@@ -281,6 +296,7 @@ async def delete_video(video_id: str, state: ServiceState = Depends(ready_state)
         await run_in_threadpool(state.index.remove, [video_id])
     except UnknownIdError:
         raise HTTPException(404, f"unknown video id {video_id!r}") from None
+    thumbnail_cache(state).forget(video_id)
     if _is_stored(state, meta.path):
         Path(meta.path).unlink(missing_ok=True)
     await run_in_threadpool(ReviewStore(state.settings.index).forget, video_id)  # its review goes with it

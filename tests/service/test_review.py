@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+import training.embed
 from service.app import create_app
 from service.review import ReviewStore, parse_audit_csv
 from service.settings import Settings
@@ -67,6 +70,17 @@ def _client(index: Path, checkpoint: Path | None, **kw) -> TestClient:
 def client(fresh: Path, checkpoint: Path):
     with _client(fresh, checkpoint, api_key=KEY) as c:
         yield c
+
+
+def finished_job(client: TestClient, url: str, timeout: float = 120) -> dict:
+    """Poll an audit job until it has finished; its last state."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(url).json()
+        if job["state"] not in ("running", "cancelling"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"the audit job {url} did not finish in {timeout} s")
 
 
 def _rows(text: str) -> list[dict]:
@@ -131,13 +145,13 @@ def test_video_route_serves_only_the_stored_file(
     r = client.post(
         "/v1/videos",
         files={"file": ("x.mp4", video.read_bytes(), "video/mp4")},
-        data={"id": "added/one", "label": "L"},
+        data={"id": "added:one", "label": "L"},
         headers=AUTH,
     )
     assert r.status_code == 201, r.text
-    r = client.get("/v1/videos/added/one/video", headers={"Range": "bytes=0-9"})
+    r = client.get("/v1/videos/added:one/video", headers={"Range": "bytes=0-9"})
     assert r.status_code == 206 and r.content == video.read_bytes()[:10]
-    assert client.get("/v1/videos/..%2F..%2Fetc%2Fpasswd/video").status_code == 404
+    assert client.get("/v1/videos/..%2F..%2Fetc%2Fpasswd/video").status_code == 422  # not an id
     # metadata that names a file that is no video container, or a missing file (patched in memory)
     state = client.app.state.vidret
     meta = state.index.get("id0003_c1_s0")
@@ -428,8 +442,10 @@ def test_import_keeps_known_ids_and_decisions(client: TestClient, audit_csv: Pat
 def test_server_computes_the_audit_as_vidret_audit_does(client: TestClient, audit_csv: Path) -> None:
     assert client.post("/v1/review/audit/compute").status_code == 401
     r = client.post("/v1/review/audit/compute", headers=AUTH)
-    assert r.status_code == 201, r.text
-    body = r.json()
+    assert r.status_code == 202, r.text
+    job = finished_job(client, r.headers["Location"])
+    assert job["state"] == "done" and job["done"] == job["total"] == 24, job
+    body = job["result"]
     assert body["source"] == "computed" and body["rows"] == 24 and body["unknown_label"] == 0
     cli = {a.id: a for a in parse_audit_csv(audit_csv.read_bytes())}
     items = client.get("/v1/review/queue", params={"limit": 24, "neighbours": 0}).json()["items"]
@@ -452,7 +468,10 @@ def test_compute_needs_a_checkpoint_and_known_labels(
     assert run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", gallery).returncode == 0
     with _client(gallery, checkpoint, api_key=KEY) as c:
         r = c.post("/v1/review/audit/compute", headers=AUTH)
-        assert r.status_code == 409 and "18 with another label" in r.json()["detail"]
+        assert r.status_code == 202
+        job = finished_job(c, r.json()["url"])
+        assert job["state"] == "failed" and "18 with another label" in job["error"] and job["result"] is None
+        assert c.get("/v1/review/queue").json()["audit"] is None
 
 
 def test_decisions_are_stored_durably(fresh: Path) -> None:
@@ -534,3 +553,68 @@ def test_review_export_cli_on_milvus(milvus_db: Path, embeddings: dict[str, Path
     assert set(rows) == set(gallery) - {dropped} and rows[relabelled]["label"] == "id0099"
     res = run_cli("review", "export", "--index", folder, "--out", out, "--backend", "milvus")
     assert res.returncode == 1 and "--milvus-uri" in res.stderr
+
+
+# ---- the server-side audit as a background job ------------------------------------------------------------------
+@pytest.fixture()
+def gated(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Each chunk of the audit's inference waits for the test's go (so that the test sees the job running)."""
+    real = training.embed.run_inference
+    gate = {"go": threading.Semaphore(0), "entered": threading.Semaphore(0), "chunks": 0}
+
+    def run(*a, **k):
+        gate["chunks"] += 1
+        gate["entered"].release()
+        assert gate["go"].acquire(timeout=60), "the test never let the chunk run"
+        return real(*a, **k)
+
+    monkeypatch.setattr(training.embed, "run_inference", run)
+    return gate
+
+
+def test_job_progress_conflict_and_result(fresh: Path, checkpoint: Path, gated: dict) -> None:
+    with _client(fresh, checkpoint, api_key=KEY) as c:
+        assert c.post("/v1/review/audit/compute").status_code == 401
+        assert c.get("/v1/review/audit/jobs").json() == []
+        r = c.post("/v1/review/audit/compute", headers=AUTH)
+        assert r.status_code == 202, r.text
+        job = r.json()
+        url = job["url"]
+        assert r.headers["Location"] == url == f"/v1/review/audit/jobs/{job['id']}" and job["state"] == "running"
+        assert gated["entered"].acquire(timeout=60)  # in its first chunk
+        running = c.get(url).json()
+        assert running["state"] == "running" and running["done"] == 0 and running["total"] == 24
+        again = c.post("/v1/review/audit/compute", headers=AUTH)  # a second start: the running job's URL
+        assert again.status_code == 409 and again.headers["Location"] == url and url in again.json()["detail"]
+        assert [j["id"] for j in c.get("/v1/review/audit/jobs").json()] == [job["id"]]
+        gated["go"].release()
+        assert gated["entered"].acquire(timeout=60)  # the second chunk: 16 of 24 done
+        assert c.get(url).json()["done"] == 16
+        gated["go"].release()
+        done = finished_job(c, url)
+        assert done["state"] == "done" and done["done"] == done["total"] == 24 and done["finished_at"]
+        assert done["result"]["rows"] == 24 and done["result"]["source"] == "computed"
+        assert c.get("/v1/review/queue").json()["audit"]["rows"] == 24  # stored
+        r = c.delete(url, headers=AUTH)
+        assert r.status_code == 409 and "already finished (done)" in r.json()["detail"]
+        assert c.get("/v1/review/audit/jobs/nope").status_code == 404
+
+
+def test_cancel_stops_the_job_and_stores_nothing(fresh: Path, checkpoint: Path, gated: dict) -> None:
+    with _client(fresh, checkpoint, api_key=KEY) as c:
+        url = c.post("/v1/review/audit/compute", headers=AUTH).json()["url"]
+        assert gated["entered"].acquire(timeout=60)
+        assert c.delete(url).status_code == 401  # cancelling is a write
+        r = c.delete(url, headers=AUTH)
+        assert r.status_code == 202 and r.json()["state"] == "cancelling"
+        gated["go"].release()  # the chunk under way ends; no other starts
+        job = finished_job(c, url)
+        assert job["state"] == "cancelled" and job["result"] is None and job["done"] < job["total"]
+        time.sleep(0.3)
+        assert gated["chunks"] == 1  # it stopped: no chunk after the cancel
+        assert c.get("/v1/review/queue").json()["audit"] is None
+        r = c.post("/v1/review/audit/compute", headers=AUTH)  # a new one may start at once
+        assert r.status_code == 202 and r.json()["url"] != url
+        for _ in range(2):
+            gated["go"].release()
+        assert finished_job(c, r.json()["url"])["state"] == "done"

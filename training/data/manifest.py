@@ -1,9 +1,13 @@
 """Manifests: one video a row (docs/formats.md), as CSV with a header row or JSON Lines.
 
 Columns: ``path`` (required; a video file, a folder of frame images, or a frame-list file — see training/data/video.py),
-``label`` (required for training and evaluation), ``id`` (default: ``path`` as written), ``camera``, ``clean_label``.
-Relative paths resolve against the manifest's folder. Every problem is reported as ``FILE, row N: reason``
-before any work starts.
+``label`` (required for training and evaluation), ``id`` (default: ``path`` as written, each ``/`` and ``\\`` turned
+into ``:``), ``camera``, ``clean_label``. Ids follow the one id rule (indexing/ids.py; stored in Unicode NFC), labels
+and cameras its length and control-character bounds. Relative paths resolve against the manifest's folder. Every
+problem is reported as ``FILE, row N: reason`` before any work starts.
+
+CSV cells that would start a spreadsheet formula (``= + - @``, a tab or a CR first) are written with a ``'`` in front
+(``escape_cell``), and read back without it (``unescape_cell``): see docs/formats.md, "Formula escaping".
 """
 
 from __future__ import annotations
@@ -18,11 +22,35 @@ from pathlib import Path
 
 from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
+from indexing.ids import InvalidIdError, check_text, normalize_id
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 FRAME_LIST_EXTENSION = ".frames"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 COLUMNS = ("path", "id", "label", "camera", "clean_label")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list: a spreadsheet reads these as a formula
+
+
+def escape_cell(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: ``'`` before a value that starts with one of ``FORMULA_STARTS``, or
+    with quotes and then one of them (so that ``unescape_cell`` can tell the added quote from the value's own)."""
+    if value.lstrip("'").startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def unescape_cell(value: str) -> str:
+    """The value ``escape_cell`` escaped: one leading ``'`` off a cell of quotes followed by a formula start; any
+    other cell as it is (``unescape_cell(escape_cell(v)) == v`` for every ``v``)."""
+    if value.startswith("'") and value.lstrip("'").startswith(FORMULA_STARTS):
+        return value[1:]
+    return value
+
+
+def default_id(raw_path: str) -> str:
+    """The id of a row without one: the path as written, each ``/`` and ``\\`` turned into ``:`` (an id is one
+    URL path segment)."""
+    return raw_path.replace("/", ":").replace("\\", ":")
 
 
 @dataclass(frozen=True)
@@ -71,7 +99,7 @@ def _records(path: Path) -> Iterable[tuple[int, dict[str, str]]]:
     for i, rec in enumerate(reader, start=1):
         if None in rec:
             raise UserError(f"{path}, row {i}: more fields than the header has columns")
-        yield i, {k: (v or "").strip() for k, v in rec.items()}
+        yield i, {k: unescape_cell((v or "").strip()) for k, v in rec.items()}
 
 
 def read_manifest(path: str | Path, require_label: bool = False) -> list[VideoRow]:
@@ -91,7 +119,12 @@ def read_manifest(path: str | Path, require_label: bool = False) -> list[VideoRo
         label = rec.get("label") or None
         if require_label and label is None:
             raise UserError(f"{path}, row {i}: missing required field 'label'")
-        vid = rec.get("id") or raw
+        try:
+            vid = normalize_id(rec.get("id") or default_id(raw))
+            for field in ("label", "camera", "clean_label"):
+                check_text(rec.get(field) or "", field)
+        except InvalidIdError as exc:
+            raise UserError(f"{path}, row {i}: {exc}") from None
         if vid in seen:
             raise UserError(f"{path}, row {i}: duplicate id {vid!r} (first at row {seen[vid]})")
         seen[vid] = i
@@ -126,7 +159,7 @@ def write_manifest(path: str | Path, rows: Sequence[VideoRow], relative_to: str 
     for r in rows:
         p = os.path.relpath(r.path, base) if os.path.isabs(r.path) else r.path
         values = {"path": p, "id": r.id, "label": r.label or "", "camera": r.camera, "clean_label": r.clean_label or ""}
-        writer.writerow([values[c] for c in cols])
+        writer.writerow([escape_cell(values[c]) for c in cols])
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -148,7 +181,13 @@ def scan_folder(root: str | Path) -> list[VideoRow]:
             if is_video or is_frames:
                 rel = item.relative_to(root).as_posix()
                 rows.append(
-                    VideoRow(path=str(item.resolve()), id=rel, label=label_dir.name, row=len(rows) + 1, raw_path=rel)
+                    VideoRow(
+                        path=str(item.resolve()),
+                        id=normalize_id(default_id(rel)),
+                        label=label_dir.name,
+                        row=len(rows) + 1,
+                        raw_path=rel,
+                    )
                 )
     if not rows:
         raise UserError(f"{root}: no videos found in ROOT/<label>/ sub-folders")

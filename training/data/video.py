@@ -9,7 +9,8 @@ Sources:
 * a frame-list file ``*.frames``: one image path per line, relative to the file's folder (how a MARS tracklet,
   a run of frames inside a person's folder, is pointed at without copying images).
 
-Untrusted files (uploads to the service) go through ``count_video_frames`` / ``read_video_clip``: container
+Untrusted files (uploads to the service) go through ``declared_shape`` (the frame size and count the container
+declares, checked before any frame is decoded), then ``count_video_frames`` / ``read_video_clip``: container
 demuxers only, never the frame-folder or frame-list readers, and errors that name ``label`` instead of the file.
 ``sniff_container`` tells a container type from a file's first bytes.
 
@@ -260,6 +261,37 @@ def _av_shape(path: str) -> tuple[int, int, int]:
         h, w = int(stream.codec_context.height), int(stream.codec_context.width)
     if n <= 0 or h <= 0 or w <= 0:
         raise _DecoderFailed("the video has no frames")
+    return n, h, w
+
+
+def declared_shape(path: str | Path, label: str | None = None) -> tuple[int, int, int]:
+    """(frames, height, width) as a video container file declares them, read from its headers with PyAV before any
+    frame is decoded (for untrusted files: a small file may declare huge frames). The frame count is the stream's
+    own, else its duration times its frame rate, else its video packets counted (demuxed, not decoded). Errors name
+    ``label`` instead of the path when it is given."""
+    path = Path(path)
+    shown = label if label is not None else path
+    _check_video_file(path, shown)
+    try:
+        with _av_open(str(path)) as container:
+            if not container.streams.video:
+                raise _DecoderFailed("the file has no video stream")
+            stream = container.streams.video[0]
+            h, w = int(stream.codec_context.height), int(stream.codec_context.width)
+            n = int(stream.frames or 0)
+            rate = float(stream.average_rate or stream.guessed_rate or 0)
+            if n <= 0 and rate > 0 and stream.duration and stream.time_base:
+                n = int(round(float(stream.duration * stream.time_base) * rate))
+            elif n <= 0 and rate > 0 and container.duration:
+                n = int(round(container.duration / 1e6 * rate))
+            if n <= 0:
+                n = sum(1 for packet in container.demux(stream) if packet.size)
+    except VideoDecodeError:
+        raise
+    except Exception as exc:
+        raise VideoDecodeError(shown, f"cannot read the video's headers ({_reason(exc, path, shown)})") from None
+    if h <= 0 or w <= 0:
+        raise VideoDecodeError(shown, "the video declares no frame size")
     return n, h, w
 
 

@@ -102,8 +102,8 @@ def test_noise_and_manifest_commands(synth_dir: Path, tmp_path: Path) -> None:
     res = run_cli("data", "manifest", tree)
     assert res.stdout.splitlines() == [
         "path,id,label",
-        "cat/clip.mp4,cat/clip.mp4,cat",
-        "dog/clip.mp4,dog/clip.mp4,dog",
+        "cat/clip.mp4,cat:clip.mp4,cat",
+        "dog/clip.mp4,dog:clip.mp4,dog",
     ]
 
 

@@ -17,7 +17,7 @@ def _write(path: Path, text: str) -> Path:
 
 def test_csv_and_jsonl_with_defaults(tmp_path: Path) -> None:
     rows = read_manifest(_write(tmp_path / "m.csv", "path,label,camera\nv/a.mp4,p1,c1\n/abs/b.avi,p2,\n"))
-    assert rows[0].path == str(tmp_path / "v" / "a.mp4") and rows[0].id == "v/a.mp4" and rows[0].camera == "c1"
+    assert rows[0].path == str(tmp_path / "v" / "a.mp4") and rows[0].id == "v:a.mp4" and rows[0].camera == "c1"
     assert rows[1].path == "/abs/b.avi" and rows[1].row == 2 and rows[1].clean_label is None
     rows = read_manifest(
         _write(
@@ -71,4 +71,4 @@ def test_folder_per_label_scan(tmp_path: Path) -> None:
     (tmp_path / "bob" / "clip7" / "0001.jpg").write_bytes(b"x")
     (tmp_path / "bob" / "notes.txt").write_text("ignored")
     rows = scan_folder(tmp_path)
-    assert [(r.id, r.label) for r in rows] == [("alice/1.mp4", "alice"), ("bob/clip7", "bob")]
+    assert [(r.id, r.label) for r in rows] == [("alice:1.mp4", "alice"), ("bob:clip7", "bob")]
