@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexing.errors import UserError
 from indexing.milvus import MilvusError
+from service import integrity
 from service.api import evaluate, health, review, search, videos
 from service.deps import AUTH_RESPONSES, redact_paths, require_read_key
 from service.middleware import LimitBodySize, Metrics, RecordMetrics
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
         status = getattr(exc, "http_status", 400)  # 409: a write to a read-only (memory-mapped) index
         return JSONResponse({"detail": redact_paths(str(exc))}, status_code=status)  # no server paths to clients
 
+    integrity.install(app)  # a full disk: 507 with a detail
     app.add_middleware(LimitBodySize, settings=settings)
     app.add_middleware(RecordMetrics, metrics=state.metrics)
 
