@@ -200,3 +200,25 @@ def test_a_bounded_storm_ends_consistent_without_5xx(served: dict, checkpoint: P
         assert not errors, errors[:5]
         assert {op for op, code, _ in statuses if code < 300} >= {"add", "delete", "decide"}  # it did race
         _check_consistent(client, Path(served["index"]))
+
+
+def test_a_review_that_could_not_be_removed_is_not_inherited(
+    fresh_index: Path, checkpoint: Path, video: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete whose review removal fails (a full disk) still deletes; an add of the id then removes the review
+    first, so the new video does not inherit the old drop."""
+    with _client({"index": fresh_index}, checkpoint) as client:
+        assert _add(client, "again", video).status_code == 201
+        assert client.put("/v1/review/decisions/again", json={"action": "drop"}, headers=AUTH).status_code == 200
+        real_forget = ReviewStore.forget
+
+        def failing_forget(self, vid):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(ReviewStore, "forget", failing_forget)
+        assert client.delete("/v1/videos/again", headers=AUTH).status_code == 204
+        assert "again" in ReviewStore(fresh_index).decisions()  # not removed yet
+        monkeypatch.setattr(ReviewStore, "forget", real_forget)
+        assert _add(client, "again", video).status_code == 201
+        assert "again" not in ReviewStore(fresh_index).decisions()
+        _check_consistent(client, fresh_index)
