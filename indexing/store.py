@@ -140,19 +140,29 @@ class MetadataStore:
                 self.conn.execute("UPDATE info SET value=? WHERE key='next_row'", (str(start + len(metas)),))
                 seq = self.conn.execute("SELECT max(seq) FROM journal").fetchone()[0]
                 self.conn.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                self.conn.execute("ROLLBACK")
+            except BaseException:  # a duplicate, a full disk: nothing of it stays, and the next write can begin
+                self._rollback()
                 raise
         return metas, int(seq)
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction, if SQLite has not already (it does itself on some errors, such as a full
+        disk)."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def remove(self, ids: Sequence[str], rows: Sequence[int]) -> int:
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
-            for i, r in zip(ids, rows, strict=True):
-                self.conn.execute("DELETE FROM videos WHERE id=?", (i,))
-                self.conn.execute("INSERT INTO journal (op, id, row) VALUES ('remove', ?, ?)", (i, int(r)))
-            seq = self.conn.execute("SELECT max(seq) FROM journal").fetchone()[0]
-            self.conn.execute("COMMIT")
+            try:
+                for i, r in zip(ids, rows, strict=True):
+                    self.conn.execute("DELETE FROM videos WHERE id=?", (i,))
+                    self.conn.execute("INSERT INTO journal (op, id, row) VALUES ('remove', ?, ?)", (i, int(r)))
+                seq = self.conn.execute("SELECT max(seq) FROM journal").fetchone()[0]
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
         return int(seq)
 
     def journal_since(self, seq: int, dim: int) -> list[JournalEntry]:

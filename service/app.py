@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexing.errors import UserError
 from indexing.milvus import MilvusError
+from service import integrity
 from service.api import evaluate, health, review, search, videos
 from service.deps import AUTH_RESPONSES, redact_paths, require_read_key
 from service.docs_page import add_docs
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
 
     if settings.docs:
         add_docs(app, settings)
+    integrity.install(app)  # a full disk: 507 with a detail
     app.add_middleware(LimitBodySize, settings=settings)
     app.add_middleware(Guard, settings=settings, router=app.router)  # before the body limit: Host, origin, keys
     app.add_middleware(RecordMetrics, metrics=state.metrics)

@@ -101,6 +101,10 @@ def _check_served(settings) -> None:
         MilvusIndex.open(settings.milvus_uri or "", settings.milvus_collection, token=settings.milvus_token).close()
     elif not (settings.index / "index.json").is_file():
         raise UserError(f"{settings.index}: not an index folder (build one with `vidret index build`)")
+    else:  # held by this process until it exits (the app takes the same hold): a second server fails here
+        from indexing.lock import lock_folder
+
+        lock_folder(settings.index)
     if settings.checkpoint is not None and not settings.checkpoint.is_file():
         raise UserError(f"--checkpoint {settings.checkpoint}: file not found")
 

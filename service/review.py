@@ -185,6 +185,10 @@ class ReviewStore:
                 raise UserError(f"{self.path}: review schema version {version and version[0]} is not {SCHEMA_VERSION}")
             yield conn
         except sqlite3.DatabaseError as exc:
+            if (
+                getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            ):  # a full disk, not a broken store: answered 507
+                raise
             raise UserError(f"{self.path}: not a readable review store ({exc})") from None
         finally:
             conn.close()
@@ -208,7 +212,8 @@ class ReviewStore:
                     conn.execute("INSERT OR REPLACE INTO info VALUES (?, ?)", (key, value))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    conn.execute("ROLLBACK")
                 raise
         return {"source": source, "created_at": now, "rows": len(rows)}
 
@@ -245,7 +250,8 @@ class ReviewStore:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    conn.execute("ROLLBACK")
                 raise
         return d
 
@@ -260,7 +266,8 @@ class ReviewStore:
                 conn.execute("DELETE FROM audit WHERE id=?", (vid,))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    conn.execute("ROLLBACK")
                 raise
 
     def decisions(self) -> dict[str, Decision]:

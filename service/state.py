@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import HTTPException
 
+from service.integrity import IdLocks, reconcile
 from service.settings import Settings
 
 log = logging.getLogger("vidret.service")
@@ -226,11 +228,15 @@ class ServiceState:
     writes_since_snapshot: int = 0
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     metrics: Any = None
+    id_locks: IdLocks = field(default_factory=IdLocks)  # one write of an id at a time (service/integrity.py)
+    folder_lock: Any = None  # the FAISS index folder's lock (indexing/lock.py), held while served
+    stale_reviews: set[str] = field(default_factory=set)  # deleted ids whose review removal failed
 
     def load(self) -> None:
         """Load the index (and model); runs in a background thread so /health answers at once."""
         try:
             self.index = self._open_index()
+            self._reconcile()
             if self.settings.checkpoint is not None:
                 from training.embed import load_checkpoint
 
@@ -258,6 +264,15 @@ class ServiceState:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("failed to load: %s", self.load_error)
 
+    def _reconcile(self) -> None:
+        """Sweep what no entry names (service/integrity.py); a failure is logged and serving goes on."""
+        from service.review import ReviewStore
+
+        try:
+            reconcile(self.index, Path(self.settings.index), ReviewStore(self.settings.index))
+        except Exception:
+            log.error("start: checking the stored files and reviews against the index failed", exc_info=True)
+
     def _open_index(self) -> Any:
         """The index of ``settings.backend``: the FAISS index folder, or a Milvus collection (then the index folder
         holds only the uploaded videos and the review store, and is created if missing)."""
@@ -270,7 +285,9 @@ class ServiceState:
             self.settings.index.mkdir(parents=True, exist_ok=True)
             return index
         from indexing.index import VideoIndex
+        from indexing.lock import lock_folder
 
+        self.folder_lock = lock_folder(self.settings.index)  # one server per folder: raises naming the holder
         return VideoIndex.load(self.settings.index, mmap=self.settings.mmap)
 
     def note_write(self) -> None:
@@ -316,3 +333,5 @@ class ServiceState:
                     self.snapshotter.close()
             finally:
                 self.index.close()
+        if self.folder_lock is not None:
+            self.folder_lock.release()

@@ -247,13 +247,20 @@ async def decide(video_id: str, req: DecisionRequest, state: ServiceState = Depe
     """Keep, relabel (``label`` required) or drop an indexed video; replaces its previous decision. Committed
     (durable) before the answer."""
     video_id = path_id(video_id)
-    if state.index.get(video_id) is None:
-        raise HTTPException(404, f"unknown video id {video_id!r}")
     try:
-        d = await run_in_threadpool(review_store(state).decide, video_id, req.action, req.label)
+        d = await run_in_threadpool(_decide, state, video_id, req.action, req.label)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     return DecisionInfo(**d.to_json())
+
+
+def _decide(state: ServiceState, vid: str, action: str, label: str | None):
+    """Store the decision only while the video exists: under the id's lock, which a delete holds while it removes
+    the video and its review (service/integrity.py), so no decision outlives its video."""
+    with state.id_locks.hold(vid):
+        if state.index.get(vid) is None:
+            raise HTTPException(404, f"unknown video id {vid!r}")
+        return review_store(state).decide(vid, action, label)
 
 
 def _export(state: ServiceState) -> str:

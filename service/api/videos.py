@@ -18,6 +18,7 @@ from indexing.index import DuplicateIdError, UnknownIdError
 from indexing.store import VideoMeta
 from service.api.ids import path_id
 from service.deps import ready_state, require_api_key
+from service.integrity import forget_review
 from service.review import ReviewStore
 from service.schemas import OFFSET_MAX, VideoInfo, VideoList
 from service.state import ServiceState
@@ -122,19 +123,36 @@ async def add_video(
     try:
         vec = await run_in_threadpool(embed_upload, state, str(tmp))
         # this add's own file: a concurrent add of the same id stores (and, losing, deletes) a different one
-        final = folder / _stored_name(id, tmp.suffix)
-        os.replace(tmp, final)
-        with open(final, "rb") as fh:
-            os.fsync(fh.fileno())
-        try:
-            await run_in_threadpool(state.index.add, [id], vec[None, :], [label], [camera], [str(final)])
-        except DuplicateIdError:  # another add of this id won: remove this add's file, never the winner's
-            final.unlink(missing_ok=True)
-            raise HTTPException(409, f"id {id!r} already exists") from None
+        meta = await run_in_threadpool(
+            _commit_add, state, id, vec, label, camera, tmp, folder / _stored_name(id, tmp.suffix)
+        )
     finally:
         tmp.unlink(missing_ok=True)
     await run_in_threadpool(state.note_write)
-    return _info(state, state.index.get(id))
+    return _info(state, meta)
+
+
+def _commit_add(state: ServiceState, vid: str, vec, label: str, camera: str, tmp: Path, final: Path) -> VideoMeta:
+    """Store the upload as ``final`` and add its entry, under the id's lock (service/integrity.py): the entry
+    answered is the one committed, never one a racing delete removed. When the index refuses the add (a duplicate,
+    a value the backend cannot store, a full disk) the file is removed again: nothing is half-stored."""
+    with state.id_locks.hold(vid):
+        if vid in state.stale_reviews:  # the review of a deleted video of this id is still stored: not inherited
+            ReviewStore(state.settings.index).forget(vid)
+            state.stale_reviews.discard(vid)
+        try:
+            os.replace(tmp, final)
+            with open(final, "rb") as fh:
+                os.fsync(fh.fileno())
+            state.index.add([vid], vec[None, :], [label], [camera], [str(final)])
+        except BaseException as exc:
+            committed = state.index.get(vid)
+            if committed is None or committed.path != str(final):  # never the winner's file of a racing add
+                final.unlink(missing_ok=True)
+            if isinstance(exc, DuplicateIdError):
+                raise HTTPException(409, f"id {vid!r} already exists") from None
+            raise
+        return state.index.get(vid)
 
 
 @router.get(
@@ -289,16 +307,23 @@ def get_video(video_id: str, state: ServiceState = Depends(ready_state)) -> Vide
 )
 async def delete_video(video_id: str, state: ServiceState = Depends(ready_state)) -> Response:
     video_id = path_id(video_id)
-    meta = state.index.get(video_id)
-    if meta is None:
-        raise HTTPException(404, f"unknown video id {video_id!r}")
-    try:
-        await run_in_threadpool(state.index.remove, [video_id])
-    except UnknownIdError:
-        raise HTTPException(404, f"unknown video id {video_id!r}") from None
-    thumbnail_cache(state).forget(video_id)
-    if _is_stored(state, meta.path):
-        Path(meta.path).unlink(missing_ok=True)
-    await run_in_threadpool(ReviewStore(state.settings.index).forget, video_id)  # its review goes with it
+    await run_in_threadpool(_delete, state, video_id)
     await run_in_threadpool(state.note_write)
     return Response(status_code=204)
+
+
+def _delete(state: ServiceState, vid: str) -> None:
+    """Remove the entry, then its stored file and its review, under the id's lock: no decision or add of this id
+    runs in between (a server killed half-way has the rest swept at its next start)."""
+    with state.id_locks.hold(vid):
+        meta = state.index.get(vid)
+        if meta is None:
+            raise HTTPException(404, f"unknown video id {vid!r}")
+        try:
+            state.index.remove([vid])
+        except UnknownIdError:
+            raise HTTPException(404, f"unknown video id {vid!r}") from None
+        thumbnail_cache(state).forget(vid)
+        if _is_stored(state, meta.path):
+            Path(meta.path).unlink(missing_ok=True)
+        forget_review(state, vid)  # its review goes with it

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api import videos
 from service.app import create_app
 from service.settings import Settings
 
@@ -28,14 +29,13 @@ def test_concurrent_adds_of_one_id_keep_the_winners_file(
     assert uploads["A"] != uploads["B"]
     settings = Settings(index=index, checkpoint=checkpoint, device="cpu", api_key=KEY)
     with TestClient(create_app(settings, load_in_background=False), raise_server_exceptions=False) as client:
-        state = client.app.state.vidret
-        real_add, both_there = state.index.add, threading.Barrier(2, timeout=60)
+        real_embed, both_there = videos.embed_upload, threading.Barrier(2, timeout=60)
 
-        def add_together(*args, **kwargs):
+        def embed_together(*args, **kwargs):  # both adds are past the id check, each with its own upload stored
             both_there.wait()
-            return real_add(*args, **kwargs)
+            return real_embed(*args, **kwargs)
 
-        monkeypatch.setattr(state.index, "add", add_together)
+        monkeypatch.setattr(videos, "embed_upload", embed_together)
         answers: dict[str, object] = {}
 
         def post(label: str) -> None:
