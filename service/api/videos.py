@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from indexing.index import DuplicateIdError, UnknownIdError
+from indexing.backend import DuplicateIdError, UnknownIdError
 from indexing.store import VideoMeta
 from service.deps import ready_state, require_api_key
 from service.review import ReviewStore
@@ -104,7 +104,7 @@ async def add_video(
     state: ServiceState = Depends(ready_state),
 ) -> VideoInfo:
     require_model(state)
-    if getattr(state.index, "read_only", False):  # before the upload is embedded and stored
+    if state.index.read_only:  # before the upload is embedded and stored
         raise HTTPException(409, "the index is served memory-mapped (read-only): serve it without --mmap to add")
     if not ID_PATTERN.match(id):
         raise HTTPException(422, "id must be 1-200 characters of letters, digits and . _ : @ / + -")

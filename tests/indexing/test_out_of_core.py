@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
+from indexing.backend import ReadOnlyIndexError
 from indexing.embeddings import (
     Embeddings,
     EmbeddingSource,
@@ -18,14 +19,8 @@ from indexing.embeddings import (
     write_shard_list,
 )
 from indexing.errors import UserError
-from indexing.index import (
-    ReadOnlyIndexError,
-    VideoIndex,
-    choose_type,
-    index_bytes,
-    parse_memory,
-    plan_build,
-)
+from indexing.faiss_index import VideoIndex
+from indexing.planning import choose_type, index_bytes, parse_memory, plan_build
 from tests.conftest import run_cli
 
 
