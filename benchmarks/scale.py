@@ -22,7 +22,11 @@ their peak RSS and RssAnon from /proc/PID/status (sampled) and the cgroup's memo
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,6 +136,137 @@ def truth(args) -> None:
     print(f"truth: {len(q)} queries x {len(src)} rows in {time.time() - t0:.0f}s -> {out}")
 
 
+# ---- measuring a subprocess: a cgroup memory limit, peak RSS and RssAnon ---------------------------------------
+
+
+def _own_memory_cgroup() -> Path | None:
+    """This process's cgroup v1 memory controller folder, when it can hold a child cgroup (root)."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, ctrl, path = line.split(":", 2)
+            if ctrl == "memory":
+                base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+                return base if os.access(base, os.W_OK) else None
+    except OSError:
+        return None
+    return None
+
+
+def make_cgroup(name: str, limit_bytes: int) -> tuple[Path | None, str]:
+    """A memory cgroup limited to ``limit_bytes`` (v1 memory.limit_in_bytes, swap included where accounted), or
+    None and why not."""
+    base = _own_memory_cgroup()
+    if base is None:
+        return None, "no writable cgroup v1 memory controller: no limit"
+    cg = base / name
+    if cg.exists():
+        cg.rmdir()
+    cg.mkdir()
+    (cg / "memory.limit_in_bytes").write_text(str(limit_bytes))
+    sw = cg / "memory.memsw.limit_in_bytes"
+    if sw.exists():
+        sw.write_text(str(limit_bytes))
+    return cg, f"cgroup v1 memory controller {cg} (memory.limit_in_bytes = memsw = {limit_bytes})"
+
+
+def _status(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+class Sampler(threading.Thread):
+    """The peaks of VmRSS (and VmHWM), RssAnon and RssFile of a process, sampled every ``every`` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self.stop = pid, every, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for k, v in _status(self.pid).items():
+                self.peak[k] = max(self.peak.get(k, 0), v)
+            self.stop.wait(self.every)
+
+
+def spawn(cmd: list[str], cg: Path | None, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """``cmd`` niced, in ``cg``, its output to ``log``."""
+
+    def enter() -> None:
+        os.nice(10)
+        if cg is not None:
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+    fh = open(log, "w")
+    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=enter, env=env)
+
+
+def _cg_peak(cg: Path | None) -> dict:
+    if cg is None:
+        return {}
+    read = lambda name: int((cg / name).read_text()) if (cg / name).exists() else None  # noqa: E731
+    return {"cgroup_max_usage_bytes": read("memory.max_usage_in_bytes"), "cgroup_failcnt": read("memory.failcnt")}
+
+
+def _vidret() -> str:
+    return str(Path(sys.executable).with_name("vidret"))
+
+
+def _budget_bytes(text: str) -> int:
+    from indexing.planning import parse_memory
+
+    return int(parse_memory(text) * 2**20)
+
+
+def build(args) -> None:
+    data = Path(args.data)
+    out = data / "build.json"
+    if out.is_file() and not args.force:
+        print(f"build: {out} exists")
+        return
+    cg, how = make_cgroup("vidret-scale-build", _budget_bytes(args.max_memory)) if args.cgroup else (None, "none")
+    cmd = [_vidret(), "index", "build", "--embeddings", str(data / "embeddings"), "--out", str(data / "index")]
+    cmd += ["--max-memory", args.max_memory, "--overwrite"] + (args.build_args.split() if args.build_args else [])
+    t0 = time.time()
+    proc = spawn(cmd, cg, data / "build.log")
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    rc = proc.wait()
+    took = time.time() - t0
+    sampler.stop.set()
+    import resource
+
+    res = {
+        "command": " ".join(["nice -n 10", *cmd]),
+        "memory_limit": how,
+        "returncode": rc,
+        "build_s": round(took, 1),
+        "peak_rss_bytes_getrusage": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+        "peak_sampled_bytes": sampler.peak,
+        **_cg_peak(cg),
+        "index_bytes_on_disk": _du(data / "index") if (data / "index").exists() else None,
+        "log_tail": (data / "build.log").read_text()[-2000:],
+    }
+    if cg is not None:
+        cg.rmdir()
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+def _du(path: Path) -> dict[str, int]:
+    sizes = {}
+    for f in path.rglob("*"):
+        if f.is_file():
+            sizes[str(f.relative_to(path))] = f.stat().st_size
+    return {"total": sum(sizes.values()), **sizes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/var/tmp/vidret-scale")
@@ -139,10 +274,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--per-identity", type=int, default=10)
     ap.add_argument("--max-memory", default="4GB")
+    ap.add_argument("--build-args", default="", help="More `vidret index build` flags, e.g. '--nlist 2048'.")
+    ap.add_argument("--no-cgroup", dest="cgroup", action="store_false", help="Run without a memory cgroup.")
     ap.add_argument("--force", action="store_true")
-    ap.add_argument("step", choices=["generate", "truth"])
+    ap.add_argument("step", choices=["generate", "truth", "build"])
     args = ap.parse_args()
-    {"generate": generate, "truth": truth}[args.step](args)
+    {"generate": generate, "truth": truth, "build": build}[args.step](args)
 
 
 if __name__ == "__main__":
