@@ -242,6 +242,8 @@ def build_index(
     milvus_uri: str | None = None,
     milvus_collection: str = "vidret",
     milvus_token: str | None = None,
+    nlist: int | None = None,
+    train_rows: int | None = None,
 ) -> IndexBackend:
     """Build an index of embeddings files (``.npz``, shard lists, shard folders): ``faiss``, the folder ``out``
     (read a block at a time within ``memory_budget_mb``, returned memory-mapped); ``milvus``, a collection."""
@@ -249,6 +251,9 @@ def build_index(
 
     if check_backend(backend) == "milvus":
         from indexing.embeddings import load_embeddings
+
+        if nlist is not None or train_rows is not None:
+            raise UserError("--nlist and --train-rows are for --backend faiss (Milvus sizes its own index)")
         from indexing.milvus import MilvusIndex
 
         if not milvus_uri:
@@ -279,4 +284,6 @@ def build_index(
         memory_budget_mb=memory_budget_mb,
         overwrite=overwrite,
         mmap=True,
+        nlist=nlist,
+        train_rows=train_rows,
     )

@@ -31,6 +31,12 @@ def build_cmd(
         "build reads, trains and adds within it (docs/formats.md).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
+    nlist: int | None = typer.Option(
+        None, help="IVF lists (--type ivf / ivfpq; default about 4 sqrt(N), lowered to fit --max-memory)."
+    ),
+    train_rows: int | None = typer.Option(
+        None, help="Rows of the seeded sample that trains an IVF index (default: up to 256 a list, within the budget)."
+    ),
     backend: str = typer.Option("faiss", help="faiss (an index folder, --out) | milvus (a Milvus collection)."),
     milvus_uri: str | None = typer.Option(None, help="Milvus URI, or a local .db file for milvus-lite."),
     milvus_collection: str = typer.Option("vidret", help="The Milvus collection to create (or replace: --overwrite)."),
@@ -58,6 +64,8 @@ def build_cmd(
         milvus_uri=milvus_uri,
         milvus_collection=milvus_collection,
         milvus_token=os.environ.get("VIDRET_MILVUS_TOKEN"),
+        nlist=nlist,
+        train_rows=train_rows,
     )
     params = ", ".join(f"{k}={v}" for k, v in ix.info.get("params", {}).items())
     if backend == "milvus":

@@ -3,6 +3,7 @@ each type, search parameters (nprobe, efSearch) and their tuning to a recall tar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from indexing.errors import UserError
 from indexing.planning import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, PQ_BITS, default_nlist, pq_m
 
 TARGET_RECALL = 0.95
+REFINE_FACTORS = (2, 4, 8, 16)  # IVF-PQ: candidates re-ranked exactly, per hit asked for
 SEARCH_PARAMS = ("nprobe", "efSearch")  # the entries of index.json's params that are FAISS search parameters
 
 
@@ -89,8 +91,8 @@ def apply_params(index: Any, params: dict[str, Any]) -> None:
                 pass
 
 
-def recall_at_10(index: Any, queries: np.ndarray, truth: np.ndarray) -> float:
-    _, found = index.search(queries, truth.shape[1])
+def recall_at_10(search: Callable[[np.ndarray, int], tuple], queries: np.ndarray, truth: np.ndarray) -> float:
+    _, found = search(queries, truth.shape[1])
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
@@ -110,9 +112,19 @@ def exact_search(source: EmbeddingSource, queries: np.ndarray, k: int, metric: s
 
 
 def tune(
-    index: Any, kind: str, params: dict[str, int], source: EmbeddingSource, metric: str, chunk_rows: int, seed: int = 0
+    index: Any,
+    kind: str,
+    params: dict[str, int],
+    source: EmbeddingSource,
+    metric: str,
+    chunk_rows: int,
+    seed: int = 0,
+    refined: Callable[[int], Callable[[np.ndarray, int], tuple]] | None = None,
 ) -> dict[str, int]:
-    """Smallest nprobe / efSearch reaching the target recall@10 vs exact search on a sample of the data."""
+    """Smallest nprobe / efSearch reaching the target recall@10 vs exact search on a sample of the data. IVF-PQ's
+    recall is bounded by its compression: when it stays short and ``refined`` is given (``refined(factor)``: a
+    search that re-ranks the top ``k * factor`` exactly), the smallest of REFINE_FACTORS that reaches the target
+    is tuned too and recorded as ``refine``."""
     n = len(source)
     if kind == "flat" or n < 20:
         return params
@@ -123,16 +135,20 @@ def tune(
     if kind == "hnsw":
         grid, key = [16, 32, 64, 128, 256, 512, 1024], "efSearch"
     else:
-        nlist = params["nlist"]
-        grid, key = sorted({min(nlist, 2**i) for i in range(0, 16)}), "nprobe"
-    chosen, recall = grid[-1], 0.0
-    for value in grid:
-        apply_params(index, {key: value})
-        recall = recall_at_10(index, sample, truth)
-        if recall >= TARGET_RECALL + 0.02:  # margin for unseen queries
-            chosen = value
+        grid, key = sorted({min(params["nlist"], 2**i) for i in range(0, 16)}), "nprobe"
+    factors = (0, *REFINE_FACTORS) if kind == "ivfpq" and refined is not None else (0,)
+    for factor in factors:
+        search = refined(factor) if factor else index.search
+        chosen, recall = grid[-1], 0.0
+        for value in grid:
+            apply_params(index, {key: value})
+            recall = recall_at_10(search, sample, truth)
+            if recall >= TARGET_RECALL + 0.02:  # margin for unseen queries
+                chosen = value
+                break
+        if recall >= TARGET_RECALL + 0.02:
             break
-    # IVF-PQ's recall is bounded by its compression: the reached recall is recorded either way
-    params = {**params, key: chosen, "tuned_recall_at_10": round(recall, 4)}
+    # the reached recall is recorded either way
+    params = {**params, key: chosen, "tuned_recall_at_10": round(recall, 4), **({"refine": factor} if factor else {})}
     apply_params(index, params)
     return params

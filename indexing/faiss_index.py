@@ -157,6 +157,11 @@ class _RowVectors(MutableMapping):
         return np.stack([self[r] for r in rows])
 
 
+def _refiner(index: Any, metric: str, source: EmbeddingSource) -> Any:
+    """``factor`` -> a search of ``index`` re-ranked exactly from ``source`` (the build's tuning of IVF-PQ)."""
+    return lambda factor: partial(refined_search, index, refine=factor, metric=metric, take=source.take)
+
+
 class VideoIndex(IndexInfo):
     """A FAISS index with string ids and metadata; use ``build`` or ``load``."""
 
@@ -199,6 +204,8 @@ class VideoIndex(IndexInfo):
         memory_budget_mb: float = 4096,
         overwrite: bool = False,
         mmap: bool = False,
+        nlist: int | None = None,
+        train_rows: int | None = None,
     ) -> VideoIndex:
         """Build an index folder from embeddings in memory or an ``EmbeddingSource`` (many files, read a block at a
         time). The vectors are never all in memory at once, except inside a flat, IVF-Flat or HNSW index itself:
@@ -216,15 +223,17 @@ class VideoIndex(IndexInfo):
             raise UserError("embeddings: no vectors to index")
         on_gpu = use_gpu(gpu)
         n, dim = len(source), source.dim
-        plan = plan_build(type, n, dim, memory_budget_mb)
+        plan = plan_build(type, n, dim, memory_budget_mb, nlist, train_rows)
         index, factory, params = new_index(plan.kind, dim, metric, n, plan.nlist)
         if not index.is_trained:
             train_index = cls._to_gpu(index) if on_gpu else index
             train_index.train(source.take(np.random.default_rng(0).choice(n, size=plan.train_rows, replace=False)))
             index = cls._to_cpu(train_index) if on_gpu else index
+            del train_index  # the index alone from here: freed once written
         for start, block in source.chunks(plan.chunk_rows):
             index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
-        params = tune(index, plan.kind, params, source, metric, plan.chunk_rows)
+        refined = _refiner(index, metric, source)
+        params = tune(index, plan.kind, params, source, metric, plan.chunk_rows, refined=refined)
         now = time.time()
         info = {
             "type": plan.kind,
@@ -246,7 +255,7 @@ class VideoIndex(IndexInfo):
             rows = np.arange(n, dtype=np.int64)
             vectors = partial(write_vectors, source=source, chunk_rows=plan.chunk_rows)
             write_generation(tmp, 1, vectors, rows, index, info)
-            del index  # the written index is loaded again below (memory-mapped with ``mmap``)
+            del index, refined  # the written index is loaded again below (memory-mapped with ``mmap``)
             move_into_place(tmp, out)
         finally:
             if tmp.exists():

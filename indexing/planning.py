@@ -15,6 +15,7 @@ INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 FLAT_MAX = 20_000  # below this, exact search is fast enough
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
 PQ_BITS = 8
+IVF_GROWTH = 2  # inverted lists hold up to twice their contents while they grow (std::vector doubling)
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
@@ -36,16 +37,18 @@ def parse_memory(text: str) -> float:
 def index_bytes(kind: str, n: int, dim: int, nlist: int | None = None) -> int:
     """What an index of ``kind`` holding ``n`` vectors takes in memory, about: flat and IVF-Flat store the vectors
     (4 bytes a value) and an 8-byte id each, IVF-PQ a code of ``pq_m(dim)`` bytes and the id, HNSW the vector and
-    its graph links; IVF adds its ``nlist`` centroids and IVF-PQ its codebooks."""
+    its graph links; IVF adds its ``nlist`` centroids and IVF-PQ its codebooks. An IVF index's inverted lists grow
+    as the build adds to them (each list a vector that doubles its capacity when full): up to IVF_GROWTH times
+    what they hold, which is what the OS sees during the build."""
     nlist = default_nlist(n) if nlist is None else nlist
     if kind == "flat":
         return n * (4 * dim + 16)
     if kind == "hnsw":
         return n * (4 * dim + 8 * HNSW_M + 16)
     if kind == "ivf":
-        return n * (4 * dim + 8) + 4 * nlist * dim
+        return IVF_GROWTH * n * (4 * dim + 8) + 4 * nlist * dim
     if kind == "ivfpq":
-        return n * (pq_m(dim) + 8) + 4 * nlist * dim + 4 * 2**PQ_BITS * dim
+        return IVF_GROWTH * n * (pq_m(dim) + 8) + 4 * nlist * dim + 4 * 2**PQ_BITS * dim
     raise ValueError(f"unknown index type {kind!r}")
 
 
@@ -76,10 +79,14 @@ class BuildPlan:
     chunk_rows: int
 
 
-def plan_build(kind: str, n: int, dim: int, memory_budget_mb: float) -> BuildPlan:
+def plan_build(
+    kind: str, n: int, dim: int, memory_budget_mb: float, nlist: int | None = None, train_rows: int | None = None
+) -> BuildPlan:
     """The budget left after the index (``index_bytes``) is the build's working memory: an eighth of it for each
     block of rows read and added (at least 1024 rows) and half of it for the training sample, which is at most 256
-    rows per IVF list. When that sample is smaller than FAISS's 39 rows per list, nlist is lowered to fit it."""
+    rows per IVF list. When that sample is smaller than FAISS's 39 rows per list, nlist is lowered to fit it.
+    ``nlist`` and ``train_rows`` (``--nlist``, ``--train-rows``) override the rule (the sample still fits the
+    budget: a UserError says what does)."""
     kind = choose_type(n, dim, memory_budget_mb) if kind == "auto" else kind
     row = 4 * dim
     work = max(0.0, memory_budget_mb * 2**20 - index_bytes(kind, n, dim))
@@ -87,10 +94,20 @@ def plan_build(kind: str, n: int, dim: int, memory_budget_mb: float) -> BuildPla
     if kind not in ("ivf", "ivfpq"):
         return BuildPlan(kind, None, 0, chunk_rows)
     fit = int(work // 2 // row)
-    nlist = default_nlist(n)
-    if fit < 39 * nlist:
-        nlist = max(1, min(nlist, fit // 39))
-    return BuildPlan(kind, nlist, int(min(n, 256 * nlist, max(39 * nlist, fit))), chunk_rows)
+    if nlist is None:
+        nlist = default_nlist(n)
+        if fit < 39 * nlist:
+            nlist = max(1, min(nlist, fit // 39))
+    elif not 1 <= nlist <= n:
+        raise UserError(f"--nlist {nlist}: must be between 1 and the number of vectors ({n})")
+    if train_rows is None:
+        return BuildPlan(kind, nlist, int(min(n, 256 * nlist, max(39 * nlist, fit))), chunk_rows)
+    if not nlist <= train_rows <= min(n, max(fit, nlist)):
+        raise UserError(
+            f"--train-rows {train_rows}: must be at least --nlist ({nlist}) and at most {min(n, max(fit, nlist))} "
+            "(the vectors, and what the memory budget leaves for the training sample)"
+        )
+    return BuildPlan(kind, nlist, int(train_rows), chunk_rows)
 
 
 def pq_m(dim: int) -> int:
