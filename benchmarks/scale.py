@@ -61,6 +61,13 @@ def _centres(n_ident: int, dim: int) -> np.ndarray:
     return out
 
 
+def _text(prefix: str, values: np.ndarray) -> np.ndarray:
+    """``prefix`` + each value, as the narrowest fixed-width string array (what vidret embed writes: numpy's
+    default str of an int is 21 characters wide, 84 bytes a value)."""
+    out = np.char.add(prefix, values.astype(str))
+    return out.astype(f"U{max(1, int(np.char.str_len(out).max()))}")
+
+
 def _videos(centres: np.ndarray, ident: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     dim = centres.shape[1]
     noise = rng.standard_normal((len(ident), dim), dtype=np.float32) * np.float32(0.45 / np.sqrt(dim))
@@ -85,10 +92,10 @@ def generate(args) -> None:
         rng = np.random.default_rng([SEED + 2, i])
         ident = ident_of_row[s:e]
         emb = Embeddings(
-            ids=np.char.add("v", np.char.zfill(np.arange(s, e).astype(str), 9)),
+            ids=_text("v", np.char.zfill(np.arange(s, e).astype(str), 9)),
             embeddings=_videos(centres, ident, rng),
-            labels=np.char.add("p", ident.astype(str)),
-            cameras=np.char.add("c", rng.integers(0, CAMERAS, e - s).astype(str)),
+            labels=_text("p", ident),
+            cameras=_text("c", rng.integers(0, CAMERAS, e - s)),
         )
         save_embeddings(shards / name, emb)
         names.append(name)
@@ -96,10 +103,10 @@ def generate(args) -> None:
     rng = np.random.default_rng(SEED + 3)
     qident = rng.integers(0, n_ident, QUERIES)
     q = Embeddings(
-        ids=np.char.add("q", np.arange(QUERIES).astype(str)),
+        ids=_text("q", np.arange(QUERIES)),
         embeddings=_videos(centres, qident, rng),
-        labels=np.char.add("p", qident.astype(str)),
-        cameras=np.char.add("c", rng.integers(0, CAMERAS, QUERIES).astype(str)),
+        labels=_text("p", qident),
+        cameras=_text("c", rng.integers(0, CAMERAS, QUERIES)),
     )
     save_embeddings(data / "queries.npz", q)
     info = {"n": n, "dim": dim, "per_identity": per, "coarse": COARSE, "seed": SEED, "synthetic": True}
