@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,155 @@ def build(args) -> None:
     print(json.dumps(res, indent=2))
 
 
+def _post(conn, path: str, body: dict) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    res = conn.getresponse()
+    data = json.loads(res.read())
+    if res.status != 200:
+        raise RuntimeError(f"{path}: HTTP {res.status} {data}")
+    return data, (time.perf_counter() - t0) * 1e3
+
+
+def _latencies(port: int, q: np.ndarray, flt_of) -> tuple[list[float], list[list[dict]]]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    times, results = [], []
+    for i, v in enumerate(q):
+        body = {"embedding": v.tolist(), "k": 10, **({"filter": flt_of(i)} if flt_of else {})}
+        data, ms = _post(conn, "/v1/search", body)
+        times.append(ms)
+        results.append(data["results"])
+    return times, results
+
+
+def _throughput(port: int, q: np.ndarray, clients: int, seconds: float, flt_of=None) -> float:
+    import http.client
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def client(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        i = c
+        while time.perf_counter() < stop:
+            body = {"embedding": q[i % len(q)].tolist(), "k": 10, **({"filter": flt_of(i % len(q))} if flt_of else {})}
+            _post(conn, "/v1/search", body)
+            counts[c] += 1
+            i += clients
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def _pct(times: list[float]) -> dict:
+    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p99_ms": round(float(np.percentile(times, 99)), 2)}
+
+
+def serve(args) -> None:
+    """``vidret serve --mmap`` of the built index in a memory cgroup: start time, recall@10 of the held-out queries
+    against the exact truth, batch-1 latency, 8-client throughput, the same filtered (label, camera)."""
+    import urllib.request
+
+    from indexing.embeddings import load_embeddings
+
+    data = Path(args.data)
+    out = data / "serve.json"
+    if out.is_file() and not args.force:
+        print(f"serve: {out} exists")
+        return
+    q = load_embeddings(data / "queries.npz")
+    truth = np.load(data / "truth.npz")["ids"]
+    cg, how = make_cgroup("vidret-scale-serve", _budget_bytes(args.max_memory)) if args.cgroup else (None, "none")
+    port = args.port
+    cmd = [_vidret(), "serve", "--index", str(data / "index"), "--mmap", "--port", str(port)]
+    env = {**os.environ, "VIDRET_SEARCH_COALESCE": os.environ.get("VIDRET_SEARCH_COALESCE", "8")}
+    t0 = time.time()
+    proc = spawn(cmd, cg, data / "serve.log", env=env)
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({proc.returncode}): {(data / 'serve.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        start_s = time.time() - t0
+        res = {"command": " ".join(["nice -n 10", *cmd]), "memory_limit": how, "server_start_s": round(start_s, 1)}
+        times, results = _latencies(port, q.embeddings, None)
+        got = [[h["id"] for h in r] for r in results]
+        overlap = [len(set(g) & set(t)) / 10 for g, t in zip(got, truth, strict=True)]
+        res["recall_at_10"] = round(float(np.mean(overlap)), 4)
+        res["batch1"] = _pct(times[10:])
+        res["throughput_8_clients_qps"] = round(_throughput(port, q.embeddings, 8, args.seconds), 1)
+        for name, flt_of in (
+            ("label", lambda i: {"label": str(q.labels[i])}),
+            ("camera", lambda i: {"camera": "c3"}),
+        ):
+            n = min(len(q), 300)
+            times, results = _latencies(port, q.embeddings[:n], flt_of)
+            bad = sum(1 for i, r in enumerate(results) for h in r if any(h[k] != v for k, v in flt_of(i).items()))
+            res[f"filter_{name}"] = {
+                **_pct(times[5:]),
+                "queries": n,
+                "mean_hits": round(float(np.mean([len(r) for r in results])), 2),
+                "hits_not_matching": bad,
+                "throughput_8_clients_qps": round(_throughput(port, q.embeddings, 8, args.seconds / 2, flt_of), 1),
+            }
+    finally:
+        sampler.stop.set()
+        proc.terminate()
+        proc.wait(60)
+    res.update(peak_sampled_bytes=sampler.peak, **_cg_peak(cg))
+    if cg is not None:
+        cg.rmdir()
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+def wrapper(args) -> None:
+    """In process, on the same memory-mapped index: VideoIndex.search against the bare faiss.Index.search plus the
+    id lookup (an array of the ids), at batch 1 and 256."""
+    from indexing.embeddings import load_embeddings
+    from indexing.faiss_index import VideoIndex
+
+    data = Path(args.data)
+    ix = VideoIndex.load(data / "index", mmap=True)
+    q = load_embeddings(data / "queries.npz").embeddings
+    ids = np.array(ix.ids())  # the baseline's id map: one array
+    res = {"index": ix.info["factory"], "params": ix.info["params"], "count": ix.count}
+    raw = ix._search_index
+    refine = int(ix.info["params"].get("refine", 0) or 0)
+    from indexing.faiss_search import refined_search
+
+    def bare(b: np.ndarray) -> None:
+        _, rows = refined_search(raw, b, 10, refine, ix.metric, ix._vec_by_row.take)
+        ids[np.maximum(rows, 0)]
+
+    for batch in (1, 256):
+        r = {}
+        for name, fn in (("wrapper", lambda b: ix.search(b, 10)), ("bare", bare)) * 2:  # interleaved, twice
+            done, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < args.seconds / 4:
+                for s in range(0, len(q), batch):
+                    fn(q[s : s + batch])
+                    done += len(q[s : s + batch])
+            r[name] = max(r.get(name, 0.0), done / (time.perf_counter() - t0))
+        r["ratio"] = round(r["wrapper"] / r["bare"], 3)
+        res[f"batch{batch}_qps"] = {k: round(v, 1) if k != "ratio" else v for k, v in r.items()}
+    ix.close()
+    (data / "wrapper.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
 def _du(path: Path) -> dict[str, int]:
     sizes = {}
     for f in path.rglob("*"):
@@ -283,10 +433,12 @@ def main() -> None:
     ap.add_argument("--max-memory", default="4GB")
     ap.add_argument("--build-args", default="", help="More `vidret index build` flags, e.g. '--nlist 2048'.")
     ap.add_argument("--no-cgroup", dest="cgroup", action="store_false", help="Run without a memory cgroup.")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--seconds", type=float, default=20.0, help="Of each throughput measurement.")
     ap.add_argument("--force", action="store_true")
-    ap.add_argument("step", choices=["generate", "truth", "build"])
+    ap.add_argument("step", choices=["generate", "truth", "build", "serve", "wrapper"])
     args = ap.parse_args()
-    {"generate": generate, "truth": truth, "build": build}[args.step](args)
+    {"generate": generate, "truth": truth, "build": build, "serve": serve, "wrapper": wrapper}[args.step](args)
 
 
 if __name__ == "__main__":
