@@ -223,7 +223,8 @@ class VideoIndex(IndexInfo):
             raise UserError("embeddings: no vectors to index")
         on_gpu = use_gpu(gpu)
         n, dim = len(source), source.dim
-        plan = plan_build(type, n, dim, memory_budget_mb, nlist, train_rows)
+        held = sum(a.nbytes for a in (source.ids, source.labels, source.cameras, source.paths) if a is not None)
+        plan = plan_build(type, n, dim, memory_budget_mb, nlist, train_rows, held_bytes=held)
         index, factory, params = new_index(plan.kind, dim, metric, n, plan.nlist)
         if not index.is_trained:
             train_index = cls._to_gpu(index) if on_gpu else index

@@ -57,7 +57,7 @@ class IdMap:
         self._dense = True  # rows == arange(len(rows)): a row is its own position
 
     @classmethod
-    def from_store(cls, store: MetadataStore, chunk: int = 200_000) -> IdMap:
+    def from_store(cls, store: MetadataStore, chunk: int = 20_000) -> IdMap:
         """The entries of a metadata store, read ``chunk`` at a time (the parts are joined once at the end)."""
         m = cls()
         rows, alive, labels, cameras, ids, offsets = [], [], [], [], [], []

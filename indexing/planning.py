@@ -80,20 +80,29 @@ class BuildPlan:
 
 
 def plan_build(
-    kind: str, n: int, dim: int, memory_budget_mb: float, nlist: int | None = None, train_rows: int | None = None
+    kind: str,
+    n: int,
+    dim: int,
+    memory_budget_mb: float,
+    nlist: int | None = None,
+    train_rows: int | None = None,
+    held_bytes: int = 0,
 ) -> BuildPlan:
-    """The budget left after the index (``index_bytes``) is the build's working memory: an eighth of it for each
-    block of rows read and added (at least 1024 rows) and half of it for the training sample, which is at most 256
-    rows per IVF list. When that sample is smaller than FAISS's 39 rows per list, nlist is lowered to fit it.
+    """The budget left after the index (``index_bytes``) and ``held_bytes`` (what the build holds besides: the
+    embeddings' ids, labels, cameras and paths) is the build's working memory: an eighth of it for each block of
+    rows read and added (a sixteenth for IVF-PQ; at least 1024 rows) and half of it for the training sample, which
+    is at most 256 rows per IVF list (IVF-PQ: a quarter, as its training also holds the sample's residuals). When
+    that sample is smaller than FAISS's 39 rows per list, nlist is lowered to fit it.
     ``nlist`` and ``train_rows`` (``--nlist``, ``--train-rows``) override the rule (the sample still fits the
     budget: a UserError says what does)."""
     kind = choose_type(n, dim, memory_budget_mb) if kind == "auto" else kind
     row = 4 * dim
-    work = max(0.0, memory_budget_mb * 2**20 - index_bytes(kind, n, dim))
-    chunk_rows = int(min(max(n, 1), max(1024, work // 8 // row)))  # a block and its successor while it is read
+    work = max(0.0, memory_budget_mb * 2**20 - index_bytes(kind, n, dim) - held_bytes)  # held: ids, labels, ...
+    per_block = 16 if kind == "ivfpq" else 8  # IVF-PQ's add also holds the block's residuals and their codes
+    chunk_rows = int(min(max(n, 1), max(1024, work // per_block // row)))  # a block and its successor being read
     if kind not in ("ivf", "ivfpq"):
         return BuildPlan(kind, None, 0, chunk_rows)
-    fit = int(work // 2 // row)
+    fit = int(work // 2 // row // (2 if kind == "ivfpq" else 1))  # IVF-PQ trains its codebooks on a copy: residuals
     if nlist is None:
         nlist = default_nlist(n)
         if fit < 39 * nlist:

@@ -71,9 +71,9 @@ def test_max_memory_values_and_the_choice_rule() -> None:
         choose_type(200_000, 128, memory_budget_mb=1)
     plan = plan_build("auto", 1_000_000, 256, 512)  # 977 MiB of vectors in 512 MiB
     work = 512 * 2**20 - index_bytes("ivfpq", 1_000_000, 256)  # 363 MiB besides the 72 MiB of codes and ids (x2)
-    assert plan.kind == "ivfpq" and plan.nlist == 4000 and 39 * 4000 <= plan.train_rows <= 256 * 4000
-    assert plan.train_rows * 1024 <= work / 2 and plan.chunk_rows * 1024 <= work / 8
-    assert plan_build("auto", 1_000_000, 256, 170).nlist == 374  # lowered: 39 rows per list in half of 28 MiB
+    assert plan.kind == "ivfpq" and plan.nlist == 2432 and 39 * 2432 <= plan.train_rows <= 256 * 2432  # < 4000
+    assert plan.train_rows * 1024 <= work / 4 and plan.chunk_rows * 1024 <= work / 8  # the sample and its residuals
+    assert plan_build("auto", 1_000_000, 256, 170).nlist == 187  # lowered: 39 rows per list in a quarter of 28 MiB
     with pytest.raises(UserError, match="too small"):  # the lists of 72 MiB of codes and ids grow to 144 MiB
         plan_build("auto", 1_000_000, 256, 100)
 
