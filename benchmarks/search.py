@@ -25,7 +25,7 @@ import numpy as np
 from peers import add_peer_args, ensure_venv, measure_peak, peers_dir, run_peer, version_of, write_json
 
 from indexing.embeddings import Embeddings, l2_normalize
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 
 MEMORY_BUDGET_MB = 4096  # VideoIndex.build's default
 

@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 
 from indexing.embeddings import Embeddings, l2_normalize
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 
 
 def run_clients(n: int, seconds: float, call) -> tuple[list[float], int]:

@@ -31,80 +31,55 @@ def build_cmd(
         "build reads, trains and adds within it (docs/formats.md).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
+    nlist: int | None = typer.Option(
+        None, help="IVF lists (--type ivf / ivfpq; default about 4 sqrt(N), lowered to fit --max-memory)."
+    ),
+    train_rows: int | None = typer.Option(
+        None, help="Rows of the seeded sample that trains an IVF index (default: up to 256 a list, within the budget)."
+    ),
     backend: str = typer.Option("faiss", help="faiss (an index folder, --out) | milvus (a Milvus collection)."),
     milvus_uri: str | None = typer.Option(None, help="Milvus URI, or a local .db file for milvus-lite."),
     milvus_collection: str = typer.Option("vidret", help="The Milvus collection to create (or replace: --overwrite)."),
 ) -> None:
     """Build an index folder: index.faiss, vectors, SQLite metadata, index.json (or, with --backend milvus, a
     Milvus collection of the vectors and metadata; VIDRET_MILVUS_TOKEN gives Milvus credentials)."""
+    import os
+
+    from indexing.backend import build_index, check_backend
     from indexing.embeddings import expand_sources
-    from indexing.index import parse_memory
+    from indexing.planning import parse_memory
 
     if max_memory is not None:
         memory_budget_mb = parse_memory(max_memory)
-    if backend == "milvus":
-        files = expand_sources(embeddings)
-        return _build_milvus(files, milvus_uri, milvus_collection, type_, metric, memory_budget_mb, overwrite)
-    if backend != "faiss":
-        raise UserError(f"--backend must be faiss or milvus, got {backend!r}")
-    if out is None:
-        raise UserError("--out is required (the index folder to create)")
-    from indexing.embeddings import EmbeddingSource
-    from indexing.index import VideoIndex
-
-    source = EmbeddingSource.open(embeddings)
-    ix = VideoIndex.build(
-        source,
+    check_backend(backend)
+    ix = build_index(
+        backend,
+        embeddings,
         out,
         type=type_,
         metric=metric,
+        memory_budget_mb=memory_budget_mb,
+        overwrite=overwrite,
         gpu=gpu,
-        checkpoint_sha256=source.checkpoint_sha256,
-        memory_budget_mb=memory_budget_mb,
-        overwrite=overwrite,
-        mmap=True,  # only reported on: the vectors need not be read back
+        milvus_uri=milvus_uri,
+        milvus_collection=milvus_collection,
+        milvus_token=os.environ.get("VIDRET_MILVUS_TOKEN"),
+        nlist=nlist,
+        train_rows=train_rows,
     )
     params = ", ".join(f"{k}={v}" for k, v in ix.info.get("params", {}).items())
-    files = f" from {len(source.names)} files" if len(source.names) > 1 else ""
-    typer.echo(
-        f"built {ix.type} index ({params or 'exact'}) of {ix.count} vectors{files}, dim {ix.dim}, {ix.metric} -> {out}"
-    )
-    ix.close()
-
-
-def _build_milvus(
-    embeddings: Path | list[Path],
-    uri: str | None,
-    collection: str,
-    type_: str,
-    metric: str,
-    memory_budget_mb: float,
-    overwrite: bool,
-) -> None:
-    """``index build --backend milvus``: the embeddings (one .npz or several shards) into a Milvus collection."""
-    import os
-
-    from indexing.embeddings import load_embeddings
-    from indexing.milvus import MilvusIndex
-
-    if not uri:
-        raise UserError("--milvus-uri is required with --backend milvus")
-    paths = embeddings if isinstance(embeddings, list | tuple) else [embeddings]
-    ix = MilvusIndex.build(
-        (load_embeddings(p) for p in paths),
-        uri,
-        collection,
-        type=type_,
-        metric=metric,
-        memory_budget_mb=memory_budget_mb,
-        overwrite=overwrite,
-        token=os.environ.get("VIDRET_MILVUS_TOKEN"),
-    )
-    params = ", ".join(f"{k}={v}" for k, v in ix.info.get("params", {}).items())
-    typer.echo(
-        f"built Milvus {ix.info['index_type']} collection {collection!r} ({params or 'exact'}) of {ix.count} "
-        f"vectors, dim {ix.dim}, {ix.metric} -> {uri}"
-    )
+    if backend == "milvus":
+        typer.echo(
+            f"built Milvus {ix.info['index_type']} collection {milvus_collection!r} ({params or 'exact'}) of "
+            f"{ix.count} vectors, dim {ix.dim}, {ix.metric} -> {milvus_uri}"
+        )
+    else:
+        n_files = len(expand_sources(embeddings))
+        files = f" from {n_files} files" if n_files > 1 else ""
+        typer.echo(
+            f"built {ix.type} index ({params or 'exact'}) of {ix.count} vectors{files}, dim {ix.dim}, {ix.metric} "
+            f"-> {out}"
+        )
     ix.close()
 
 
@@ -142,9 +117,9 @@ def evaluate_cmd(
         raise UserError("--depth K needs --index and K >= 1")
     q = load_embeddings(queries)
     if index is not None:
-        from indexing.index import VideoIndex
+        from indexing.backend import open_index
 
-        ix = VideoIndex.load(index, gpu=None)
+        ix = open_index("faiss", index, gpu=None)
         metas, vecs = ix.snapshot()
         g_ids, g_labels, g_cams = [m.id for m in metas], [m.label for m in metas], [m.camera for m in metas]
         metric = metric or ix.metric

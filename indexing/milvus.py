@@ -1,4 +1,5 @@
-"""A Milvus collection as the index: the same interface as indexing.index.VideoIndex, for ``--backend milvus``.
+"""A Milvus collection as the index, for ``--backend milvus``: an ``IndexBackend`` (indexing/backend.py), as the
+FAISS backend (indexing/faiss_index.py) is.
 
 The name you give (``--milvus-collection``, default ``vidret``) is a small *record* collection: one row, key
 ``current``, whose ``info`` is the index's record as JSON (type, metric, dim, created, the checkpoint's sha256, the
@@ -37,25 +38,29 @@ from typing import Any
 
 import numpy as np
 
-from indexing.embeddings import Embeddings
-from indexing.errors import UserError
-from indexing.filters import LINE_BREAKS, SearchFilter, milvus_literal
-from indexing.ids import check_entries
-from indexing.index import (
-    HNSW_EF_CONSTRUCTION,
-    HNSW_EF_SEARCH,
-    HNSW_M,
-    INDEX_TYPES,
-    PQ_BITS,
+from indexing.backend import (
     DuplicateIdError,
     Hit,
     IndexInfo,
     RWLock,
     UnknownIdError,
-    _nlist,
-    _pq_m,
+    checked_queries,
     checked_vectors,
+    to_scores,
+)
+from indexing.embeddings import Embeddings
+from indexing.errors import UserError
+from indexing.filters import LINE_BREAKS, SearchFilter, milvus_literal
+from indexing.ids import check_entries
+from indexing.planning import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_M,
+    INDEX_TYPES,
+    PQ_BITS,
     choose_type,
+    default_nlist,
+    pq_m,
 )
 from indexing.store import VideoMeta
 
@@ -168,12 +173,12 @@ def milvus_index(kind: str, dim: int, n: int) -> tuple[str, dict[str, int], dict
         return "FLAT", {}, {}
     if kind == "hnsw":
         return "HNSW", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}, {"ef": HNSW_EF_SEARCH}
-    nlist = _nlist(n)
+    nlist = default_nlist(n)
     nprobe = {"nprobe": min(nlist, max(8, nlist // 8))}
     if kind == "ivf":
         return "IVF_FLAT", {"nlist": nlist}, nprobe
     if kind == "ivfpq":
-        return "IVF_PQ", {"nlist": nlist, "m": _pq_m(dim), "nbits": PQ_BITS}, nprobe
+        return "IVF_PQ", {"nlist": nlist, "m": pq_m(dim), "nbits": PQ_BITS}, nprobe
     raise ValueError(f"unknown index type {kind!r}")
 
 
@@ -294,6 +299,7 @@ class MilvusIndex(IndexInfo):
     def __init__(self, client: Any, uri: str, collection: str, info: dict[str, Any]) -> None:
         self.client, self.uri, self.collection, self.info = client, uri, collection, info
         self.data = str(info["data"])  # the data collection the record pointed at when read
+        self.read_only = False  # Milvus takes writes (IndexBackend)
         self._lock = RWLock()  # an add's existence check and insert, a remove's, are one step for searches
         self._writes = 0  # since the last flush
         self._last_row = 0
@@ -584,11 +590,7 @@ class MilvusIndex(IndexInfo):
         filter: SearchFilter | dict[str, Any] | None = None,
     ) -> list[list[Hit]]:
         """As VideoIndex.search; a filter is a Milvus boolean expression of escaped literals."""
-        q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
-        if q.shape[1] != self.dim:
-            raise UserError(f"query vectors have dimension {q.shape[1]}, the index has {self.dim}")
-        if k < 1:
-            raise UserError(f"k must be >= 1, got {k}")
+        q = checked_queries(vectors, k, self.dim)
         flt = SearchFilter.of(filter)
         limit = k + (1 if exclude_ids is not None else 0)
         params = {k_: v for k_, v in self.info.get("params", {}).items() if k_ in ("nprobe", "ef")}
@@ -607,16 +609,14 @@ class MilvusIndex(IndexInfo):
         out = []
         for qi, res in enumerate(found):
             skip = exclude_ids[qi] if exclude_ids is not None else None
-            hits = []
-            for h in res:
-                if h["id"] == skip:
-                    continue
-                d = float(h["distance"])
-                score = d if self.metric == "cosine" else -float(np.sqrt(max(d, 0.0)))  # Milvus L2: squared
-                hits.append(Hit(str(h["id"]), score, str(h["entity"]["label"]), str(h["entity"]["camera"])))
-                if len(hits) == k:
-                    break
-            out.append(hits)
+            kept = [h for h in res if h["id"] != skip][:k]
+            scores = to_scores(np.array([h["distance"] for h in kept], np.float32), self.metric)  # L2: squared
+            out.append(
+                [
+                    Hit(str(h["id"]), float(s), str(h["entity"]["label"]), str(h["entity"]["camera"]))
+                    for h, s in zip(kept, scores.tolist(), strict=True)
+                ]
+            )
         return out
 
     # ---- writes (acknowledged by Milvus on return) ----------------------------------------------------------------

@@ -8,10 +8,11 @@ leaves index and metadata in agreement.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,3 +194,45 @@ class MetadataStore:
         """Drop the journal entries up to ``upto``: call it only once a durable snapshot holds them."""
         with self._lock:
             self.conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+
+    # ---- reads for the FAISS backend, which holds no Python object per video (indexing/idmap.py) -----------------
+    # Each takes the store's lock: the connection is shared with writers, and a read inside another thread's open
+    # transaction would see its uncommitted rows.
+    _COLUMNS = "id, row, label, camera, path, added_at"
+
+    def get(self, vid: str) -> VideoMeta | None:
+        with self._lock:
+            r = self.conn.execute(f"SELECT {self._COLUMNS} FROM videos WHERE id=?", (vid,)).fetchone()
+        return None if r is None else VideoMeta(*r)
+
+    def rows_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """The rows of those of ``ids`` that are present, in one query."""
+        if not len(ids):
+            return {}
+        with self._lock:
+            cur = self.conn.execute(
+                "SELECT id, row FROM videos WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(ids)),)
+            )
+            return dict(cur.fetchall())
+
+    def page(self, offset: int, limit: int | None) -> list[VideoMeta]:
+        """Entries in row order from ``offset`` on, at most ``limit`` (None: all)."""
+        with self._lock:
+            cur = self.conn.execute(
+                f"SELECT {self._COLUMNS} FROM videos ORDER BY row LIMIT ? OFFSET ?",
+                (-1 if limit is None else int(limit), int(offset)),
+            )
+            return [VideoMeta(*r) for r in cur.fetchall()]
+
+    def columns(self, chunk: int = 100_000) -> Iterator[tuple[list[int], list[str], list[str], list[str]]]:
+        """(rows, ids, labels, cameras) of every entry in row order, ``chunk`` entries at a time."""
+        cur = self.conn.cursor()
+        with self._lock:
+            cur.execute("SELECT row, id, label, camera FROM videos ORDER BY row")
+        while True:
+            with self._lock:
+                part = cur.fetchmany(chunk)
+            if not part:
+                return
+            rows, ids, labels, cameras = zip(*part, strict=True)
+            yield list(rows), list(ids), list(labels), list(cameras)

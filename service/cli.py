@@ -96,9 +96,14 @@ def serve(
 def _check_served(settings) -> None:
     """Refuse to start without what ``settings`` names: the index folder, or the Milvus collection; the checkpoint."""
     if settings.backend == "milvus":
-        from indexing.milvus import MilvusIndex
+        from indexing.backend import open_index
 
-        MilvusIndex.open(settings.milvus_uri or "", settings.milvus_collection, token=settings.milvus_token).close()
+        open_index(
+            "milvus",
+            milvus_uri=settings.milvus_uri,
+            milvus_collection=settings.milvus_collection,
+            milvus_token=settings.milvus_token,
+        ).close()
     elif not (settings.index / "index.json").is_file():
         raise UserError(f"{settings.index}: not an index folder (build one with `vidret index build`)")
     else:  # held by this process until it exits (the app takes the same hold): a second server fails here
@@ -131,11 +136,16 @@ def review_export(
         raise UserError(f"--backend must be faiss or milvus, got {backend!r}")
     metas = None
     if backend == "milvus":
-        from indexing.milvus import MilvusIndex
+        from indexing.backend import open_index
 
         if not milvus_uri:
             raise UserError("--backend milvus needs --milvus-uri")
-        index_ = MilvusIndex.open(milvus_uri, milvus_collection, token=os.environ.get("VIDRET_MILVUS_TOKEN"))
+        index_ = open_index(
+            "milvus",
+            milvus_uri=milvus_uri,
+            milvus_collection=milvus_collection,
+            milvus_token=os.environ.get("VIDRET_MILVUS_TOKEN"),
+        )
         try:
             metas = index_.page(0, None)
         finally:

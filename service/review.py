@@ -336,7 +336,7 @@ def export_index(index_dir: str | Path, out: str | Path, metas: Sequence[Any] | 
     """``vidret review export``: the cleaned manifest of an index folder, written atomically to ``out`` (no server
     needed; the metadata store is read as it stands, journal included). ``metas``: the videos of another backend
     (a Milvus collection), whose index folder then holds only the review."""
-    from indexing.index import STORE
+    from indexing.layout import STORE
     from indexing.store import MetadataStore
 
     folder = Path(index_dir)

@@ -11,13 +11,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import HTTPException
 
 from service.integrity import IdLocks, reconcile
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from indexing.backend import IndexBackend
 
 log = logging.getLogger("vidret.service")
 
@@ -218,7 +221,7 @@ def search_batch(index: Any) -> Callable[[list], list]:
 @dataclass
 class ServiceState:
     settings: Settings
-    index: Any = None
+    index: IndexBackend | None = None
     model: Any = None
     batcher: MicroBatcher | None = None
     searcher: MicroBatcher | None = None
@@ -249,7 +252,7 @@ class ServiceState:
                 self.batcher = MicroBatcher(
                     embed_batch(self.model), self.settings.batch_window_ms, max_batch=16, name="vidret-embed"
                 )
-            if self.settings.search_coalesce > 1:
+            if self.settings.search_coalesce > 1 and self.settings.backend == "faiss":  # FAISS's OpenMP threads
                 self.searcher = MicroBatcher(
                     search_batch(self.index),
                     0.0,
@@ -273,22 +276,27 @@ class ServiceState:
         except Exception:
             log.error("start: checking the stored files and reviews against the index failed", exc_info=True)
 
-    def _open_index(self) -> Any:
+    def _open_index(self) -> IndexBackend:
         """The index of ``settings.backend``: the FAISS index folder, or a Milvus collection (then the index folder
         holds only the uploaded videos and the review store, and is created if missing)."""
-        if self.settings.backend == "milvus":
-            from indexing.milvus import MilvusIndex
+        from indexing.backend import open_index
 
-            index = MilvusIndex.open(
-                self.settings.milvus_uri or "", self.settings.milvus_collection, token=self.settings.milvus_token
-            )
-            self.settings.index.mkdir(parents=True, exist_ok=True)
-            return index
-        from indexing.index import VideoIndex
-        from indexing.lock import lock_folder
+        s = self.settings
+        if s.backend != "milvus":
+            from indexing.lock import lock_folder
 
-        self.folder_lock = lock_folder(self.settings.index)  # one server per folder: raises naming the holder
-        return VideoIndex.load(self.settings.index, mmap=self.settings.mmap)
+            self.folder_lock = lock_folder(s.index)  # one server per folder: raises naming the holder
+        index = open_index(
+            s.backend,
+            s.index,
+            mmap=s.mmap,
+            milvus_uri=s.milvus_uri,
+            milvus_collection=s.milvus_collection,
+            milvus_token=s.milvus_token,
+        )
+        if s.backend == "milvus":
+            s.index.mkdir(parents=True, exist_ok=True)
+        return index
 
     def note_write(self) -> None:
         """Count a write; every ``snapshot_every`` writes the snapshot thread compacts the journal into a snapshot

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from indexing.backend import DuplicateIdError, UnknownIdError
 from indexing.ids import InvalidIdError, check_text, normalize_id
-from indexing.index import DuplicateIdError, UnknownIdError
 from indexing.store import VideoMeta
 from service.api.ids import path_id
 from service.deps import ready_state, require_api_key
@@ -107,7 +107,7 @@ async def add_video(
     state: ServiceState = Depends(ready_state),
 ) -> VideoInfo:
     require_model(state)
-    if getattr(state.index, "read_only", False):  # before the upload is embedded and stored
+    if state.index.read_only:  # before the upload is embedded and stored
         raise HTTPException(409, "the index is served memory-mapped (read-only): serve it without --mmap to add")
     try:  # indexing/ids.py: the one rule of every backend, checked before the upload is read
         id = normalize_id(id)

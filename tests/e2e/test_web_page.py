@@ -34,7 +34,7 @@ PLAYING = """(() => { const v = document.querySelector('#results .card:not(.quer
 def made(checkpoint: Path, synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The training split indexed (labels the checkpoint knows, 25% wrong), and `vidret audit` of it: the command
     runs while the index is built here."""
-    from indexing.index import VideoIndex
+    from indexing.faiss_index import VideoIndex
     from training.embed import embed_manifest
 
     out = tmp_path_factory.mktemp("webpage")

@@ -12,9 +12,9 @@ import faiss
 import numpy as np
 import pytest
 
-import indexing.index as index_mod
+import indexing.faiss_factory as index_mod
 from indexing.embeddings import Embeddings, l2_normalize
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 
 N, DIM = 2000, 16  # nlist = min(2000 // 39, 4 sqrt(2000)) = 51; PQ m = 16 // 4 = 4
 FACTORY = {"flat": "IDMap2,Flat", "hnsw": "IDMap2,HNSW32", "ivf": "IVF51,Flat", "ivfpq": "IVF51,PQ4x8np"}
@@ -146,9 +146,9 @@ def test_index_json_without_factory_still_loads(tmp_path: Path) -> None:
 
 def test_a_parameter_the_index_lacks_is_skipped_as_before() -> None:
     flat = faiss.index_factory(DIM, "IDMap2,Flat", faiss.METRIC_L2)
-    index_mod._apply_params(flat, {"nprobe": 4, "efSearch": 8, "nlist": 3})  # no error: nothing to set
+    index_mod.apply_params(flat, {"nprobe": 4, "efSearch": 8, "nlist": 3})  # no error: nothing to set
     hnsw = faiss.index_factory(DIM, "IDMap2,HNSW32", faiss.METRIC_L2)
-    index_mod._apply_params(hnsw, {"nprobe": 4, "efSearch": 99})
+    index_mod.apply_params(hnsw, {"nprobe": 4, "efSearch": 99})
     assert _search_params(hnsw)["efSearch"] == 99
 
 
@@ -165,11 +165,11 @@ def test_gpu_indexes_get_their_parameters_through_gpu_parameter_space(monkeypatc
             calls.append((type(index).__name__, name, value))
 
     fake = SimpleNamespace(GpuIndex=GpuIndex, GpuParameterSpace=GpuParameterSpace, ParameterSpace=faiss.ParameterSpace)
-    monkeypatch.setattr(index_mod, "_faiss", lambda: fake)
-    index_mod._apply_params(GpuIndex(), {"nprobe": 5, "nlist": 9, "tuned_recall_at_10": 0.99})
+    monkeypatch.setattr(index_mod, "faiss_module", lambda: fake)
+    index_mod.apply_params(GpuIndex(), {"nprobe": 5, "nlist": 9, "tuned_recall_at_10": 0.99})
     assert calls == [("GpuIndex", "nprobe", 5)]
     cpu = faiss.index_factory(DIM, "IVF4,Flat", faiss.METRIC_L2)
-    index_mod._apply_params(cpu, {"nprobe": 3})  # a CPU index, with faiss-gpu present: ParameterSpace
+    index_mod.apply_params(cpu, {"nprobe": 3})  # a CPU index, with faiss-gpu present: ParameterSpace
     assert cpu.nprobe == 3 and len(calls) == 1
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from indexing.embeddings import Embeddings, l2_normalize
 from indexing.errors import UserError
+from indexing.faiss_index import VideoIndex
 from indexing.filters import SearchFilter, milvus_literal
-from indexing.index import VideoIndex
 
 N, DIM = 150, 16
 # labels a filter expression must treat as plain text: quotes, backslashes, a tab, attempted injections

@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexing.backend import DuplicateIdError, UnknownIdError
 from indexing.embeddings import Embeddings, l2_normalize, load_embeddings, save_embeddings
 from indexing.errors import UserError
-from indexing.index import DuplicateIdError, UnknownIdError, VideoIndex, choose_type, use_gpu
+from indexing.faiss_factory import use_gpu
+from indexing.faiss_index import VideoIndex
+from indexing.planning import choose_type
 
 
 def _emb(n: int, dim: int = 16, seed: int = 0, clusters: int = 0) -> Embeddings:
@@ -88,7 +91,7 @@ def test_auto_chooses_by_size_and_memory_and_tunes_recall(tmp_path: Path) -> Non
 
 KILLER = """
 import os, sys, numpy as np
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 ix = VideoIndex.load(sys.argv[1])
 v = np.ones((1, 16), np.float32) / 4
 if sys.argv[2] == "add":
@@ -219,7 +222,7 @@ class _FakeGpuFaiss:
 def test_use_gpu_follows_the_rule_whatever_this_machine_has(monkeypatch) -> None:
     """None: the GPU exactly when one is usable; True without one is an error; False: never (GPU presence faked both
     ways, so this holds on machines with faiss-gpu and a GPU too)."""
-    import indexing.index as index_mod
+    import indexing.faiss_factory as index_mod
 
     monkeypatch.setattr(index_mod, "gpu_available", lambda: False)
     assert use_gpu(None) is False and use_gpu(False) is False
@@ -233,20 +236,22 @@ def test_use_gpu_follows_the_rule_whatever_this_machine_has(monkeypatch) -> None
 def test_gpu_available_needs_faiss_gpu_and_a_gpu(monkeypatch, has_gpu_module: bool, gpus: int, expected: bool) -> None:
     from types import SimpleNamespace
 
-    import indexing.index as index_mod
+    import indexing.faiss_factory as index_mod
 
     fake = SimpleNamespace(get_num_gpus=lambda: gpus, **({"StandardGpuResources": object} if has_gpu_module else {}))
-    monkeypatch.setattr(index_mod, "_faiss", lambda: fake)
+    monkeypatch.setattr(index_mod, "faiss_module", lambda: fake)
     assert index_mod.gpu_available() is expected
 
 
 def test_gpu_selection_logic_with_faked_gpu(tmp_path: Path, monkeypatch) -> None:
     import faiss
 
-    import indexing.index as index_mod
+    import indexing.faiss_factory as index_mod
+    import indexing.faiss_index
 
     fake = _FakeGpuFaiss(faiss)
-    monkeypatch.setattr(index_mod, "_faiss", lambda: fake)
+    monkeypatch.setattr(index_mod, "faiss_module", lambda: fake)
+    monkeypatch.setattr(indexing.faiss_index, "faiss_module", lambda: fake)
     assert use_gpu(None) is True and use_gpu(False) is False
     ix = VideoIndex.build(_emb(3000, clusters=20), tmp_path / "ix", type="ivf")  # default: the GPU when present
     assert fake.to_gpu >= 2 and fake.to_cpu == 1  # train on GPU, back to CPU to save; search copy on GPU
@@ -353,7 +358,7 @@ def test_searches_on_a_gpu_index_run_one_at_a_time(tmp_path: Path, monkeypatch) 
     """FAISS GPU indexes are not thread-safe even for search (GPU path faked); CPU indexes keep concurrent reads."""
     import faiss
 
-    import indexing.index as index_mod
+    import indexing.faiss_factory as index_mod
 
     emb = _emb(100)
     VideoIndex.build(emb, tmp_path / "ix", type="flat", gpu=False).close()
@@ -393,7 +398,7 @@ def test_the_built_folder_is_0755_less_the_umask(tmp_path: Path, umask: int, mod
 def test_overwrite_removes_the_old_folder_only_once_the_new_one_is_in_place(tmp_path: Path, monkeypatch) -> None:
     import os
 
-    import indexing.index as index_mod
+    import indexing.layout as index_mod
 
     VideoIndex.build(_emb(100), tmp_path / "ix", type="flat").close()
     real_rmtree, seen = shutil.rmtree, []

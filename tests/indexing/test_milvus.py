@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexing.backend import DuplicateIdError, UnknownIdError
 from indexing.embeddings import Embeddings, l2_normalize, save_embeddings
 from indexing.errors import UserError
-from indexing.index import DuplicateIdError, UnknownIdError, VideoIndex
+from indexing.faiss_index import VideoIndex
 from indexing.milvus import MilvusIndex
 from tests.conftest import run_cli
 

@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
+from indexing.backend import ReadOnlyIndexError
 from indexing.embeddings import (
     Embeddings,
     EmbeddingSource,
@@ -18,14 +19,8 @@ from indexing.embeddings import (
     write_shard_list,
 )
 from indexing.errors import UserError
-from indexing.index import (
-    ReadOnlyIndexError,
-    VideoIndex,
-    choose_type,
-    index_bytes,
-    parse_memory,
-    plan_build,
-)
+from indexing.faiss_index import VideoIndex
+from indexing.planning import choose_type, index_bytes, parse_memory, plan_build
 from tests.conftest import run_cli
 
 
@@ -75,10 +70,12 @@ def test_max_memory_values_and_the_choice_rule() -> None:
     with pytest.raises(UserError, match=r"too small for 200000 vectors.*\(IVF-PQ\) takes about 9MB"):
         choose_type(200_000, 128, memory_budget_mb=1)
     plan = plan_build("auto", 1_000_000, 256, 512)  # 977 MiB of vectors in 512 MiB
-    work = 512 * 2**20 - index_bytes("ivfpq", 1_000_000, 256)  # 435 MiB besides the 72 MiB of codes and ids
-    assert plan.kind == "ivfpq" and plan.nlist == 4000 and 39 * 4000 <= plan.train_rows <= 256 * 4000
-    assert plan.train_rows * 1024 <= work / 2 and plan.chunk_rows * 1024 <= work / 8
-    assert plan_build("auto", 1_000_000, 256, 100).nlist == 356  # lowered: 39 rows per list in half of 27 MiB
+    work = 512 * 2**20 - index_bytes("ivfpq", 1_000_000, 256)  # 363 MiB besides the 72 MiB of codes and ids (x2)
+    assert plan.kind == "ivfpq" and plan.nlist == 2432 and 39 * 2432 <= plan.train_rows <= 256 * 2432  # < 4000
+    assert plan.train_rows * 1024 <= work / 4 and plan.chunk_rows * 1024 <= work / 8  # the sample and its residuals
+    assert plan_build("auto", 1_000_000, 256, 170).nlist == 187  # lowered: 39 rows per list in a quarter of 28 MiB
+    with pytest.raises(UserError, match="too small"):  # the lists of 72 MiB of codes and ids grow to 144 MiB
+        plan_build("auto", 1_000_000, 256, 100)
 
 
 def test_build_within_a_budget_smaller_than_the_vectors_equals_the_in_memory_build(

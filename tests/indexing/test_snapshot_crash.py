@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from indexing.embeddings import Embeddings, l2_normalize
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 from indexing.store import MetadataStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,7 +157,7 @@ import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from tests.indexing.test_snapshot_crash import acknowledged_writes, interrupt_at, state_of
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 
 folder, when, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ix = VideoIndex.load(folder)

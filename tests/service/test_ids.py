@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from indexing.errors import UserError
 from indexing.ids import MAX_ID_BYTES, MAX_TEXT_BYTES, InvalidIdError, check_id, id_problem, normalize_id
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 from service.app import create_app
 from service.settings import Settings
 

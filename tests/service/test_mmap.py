@@ -9,7 +9,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from indexing.embeddings import Embeddings, l2_normalize
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 from service.app import create_app
 from service.settings import Settings
 
