@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     app.state.vidret = state
     app.include_router(health.router)  # /health, /ready, /metrics stay open
     # reads need VIDRET_READ_API_KEY when it is set (writes: their own)
-    for router in (search.router, videos.router, evaluate.router, review.evaluation_router, review.router):
+    for router in (search.router, videos.router, evaluate.router, review.router):
         app.include_router(router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
     html = (WEB / "index.html").read_text(encoding="utf-8")
     page_headers = _page_headers(html)

@@ -223,7 +223,7 @@ def test_per_query_ap_is_the_evaluation_of_each_query(client: TestClient, synth_
 
 def test_per_query_ap_skips_queries_without_relevant_items(fresh: Path) -> None:
     """A query whose only same-label videos are on its own camera has no AP (skipped), as in /v1/evaluate."""
-    from service.api.review import _has_relevant
+    from service.api.evaluate import _has_relevant
 
     class M:
         def __init__(self, label: str, camera: str) -> None:
