@@ -32,11 +32,11 @@ from typing import Any
 
 from indexing.atomic import atomic_write_text, fsync_dir
 from indexing.errors import UserError
+from training.audit import AUDIT_COLUMNS, AuditRow
 
 REVIEW_FILE = "review.sqlite"
 SCHEMA_VERSION = 1
 ACTIONS = ("keep", "relabel", "drop")
-AUDIT_COLUMNS = ("id", "label", "p_label", "predicted", "p_predicted", "suspicion")  # `vidret audit` writes these
 EXPORT_COLUMNS = ("path", "label", "id", "camera")
 MAX_LABEL = 200
 SCHEMA = """
@@ -46,16 +46,6 @@ SCHEMA = """
     CREATE TABLE IF NOT EXISTS decisions (id TEXT PRIMARY KEY, action TEXT NOT NULL, label TEXT,
         decided_at REAL NOT NULL);
 """
-
-
-@dataclass(frozen=True)
-class AuditRow:
-    id: str
-    label: str
-    p_label: float
-    predicted: str
-    p_predicted: float
-    suspicion: float
 
 
 @dataclass(frozen=True)
@@ -350,15 +340,13 @@ def export_index(index_dir: str | Path, out: str | Path, metas: Sequence[Any] | 
 def compute_audit(loaded: Any, metas: Sequence[Any], batch_size: int = 16) -> tuple[list[AuditRow], dict[str, int]]:
     """``vidret audit`` for indexed videos: the checkpoint's classifier gives p(given label) for each video whose
     label is one of its classes and whose file exists (the others are counted, not audited). Most suspect first."""
-    import numpy as np
-
+    from training.audit import classify, rank
     from training.data.manifest import VideoRow
-    from training.embed import eval_loader, run_inference
 
-    cmap = {c: i for i, c in enumerate(loaded.class_names)}
+    classes = set(loaded.class_names)
     rows, counts = [], {"unknown_label": 0, "missing_file": 0, "undecodable": 0}
     for m in metas:
-        if m.label not in cmap:
+        if m.label not in classes:
             counts["unknown_label"] += 1
         elif not m.path or not os.path.exists(m.path):
             counts["missing_file"] += 1
@@ -366,30 +354,6 @@ def compute_audit(loaded: Any, metas: Sequence[Any], batch_size: int = 16) -> tu
             rows.append(VideoRow(path=m.path, id=m.id, label=m.label, camera=m.camera, row=len(rows) + 1))
     if not rows:
         return [], counts
-    loader = eval_loader(
-        rows, loaded.spec, batch_size, 0, loaded.mean, loaded.std, class_to_idx=cmap, on_bad_video="skip"
-    )
-    _, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True)
-    counts["undecodable"] = len(rows) - len(kept)
-    if not len(kept):
-        return [], counts
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)  # as training.audit.predict computes them
-    kept_rows = [rows[i] for i in kept]
-    given = np.array([cmap[r.label] for r in kept_rows])
-    p_label = probs[np.arange(len(kept_rows)), given]
-    pred = probs.argmax(1)
-    suspicion = 1.0 - p_label
-    order = np.argsort(-suspicion, kind="stable")
-    out = [
-        AuditRow(
-            kept_rows[i].id,
-            kept_rows[i].label,
-            float(p_label[i]),
-            loaded.class_names[pred[i]],
-            float(probs[i, pred[i]]),
-            float(suspicion[i]),
-        )
-        for i in order
-    ]
-    return out, counts
+    kept_rows, probs = classify(loaded, rows, batch_size, 0)
+    counts["undecodable"] = len(rows) - len(kept_rows)
+    return rank(kept_rows, probs, loaded.class_names)[0], counts
