@@ -15,10 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexing.errors import UserError
-from indexing.milvus import MilvusError
 from service.api import evaluate, health, review, search, videos
-from service.deps import AUTH_RESPONSES, redact_paths, require_read_key
+from service.deps import AUTH_RESPONSES, require_read_key
+from service.errors import ERRORS, domain_error
 from service.middleware import LimitBodySize, Metrics, RecordMetrics
 from service.settings import Settings
 from service.state import ServiceState
@@ -95,16 +94,8 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
 
-    @app.exception_handler(MilvusError)
-    async def backend_error(_: Request, exc: MilvusError) -> JSONResponse:
-        log.error("the Milvus backend failed: %s", exc)
-        return JSONResponse({"detail": f"the index backend failed: {redact_paths(str(exc))}"}, status_code=503)
-
-    @app.exception_handler(UserError)
-    async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        log.info("user error: %s", exc)
-        status = getattr(exc, "http_status", 400)  # 409: a write to a read-only (memory-mapped) index
-        return JSONResponse({"detail": redact_paths(str(exc))}, status_code=status)  # no server paths to clients
+    for error in ERRORS:  # domain errors: one table (service/errors.py)
+        app.add_exception_handler(error, domain_error)
 
     app.add_middleware(LimitBodySize, settings=settings)
     app.add_middleware(RecordMetrics, metrics=state.metrics)
