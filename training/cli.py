@@ -49,7 +49,9 @@ def train_options() -> list[inspect.Parameter]:
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
                 annotation=annotation,
-                default=typer.Option(default, *decls, help=f.metadata["help"] or None),
+                default=typer.Option(
+                    default, *decls, help=f.metadata["help"] or None, envvar=f.metadata.get("envvar")
+                ),
             )
         )
     return params

@@ -2,10 +2,10 @@
 
 ``training/cli.py`` builds the ``vidret train`` command from these fields (``train_options()``), so a field added
 here is a flag there with the same default and help. Each field's ``metadata`` holds ``help`` (the flag's help
-text) and optionally ``cli_type`` (the type the flag parses, e.g. ``Path``; the field keeps a ``str``) or
-``cli: False`` (no flag: set by library callers only). The loss options (``--imae-t``, ``--gce-q``, ...) are the
-options each loss declares where it is registered (training/loss_registry.py), added as fields here. Kept free of
-torch so that ``vidret --help`` stays instant.
+text) and optionally ``envvar`` (a variable the flag reads when it is not given), ``cli_type`` (the type the flag
+parses, e.g. ``Path``; the field keeps a ``str``) or ``cli: False`` (no flag: set by library callers only).
+The loss options (``--imae-t``, ``--gce-q``, ...) are the options each loss declares where it is registered
+(training/loss_registry.py), added as fields here. Kept free of torch so that ``vidret --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -124,7 +124,10 @@ class _TrainOptions:
 
 TrainConfig = make_dataclass(
     "TrainConfig",
-    [(o.field, o.type | None, field(default=o.default, metadata={"help": o.help})) for o in loss_options()],
+    [
+        (o.field, o.type | None, field(default=o.default, metadata={"help": o.help, "envvar": o.env}))
+        for o in loss_options()
+    ],
     bases=(_TrainOptions,),
 )
 TrainConfig.__module__ = __name__

@@ -31,6 +31,7 @@ class LossOption:
     default: Any
     help: str
     type: Any = float
+    env: str | None = None  # an environment variable the flag reads when it is not given
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ def _nce_rce(alpha: float = 1.0, beta: float = 1.0) -> Any:
         "--weights (chosen on the validation split of the pretrained noise benchmark), "
         f"{IMAE_T_SCRATCH:g} from random weights (where 8 and above stalled learning). See docs/losses.md, "
         "Choosing T.",
+        env="VIDRET_IMAE_T",
     ),
     normalize=LossOption(
         "imae_normalize", "weight", "IMAE batch reduction: weight (divide by total weight) | mean.", str

@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 
-from training.loss_registry import LABEL_SMOOTHING, LossOption, register_loss
+from training.loss_registry import IMAE_T_SCRATCH, LABEL_SMOOTHING, LossOption, register_loss
 
 THROWAWAY = textwrap.dedent(
     """
@@ -52,3 +53,24 @@ def test_an_option_field_means_one_thing() -> None:
         register_loss("clash", label_smoothing=LossOption(LABEL_SMOOTHING.field, 0.3, "another"))(lambda: None)
     with pytest.raises(KeyError, match="twice"):
         register_loss("imae")(lambda: None)
+
+
+@pytest.mark.parametrize(("env", "t"), [("3", 3.0), ("", IMAE_T_SCRATCH), (None, IMAE_T_SCRATCH)])
+def test_imae_t_reads_vidret_imae_t_when_not_given(monkeypatch: pytest.MonkeyPatch, env: str | None, t: float) -> None:
+    """compose passes T as VIDRET_IMAE_T (empty: the default, here from random weights) instead of restating it."""
+    from typer.testing import CliRunner
+
+    import training.trainer
+    from service.cli import app
+
+    seen = []
+    monkeypatch.setattr(training.trainer, "fit", lambda cfg: seen.append(cfg) or SimpleNamespace(history=[]))
+    if env is None:
+        monkeypatch.delenv("VIDRET_IMAE_T", raising=False)
+    else:
+        monkeypatch.setenv("VIDRET_IMAE_T", env)
+    res = CliRunner().invoke(app, ["train", "--train", "a.csv", "--out", "o"])
+    assert res.exit_code == 0, res.output
+    assert seen[0].imae_t == t
+    res = CliRunner().invoke(app, ["train", "--train", "a.csv", "--out", "o", "--imae-t", "2"])
+    assert seen[1].imae_t == 2.0  # the flag wins
