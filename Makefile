@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEMO ?= demo_data
 DEMO_MODEL ?= tiny3d
 DEMO_EPOCHS ?= 10
-# T chosen on a validation split of training identities by `vidret bench noise` (see README, "Does IMAE help?")
+# T chosen on a validation split of training identities by `vidret bench noise` (see docs/results.md, "Does IMAE help?")
 DEMO_IMAE_T ?= 2
 DEMO_PORT ?= 8000
 VIDRET := $(VENV)/bin/vidret
@@ -32,8 +32,8 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# docker compose for real: builds the CPU image with podman and runs the README's compose flow end to end
-# (root on Debian; it installs podman and docker-compose with apt). README, "Deployment with docker compose".
+# docker compose for real: builds the CPU image with podman and runs the compose flow of docs/deployment.md end to end
+# (root on Debian; it installs podman and docker-compose with apt). docs/deployment.md, "Docker compose".
 deploy-check:
 	bash docker/deploy_check.sh
 
@@ -47,7 +47,7 @@ BENCH_SCRIPTS := decode loss evaluate search service_load train gpu_check
 bench: setup
 	for s in $(BENCH_SCRIPTS); do echo "== benchmarks/$$s.py"; $(PY) benchmarks/$$s.py || exit 1; done
 
-# side by side with torchcodec, torchreid, autofaiss and cleanlab (README, "Measured results"). torchcodec needs
+# side by side with torchcodec, torchreid, autofaiss and cleanlab (docs/results.md). torchcodec needs
 # FFmpeg's shared libraries: apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4
 # libavdevice59 libavfilter8. autofaiss pins numpy<2, so it gets a venv of its own (../peers/autofaiss).
 bench-peers: setup

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make deploy-check: build the CPU image and run the README's docker compose flow for real, end to end.
+# make deploy-check: build the CPU image and run the docker compose flow of docs/deployment.md for real, end to end.
 #
 # The engine is podman (Debian's), driven by Debian's docker-compose through podman's Docker-compatible socket. The
 # script runs as root on Debian: it installs podman, runc, debootstrap, docker-compose and curl with apt where they

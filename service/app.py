@@ -16,12 +16,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexing.errors import UserError
-from indexing.milvus import MilvusError
 from service import integrity
 from service.api import evaluate, health, review, search, videos
-from service.deps import AUTH_RESPONSES, redact_paths, require_read_key
+from service.deps import AUTH_RESPONSES, require_read_key
 from service.docs_page import add_docs
+from service.errors import ERRORS, domain_error
 from service.guard import Guard
 from service.middleware import LimitBodySize, Metrics, RecordMetrics
 from service.policy import log_write_policy
@@ -87,7 +86,7 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     app.state.vidret = state
     app.include_router(health.router)  # /health, /ready stay open; /metrics needs its key or the read key
     # reads need VIDRET_READ_API_KEY when it is set (writes: their own)
-    for router in (search.router, videos.router, evaluate.router, review.evaluation_router, review.router):
+    for router in (search.router, videos.router, evaluate.router, review.router):
         app.include_router(router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
     html = (WEB / "index.html").read_text(encoding="utf-8")
     page_headers = _page_headers(html)
@@ -104,16 +103,8 @@ def create_app(settings: Settings | None = None, load_in_background: bool = True
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
 
-    @app.exception_handler(MilvusError)
-    async def backend_error(_: Request, exc: MilvusError) -> JSONResponse:
-        log.error("the Milvus backend failed: %s", exc)
-        return JSONResponse({"detail": f"the index backend failed: {redact_paths(str(exc))}"}, status_code=503)
-
-    @app.exception_handler(UserError)
-    async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        log.info("user error: %s", exc)
-        status = getattr(exc, "http_status", 400)  # 409: a write to a read-only (memory-mapped) index
-        return JSONResponse({"detail": redact_paths(str(exc))}, status_code=status)  # no server paths to clients
+    for error in ERRORS:  # domain errors: one table (service/errors.py)
+        app.add_exception_handler(error, domain_error)
 
     if settings.docs:
         add_docs(app, settings)

@@ -5,9 +5,12 @@ Heavy imports (torch, faiss, fastapi) happen inside the sub-commands, so ``vidre
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -27,56 +30,48 @@ register_training(app)
 register_indexing(app)
 
 
-@app.command("serve")
-def serve(
-    index: Path | None = typer.Option(None, help="Index folder (env VIDRET_INDEX)."),
-    checkpoint: Path | None = typer.Option(None, help="Checkpoint to embed uploads (env VIDRET_CHECKPOINT)."),
-    host: str | None = typer.Option(None, help="Bind address (env VIDRET_HOST, default 127.0.0.1)."),
-    port: int | None = typer.Option(None, help="Port (env VIDRET_PORT, default 8000)."),
-    api_key: str | None = typer.Option(
-        None,
-        help="Bearer key for adds/deletes (env VIDRET_API_KEY); without it, "
-        "writes are refused unless --host is loopback.",
-    ),
-    read_api_key: str | None = typer.Option(
-        None,
-        help="Bearer key for searches and listings; the --api-key opens "
-        "them too (env VIDRET_READ_API_KEY; default: reads are open).",
-    ),
-    allow_unauthenticated_writes: bool | None = typer.Option(
-        None,
-        "--allow-unauthenticated-writes",
-        help="Let anyone who reaches a non-loopback --host add and delete "
-        "videos without --api-key (env VIDRET_ALLOW_UNAUTHENTICATED_WRITES).",
-    ),
-    max_upload_mb: float | None = typer.Option(None, help="Upload size limit (env VIDRET_MAX_UPLOAD_MB, 64)."),
-    max_k: int | None = typer.Option(None, help="Largest k (env VIDRET_MAX_K, 100)."),
-    max_frames: int | None = typer.Option(None, help="Longest upload in frames (env VIDRET_MAX_FRAMES, 3000)."),
-    max_eval_queries: int | None = typer.Option(
-        None, help="Most queries per /v1/evaluate (env VIDRET_MAX_EVAL_QUERIES, 1000)."
-    ),
-    device: str | None = typer.Option(None, help="Model device auto|cpu|cuda (env VIDRET_DEVICE)."),
-    mmap: bool | None = typer.Option(
-        None,
-        "--mmap",
-        help="Serve the FAISS index memory-mapped and read-only: IVF lists and vectors stay on disk, adds and "
-        "deletes get 409 (env VIDRET_MMAP).",
-    ),
-    backend: str | None = typer.Option(
-        None,
-        help="faiss (the --index folder) | milvus (a Milvus collection; --index then holds uploads and reviews) "
-        "(env VIDRET_BACKEND, default faiss).",
-    ),
-    milvus_uri: str | None = typer.Option(
-        None, help="Milvus URI, or a local .db file for milvus-lite (env VIDRET_MILVUS_URI)."
-    ),
-    milvus_collection: str | None = typer.Option(
-        None, help="Milvus collection (env VIDRET_MILVUS_COLLECTION, default vidret)."
-    ),
-    log_level: str = typer.Option("info", help="uvicorn log level."),
-) -> None:
+def serve_options() -> list[inspect.Parameter]:
+    """One typer option per ``Settings`` field (service/settings.py): ``--max-k`` for ``max_k``, its help the
+    field's description with its ``VIDRET_*`` variable and default. A flag that is not given leaves the field to
+    its environment variable, then its default; bools are switches (``--mmap``). A field whose
+    ``json_schema_extra`` says ``cli: False`` has no flag (environment only)."""
+    from service.settings import Settings
+
+    params = []
+    for name, info in Settings.model_fields.items():
+        if (info.json_schema_extra or {}).get("cli", True) is False:
+            continue
+        args = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
+        kind = args[0] if len(args) == 1 else str
+        kind = str if typing.get_origin(kind) is typing.Literal else kind
+        decls = [f"--{name.replace('_', '-')}"] if kind is bool else []
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=kind | None,
+                default=typer.Option(None, *decls, help=setting_help(name)),
+            )
+        )
+    log_level = typer.Option("info", help="uvicorn log level.")
+    params.append(inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=log_level))
+    return params
+
+
+def setting_help(name: str) -> str:
+    """A ``Settings`` field's flag help: its description, its environment variable and its default."""
+    from service.settings import Settings
+
+    info = Settings.model_fields[name]
+    choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
+    default = "" if info.default in (None, False) else f", default {info.default}"
+    alternatives = f" ({' | '.join(choices)})" if choices else ""
+    return f"{info.description}{alternatives} (env {Settings.model_config['env_prefix']}{name.upper()}{default})"
+
+
+def serve(log_level: str = "info", **given_options: Any) -> None:
     """Serve the search API and web page (GET / ; the API's schema at GET /openapi.json)."""
-    given = {k: v for k, v in locals().items() if v is not None and k != "log_level"}  # the flags set: settings
+    given = {k: v for k, v in given_options.items() if v is not None}  # the flags set: settings
     from pydantic import ValidationError
 
     from service.settings import Settings
@@ -91,6 +86,11 @@ def serve(
     from service.server import run
 
     run(create_app(settings), settings, log_level=log_level)  # with the slow-client limits of service/server.py
+
+
+serve.__signature__ = inspect.Signature(serve_options(), return_annotation=None)  # what typer reads
+serve.__annotations__ = {p.name: p.annotation for p in serve.__signature__.parameters.values()}
+app.command("serve")(serve)
 
 
 def _check_served(settings) -> None:

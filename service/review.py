@@ -33,12 +33,12 @@ from typing import Any
 from indexing.atomic import atomic_write_text, fsync_dir
 from indexing.errors import UserError
 from indexing.ids import check_text
+from training.audit import AUDIT_COLUMNS, AuditRow
 from training.data.manifest import escape_cell
 
 REVIEW_FILE = "review.sqlite"
 SCHEMA_VERSION = 1
 ACTIONS = ("keep", "relabel", "drop")
-AUDIT_COLUMNS = ("id", "label", "p_label", "predicted", "p_predicted", "suspicion")  # `vidret audit` writes these
 EXPORT_COLUMNS = ("path", "label", "id", "camera")
 SCHEMA = """
     CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,16 +47,6 @@ SCHEMA = """
     CREATE TABLE IF NOT EXISTS decisions (id TEXT PRIMARY KEY, action TEXT NOT NULL, label TEXT,
         decided_at REAL NOT NULL);
 """
-
-
-@dataclass(frozen=True)
-class AuditRow:
-    id: str
-    label: str
-    p_label: float
-    predicted: str
-    p_predicted: float
-    suspicion: float
 
 
 @dataclass(frozen=True)
@@ -373,57 +363,33 @@ def compute_audit(
     ``AuditCancelled`` as soon as ``cancelled()`` is true."""
     import numpy as np
 
+    from training.audit import classify, rank
     from training.data.manifest import VideoRow
-    from training.embed import eval_loader, run_inference
 
-    cmap = {c: i for i, c in enumerate(loaded.class_names)}
+    classes = set(loaded.class_names)
     rows, counts = [], {"unknown_label": 0, "missing_file": 0, "undecodable": 0}
     for m in metas:
-        if m.label not in cmap:
+        if m.label not in classes:
             counts["unknown_label"] += 1
         elif not m.path or not os.path.exists(m.path):
             counts["missing_file"] += 1
         else:
             rows.append(VideoRow(path=m.path, id=m.id, label=m.label, camera=m.camera, row=len(rows) + 1))
-    parts, kept = [], []
+    kept_rows, parts = [], []
     for start in range(0, len(rows), batch_size):
         if cancelled is not None and cancelled():
             raise AuditCancelled()
         if progress is not None:
             progress(start, len(rows))
-        chunk = rows[start : start + batch_size]
-        loader = eval_loader(
-            chunk, loaded.spec, batch_size, 0, loaded.mean, loaded.std, class_to_idx=cmap, on_bad_video="skip"
-        )
-        _, logits, got, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True)
-        if len(got):
-            parts.append(logits)
-            kept.extend(start + int(i) for i in got)
+        got, probs = classify(loaded, rows[start : start + batch_size], batch_size, 0)
+        if got:
+            kept_rows.extend(got)
+            parts.append(probs)
     if cancelled is not None and cancelled():
         raise AuditCancelled()
     if progress is not None:
         progress(len(rows), len(rows))
-    counts["undecodable"] = len(rows) - len(kept)
-    if not kept:
+    counts["undecodable"] = len(rows) - len(kept_rows)
+    if not kept_rows:
         return [], counts
-    logits = np.concatenate(parts)
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)  # as training.audit.predict computes them
-    kept_rows = [rows[i] for i in kept]
-    given = np.array([cmap[r.label] for r in kept_rows])
-    p_label = probs[np.arange(len(kept_rows)), given]
-    pred = probs.argmax(1)
-    suspicion = 1.0 - p_label
-    order = np.argsort(-suspicion, kind="stable")
-    out = [
-        AuditRow(
-            kept_rows[i].id,
-            kept_rows[i].label,
-            float(p_label[i]),
-            loaded.class_names[pred[i]],
-            float(probs[i, pred[i]]),
-            float(suspicion[i]),
-        )
-        for i in order
-    ]
-    return out, counts
+    return rank(kept_rows, np.concatenate(parts), loaded.class_names)[0], counts

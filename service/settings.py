@@ -1,4 +1,9 @@
-"""Service settings: environment variables prefixed ``VIDRET_`` (and the same as ``vidret serve`` flags)."""
+"""Service settings: environment variables prefixed ``VIDRET_``, and ``vidret serve``'s flags.
+
+``service/cli.py`` builds ``vidret serve``'s options from these fields (``serve_options()``): a field added here
+is a flag there (``max_k`` -> ``--max-k``), its help the field's description, its environment variable and its
+default. Give every field a ``description``; ``json_schema_extra={"cli": False}`` keeps a field environment-only.
+"""
 
 from __future__ import annotations
 
@@ -25,15 +30,19 @@ class Settings(BaseSettings):
         None, description="Milvus URI (http://host:19530), or a local file ending in .db for milvus-lite."
     )
     milvus_collection: str = Field("vidret", description="The Milvus collection (vidret index build --backend milvus).")
-    milvus_token: str | None = Field(None, description="Milvus credentials ('user:password' or an API key).")
+    milvus_token: str | None = Field(
+        None,
+        description="Milvus credentials ('user:password' or an API key).",
+        json_schema_extra={"cli": False},  # a secret: environment only (a flag would show in the process list)
+    )
     mmap: bool = Field(
         False,
         description="Open the FAISS index memory-mapped (IVF lists and vectors.npy stay on disk, so an index larger "
         "than RAM can be served); the index is then read-only: adds and deletes get 409.",
     )
     checkpoint: Path | None = Field(None, description="Checkpoint that embeds uploaded videos.")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, description="Port.")
     api_key: str | None = Field(
         None,
         description="When set, adding and deleting videos need 'Bearer <key>'. "
@@ -52,8 +61,8 @@ class Settings(BaseSettings):
         "non-loopback address (anyone who can reach the server can write).",
     )
     max_eval_queries: int = Field(1000, ge=1, description="Queries one /v1/evaluate may run (past it, 422).")
-    max_upload_mb: float = Field(64.0, gt=0)
-    max_k: int = Field(100, ge=1, le=10_000)
+    max_upload_mb: float = Field(64.0, gt=0, description="Upload size limit in MB (past it, 413).")
+    max_k: int = Field(100, ge=1, le=10_000, description="Largest k a search may ask for.")
     max_frames: int = Field(3000, ge=1, description="Frames an upload may have (longer videos are refused).")
     max_batch: int = Field(256, ge=1, le=4096, description="Queries per batch search.")
     max_json_kb: int = Field(
@@ -116,7 +125,7 @@ class Settings(BaseSettings):
     thumbnail_cache_mb: float = Field(
         32.0, ge=0, description="Memory for cached thumbnails (JPEG bytes, least recently used dropped first; 0: none)."
     )
-    device: str = "auto"
+    device: str = Field("auto", description="Device of the model that embeds uploads: auto | cpu | cuda.")
     snapshot_every: int = Field(200, ge=1, description="Compact the journal into a snapshot after this many writes.")
     batch_window_ms: float = Field(5.0, ge=0, description="How long inference waits to batch concurrent uploads.")
     search_coalesce: int = Field(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,68 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+AUDIT_COLUMNS = ("id", "label", "p_label", "predicted", "p_predicted", "suspicion")  # the audit CSV, in order
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One audited video: its given label and p(label), the predicted label and its probability, the suspicion."""
+
+    id: str
+    label: str
+    p_label: float
+    predicted: str
+    p_predicted: float
+    suspicion: float
+
+
+def classify(
+    loaded, rows: list, batch_size: int, workers: int, cache: bool = False, progress: str | None = None
+) -> tuple[list, np.ndarray]:
+    """The rows that decoded and their class probabilities under ``loaded`` (a ``training.embed`` checkpoint),
+    with its eval transform; each row's label must be one of its classes."""
+    from training.embed import eval_loader, run_inference
+
+    cmap = {c: i for i, c in enumerate(loaded.class_names)}
+    loader = eval_loader(
+        rows,
+        loaded.spec,
+        batch_size,
+        workers,
+        loaded.mean,
+        loaded.std,
+        class_to_idx=cmap,
+        on_bad_video="skip",
+        cache=cache,
+    )
+    _, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True, progress=progress)
+    z = logits - logits.max(1, keepdims=True)
+    return [rows[i] for i in kept], np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+
+def rank(rows: list, probs: np.ndarray, classes: list[str]) -> tuple[list[AuditRow], np.ndarray, np.ndarray]:
+    """The audit ranking: ``suspicion = 1 - p(given label)``, most suspect first (ties keep the rows' order).
+    Returns the ranked rows, the order (indices into ``rows``) and every row's suspicion in ``rows``' order."""
+    cmap = {c: i for i, c in enumerate(classes)}
+    given = np.array([cmap[r.label] for r in rows], dtype=np.int64)
+    p_label = probs[np.arange(len(rows)), given] if len(rows) else np.zeros(0)
+    pred = probs.argmax(1) if len(rows) else np.zeros(0, dtype=np.int64)
+    suspicion = 1.0 - p_label
+    order = np.argsort(-suspicion, kind="stable")
+    ranked = [
+        AuditRow(
+            rows[i].id,
+            rows[i].label,
+            float(p_label[i]),
+            classes[pred[i]],
+            float(probs[i, pred[i]]),
+            float(suspicion[i]),
+        )
+        for i in order
+    ]
+    return ranked, order, suspicion
+
+
 def predict(
     checkpoint: str | Path,
     manifest: str | Path,
@@ -51,7 +113,7 @@ def predict(
 
     ``cache`` keeps decoded videos in memory (inside ``shared_frame_cache()``, shared with other datasets)."""
     from training.data.manifest import read_manifest
-    from training.embed import eval_loader, load_checkpoint, run_inference
+    from training.embed import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, device)
     rows = read_manifest(manifest, require_label=True)
@@ -62,22 +124,18 @@ def predict(
                 f"{manifest}, row {r.row}: label {r.label!r} is not a class of the checkpoint "
                 f"(audit the manifest the model was trained on)"
             )
-    loader = eval_loader(
-        rows,
-        loaded.spec,
-        batch_size,
-        workers,
-        loaded.mean,
-        loaded.std,
-        class_to_idx=cmap,
-        on_bad_video="skip",
-        cache=cache,
-    )
-    _, logits, kept, _ = run_inference(loaded.model, loader, loaded.device, with_logits=True, progress="auditing")
-    kept_rows = [rows[i] for i in kept]
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    kept_rows, probs = classify(loaded, rows, batch_size, workers, cache=cache, progress="auditing")
     return kept_rows, probs, np.array([cmap[r.label] for r in kept_rows]), loaded.class_names
+
+
+def audit_csv(rows: list[AuditRow]) -> str:
+    """The audit CSV of ranked rows (``AUDIT_COLUMNS``; probabilities with 6 decimals)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(AUDIT_COLUMNS if rows else ["id"])
+    for r in rows:
+        w.writerow([r.id, r.label, f"{r.p_label:.6f}", r.predicted, f"{r.p_predicted:.6f}", f"{r.suspicion:.6f}"])
+    return buf.getvalue()
 
 
 def audit(
@@ -89,28 +147,10 @@ def audit(
     device: str = "auto",
     ks: tuple[int, ...] = (10, 50, 100),
 ) -> AuditResult:
-    rows, probs, given, classes = predict(checkpoint, manifest, batch_size, workers, device)
-    p_label = probs[np.arange(len(rows)), given]
-    pred = probs.argmax(1)
-    suspicion = 1.0 - p_label
-    order = np.argsort(-suspicion, kind="stable")
-    records = [
-        {
-            "id": rows[i].id,
-            "label": rows[i].label,
-            "p_label": float(p_label[i]),
-            "predicted": classes[pred[i]],
-            "p_predicted": float(probs[i, pred[i]]),
-            "suspicion": float(suspicion[i]),
-        }
-        for i in order
-    ]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["id"], lineterminator="\n")
-    w.writeheader()
-    for rec in records:
-        w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in rec.items()})
-    atomic_write_text(out, buf.getvalue())
+    rows, probs, _, classes = predict(checkpoint, manifest, batch_size, workers, device)
+    ranked, order, suspicion = rank(rows, probs, classes)
+    atomic_write_text(out, audit_csv(ranked))
+    records = [asdict(r) for r in ranked]
     if not rows or any(r.clean_label is None for r in rows):
         return AuditResult(records, None, {}, None)
     wrong = np.array([r.clean_label != r.label for r in rows])

