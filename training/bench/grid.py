@@ -25,9 +25,7 @@ process with its share of the CPU threads (``run_tasks``); a cell is the same ru
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,13 +35,18 @@ import numpy as np
 
 from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
+from training.bench.frames import FRAME_NOISE, frame_memorisation, frame_noise_rows
+from training.bench.jobs import auto_jobs, resolve_jobs, run_tasks, watch_parent  # noqa: F401 (re-exported)
 from training.bench.report import RunResult, write_reports
 from training.config import TrainConfig
 from training.data.manifest import VideoRow, class_map, read_manifest, write_manifest
 from training.data.noise import ALL_NOISE_TYPES, inject_noise
 
-DEFAULT_NOISE = ["symmetric:0,0.2,0.4,0.6", "pairflip:0.2,0.4", "identity:0.4"]
+BENCH_NOISE_TYPES = (*ALL_NOISE_TYPES, FRAME_NOISE)
+DEFAULT_NOISE = ["symmetric:0,0.2,0.4,0.6", "pairflip:0.2,0.4", "identity:0.4", "frames:0.2,0.4"]
+HEADLINE_NOISE = ["symmetric:0,0.4", "frames:0.4"]
 DEFAULT_LOSSES = ["cce", "ls", "mae", "gce", "sce", "nce_rce", "imae"]
+HEADLINE_LOSSES = ["cce", "ls", "gce", "imae"]
 
 
 def parse_noise(specs: list[str]) -> list[tuple[str, float]]:
@@ -53,9 +56,9 @@ def parse_noise(specs: list[str]) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     for spec in specs:
         kind, sep, rates = spec.partition(":")
-        if not sep or kind not in ALL_NOISE_TYPES or not rates:
+        if not sep or kind not in BENCH_NOISE_TYPES or not rates:
             raise UserError(
-                f"--noise {spec!r}: expected TYPE:RATE[,RATE...] with TYPE one of {', '.join(ALL_NOISE_TYPES)}"
+                f"--noise {spec!r}: expected TYPE:RATE[,RATE...] with TYPE one of {', '.join(BENCH_NOISE_TYPES)}"
             )
         for text in rates.split(","):
             try:
@@ -78,30 +81,36 @@ def setting_name(kind: str, rate: float) -> str:
 
 @dataclass
 class NoiseBenchConfig:
+    """The default is the full grid (every loss and setting, 5 seeds, 56-pixel frames: a GPU's work); ``headline()``
+    is the grid that fits 90 minutes of this project's 2-core CPU machine, on the same data."""
+
     out_dir: str
     losses: list[str] = field(default_factory=lambda: list(DEFAULT_LOSSES))
     noise: list[str] = field(default_factory=lambda: list(DEFAULT_NOISE))
-    seeds: int = 3
-    # data: three disjoint groups of identities
-    pretrain_identities: int = 60
-    train_identities: int = 30
-    test_identities: int = 30
+    seeds: int = 5
+    # data: three disjoint groups of identities, 4 cameras x 2 clips = 8 clips per identity
+    pretrain_identities: int = 200
+    train_identities: int = 100
+    test_identities: int = 100
     cameras: int = 4
-    clips_per_camera: int = 1
-    video_frames: int = 8
-    video_size: int = 32
+    clips_per_camera: int = 2
+    video_frames: int = 10  # frames:0.4 makes exactly 4 of them outliers
+    video_size: int = 64
     data_seed: int = 0
     # pretraining (clean labels, once per benchmark)
     pretrain_epochs: int = 20
-    pretrain_batch_size: int = 16
+    pretrain_batch_size: int = 32
     pretrain_lr: float = 2e-3
-    # fine-tuning (every cell)
-    model: str = "tiny3d"
+    # fine-tuning (every cell): frame-level training of a frame model, the paper's video protocol
+    model: str = "tiny2d-tap"
+    loss_level: str = "frame"
     frames: int = 4
-    size: int = 32
-    epochs: int = 70  # long enough for CCE to memorise > 90% of the wrong labels at 40% symmetric noise
-    batch_size: int = 8
-    lr: float = 1e-3  # 2e-3 and above break the pretrained features (docs/noise-benchmark.md)
+    size: int = 56
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    sampler: str = "random"
     workers: int = 0
     jobs: int | None = None  # cells trained at once, each in its own process; None: auto_jobs()
     report_only: bool = False  # train nothing: report the cells already finished in out_dir
@@ -109,21 +118,29 @@ class NoiseBenchConfig:
     t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
     select_rate: float = 0.4
     val_fraction: float = 0.2
+    headline: bool = False
+
+    @classmethod
+    def headline_grid(cls, out_dir: str) -> NoiseBenchConfig:
+        """CCE, label smoothing, GCE and IMAE x {clean, frames:0.4, symmetric:0.4} x 3 seeds, 24-pixel frames."""
+        return cls(
+            out_dir=out_dir, losses=list(HEADLINE_LOSSES), noise=list(HEADLINE_NOISE), seeds=3, size=24, headline=True
+        )
 
     @classmethod
     def quick(cls, out_dir: str) -> NoiseBenchConfig:
-        """Tiny: checks the plumbing (every stage, identity switch included) in a minute or two."""
+        """Tiny: checks the plumbing (every stage, identity switch and outlier frames included) in a minute or two."""
         return cls(
             out_dir=out_dir,
             losses=["cce", "imae"],
-            noise=["symmetric:0,0.4", "identity:0.4"],
+            noise=["symmetric:0,0.4", "identity:0.4", "frames:0.4"],
             seeds=1,
             pretrain_identities=8,
             train_identities=6,
             test_identities=6,
             cameras=2,
             clips_per_camera=2,
-            video_frames=8,
+            video_frames=10,
             video_size=32,
             pretrain_epochs=2,
             pretrain_batch_size=8,
@@ -156,6 +173,9 @@ class NoiseBenchConfig:
         ]:
             if not ok:
                 raise UserError(f"{flag}: invalid value {value}")
+        from training.frame_level import check_loss_level
+
+        check_loss_level(self.loss_level, self.model)
         if self.jobs is not None and self.jobs < 1:
             raise UserError(f"--jobs: invalid value {self.jobs} (>= 1)")
         if self.imae_t is not None and not 0 <= self.imae_t < float("inf"):
@@ -174,12 +194,12 @@ class Prepared:
     pretrain_val_map: float
 
 
-def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
-    """The benchmark's synthetic videos, generated once per data settings (``--report-only``: checked, never made)."""
-    from training.data.synth import SynthConfig, generate
+def synth_config(cfg: NoiseBenchConfig):
+    """The ``SynthConfig`` of the benchmark's clean dataset."""
+    from training.data.synth import SynthConfig
 
     total = cfg.pretrain_identities + cfg.train_identities + cfg.test_identities
-    scfg = SynthConfig(
+    return SynthConfig(
         identities=total,
         cameras=cfg.cameras,
         clips_per_camera=cfg.clips_per_camera,
@@ -189,6 +209,13 @@ def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
         seed=cfg.data_seed,
         train_fraction=(total - cfg.test_identities) / total,
     )
+
+
+def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
+    """The benchmark's synthetic videos, generated once per data settings (``--report-only``: checked, never made)."""
+    from training.data.synth import generate
+
+    scfg = synth_config(cfg)
     stamp = folder / "synth.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("config") == asdict(scfg):
         return
@@ -256,6 +283,9 @@ def cell_config(
         loss=loss,
         imae_t=t,
         model=cfg.model,
+        loss_level=cfg.loss_level,
+        optimizer=cfg.optimizer,
+        sampler=cfg.sampler,
         frames=cfg.frames,
         size=cfg.size,
         epochs=cfg.epochs,
@@ -453,9 +483,15 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     for kind, rate in cfg.settings():
         name = setting_name(kind, rate)
         for seed in range(cfg.seeds):
-            noisy, realised = _noisy_rows(rows, rate, kind, 1000 * seed + int(round(rate * 100)), embeddings)
+            noise_seed = 1000 * seed + int(round(rate * 100))
+            if kind == FRAME_NOISE:  # right labels, outlier frames inside the clips
+                folder = out / "frames" / f"{name}_seed{seed}"
+                noisy, realised = frame_noise_rows(synth_config(cfg), folder, rows, rate, noise_seed, cfg.report_only)
+            else:
+                noisy, realised = _noisy_rows(rows, rate, kind, noise_seed, embeddings)
             train_csv = _manifest(cfg, out / "labels" / f"train_{name}_seed{seed}.csv", noisy)
-            log(f"{name}, seed {seed}: {realised:.3f} of the labels wrong")
+            what = "of the frames outliers" if kind == FRAME_NOISE else "of the labels wrong"
+            log(f"{name}, seed {seed}: {realised:.3f} {what}")
             for loss in cfg.losses:
                 tasks[(kind, rate, seed, loss)] = (cfg, prep, loss, t, kind, rate, seed, train_csv, noisy)
     finished = {key for key, args in tasks.items() if _finished(_cell_config(*args[:8]))}
@@ -529,7 +565,10 @@ def _cell(
     tcfg = _cell_config(cfg, prep, loss, t, kind, rate, seed, train_csv)
     run = Path(tcfg.out)
     hist, seconds, cpu = _train(tcfg, reuse_only=cfg.report_only)
-    acc_clean, acc_noisy, w, flipped = memorisation(cfg, run, noisy, loss, t)
+    if kind == FRAME_NOISE:  # memorisation of the outlier frames, frame by frame
+        acc_clean, acc_noisy, w, flipped = frame_memorisation(run, noisy, loss, t, cfg.video_frames, cfg.batch_size)
+    else:
+        acc_clean, acc_noisy, w, flipped = memorisation(cfg, run, noisy, loss, t)
     maps = [h["val_mAP"] for h in hist]
     best = int(np.argmax(maps))
     res = RunResult(
@@ -547,6 +586,7 @@ def _cell(
         train_acc_noisy=acc_noisy,
         seconds=seconds,
         cpu_seconds=cpu,
+        loss_level=cfg.loss_level,
     )
     return res, hist, (w, flipped)
 
@@ -579,77 +619,8 @@ def _header(cfg: NoiseBenchConfig, prep: Prepared, t: float, wall: float) -> str
         f"{prep.pretrain_cpu_seconds:.0f} s CPU; validation mAP "
         f"{100 * prep.pretrain_val_map:.1f}%), then fine-tuned for {cfg.epochs} epochs on {cfg.train_identities} "
         f"identities ({cfg.cameras} cameras x {cfg.clips_per_camera} clips each; {cfg.frames} frames of "
-        f"{cfg.size} px); IMAE T = {t:g}; test = clean query/gallery of {cfg.test_identities} unseen identities. "
+        f"{cfg.size} px; {cfg.loss_level}-level loss, {cfg.optimizer} at lr {cfg.lr:g}, batch {cfg.batch_size}, "
+        f"{cfg.sampler} sampler); IMAE T = {t:g}; test = clean query/gallery of {cfg.test_identities} unseen "
+        "identities. "
         f"This invocation took {wall / 60:.1f} min (finished cells are reused and not re-timed).\n"
     )
-
-
-def auto_jobs() -> int:
-    """Cells trained at once when --jobs is not given: 1 on a GPU (one model at a time keeps it busy); on the CPU
-    one per core, at most 4. Small models use several threads badly: on 2 cores, two one-thread cells at once
-    finish about 1.4x more cells per hour than one two-thread cell at a time (docs/noise-benchmark.md, "Cost")."""
-    import torch
-
-    return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
-
-
-def resolve_jobs(cfg: NoiseBenchConfig) -> tuple[int, int]:
-    """(processes, torch threads per process)."""
-    jobs = 1 if cfg.report_only else cfg.jobs or auto_jobs()
-    return jobs, max(1, (os.cpu_count() or 1) // jobs)
-
-
-def watch_parent(parent: int, interval: float = 2.0, exit=os._exit) -> threading.Thread:
-    """A daemon thread that ends this process once ``parent`` is gone (this process re-parented): a cell process
-    whose benchmark was killed stops instead of training on for nobody."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        exit(1)
-
-    thread = threading.Thread(target=watch, name="watch-parent", daemon=True)
-    thread.start()
-    return thread
-
-
-def _worker_init(threads: int, parent: int) -> None:
-    """A cell process: its share of the CPU threads, one decoded-video cache for every cell it trains, and an end
-    when the benchmark's process ends."""
-    import torch
-
-    from training.data.dataset import shared_frame_cache
-
-    watch_parent(parent)
-    torch.set_num_threads(threads)
-    global _worker_cache
-    _worker_cache = shared_frame_cache()
-    _worker_cache.__enter__()
-
-
-def run_tasks(cfg: NoiseBenchConfig, fn, tasks: dict, log=None):
-    """``fn(*args)`` for every ``key: args`` of ``tasks``, yielding ``(key, result)`` as each finishes: in this
-    process when one job runs at a time, else in ``--jobs`` fresh (spawned: forking after PyTorch has started its
-    thread pools can hang) processes. The first failure stops the rest and is raised."""
-    import concurrent.futures as cf
-    import multiprocessing
-
-    jobs, threads = resolve_jobs(cfg)
-    if log is not None and not cfg.report_only:
-        log(f"{len(tasks)} cells, {jobs} at a time ({threads} CPU threads each)")
-    if jobs == 1 or len(tasks) <= 1:
-        for key, args in tasks.items():
-            yield key, fn(*args)
-        return
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(
-        min(jobs, len(tasks)), mp_context=ctx, initializer=_worker_init, initargs=(threads, os.getpid())
-    ) as pool:
-        futures = {pool.submit(fn, *args): key for key, args in tasks.items()}
-        try:
-            for fut in cf.as_completed(futures):
-                yield futures[fut], fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise

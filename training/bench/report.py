@@ -20,7 +20,7 @@ class RunResult:
     """One (loss, noise setting, seed) cell of the grid; mAP/CMC on the clean query/gallery split."""
 
     loss: str
-    noise_type: str  # clean | symmetric | pairflip | identity
+    noise_type: str  # clean | symmetric | pairflip | identity | frames (outlier frames, right labels)
     noise_rate: float
     seed: int
     final_mAP: float
@@ -30,9 +30,10 @@ class RunResult:
     final_cmc1: float
     best_cmc1: float
     train_acc_clean: float  # accuracy against the given labels on correctly labelled training samples
-    train_acc_noisy: float  # ... and on the mislabelled ones: the share of wrong labels memorised
+    train_acc_noisy: float  # ... and on the mislabelled ones (outlier frames for frames): the share memorised
     seconds: float  # wall time of the cell's training
     cpu_seconds: float  # CPU time of the cell's training, all threads (comparable on a busy machine)
+    loss_level: str = "clip"  # clip | frame (vidret train --loss-level)
 
     @property
     def setting(self) -> str:
@@ -41,6 +42,7 @@ class RunResult:
 
 RESULT_COLUMNS = [f.name for f in fields(RunResult)]
 _INT_COLUMNS = ("seed", "best_epoch", "epochs")
+_STR_COLUMNS = ("loss", "loss_level", "noise_type")
 
 
 def write_results_csv(path: Path, results: Sequence[RunResult]) -> None:
@@ -58,7 +60,13 @@ def read_results_csv(path: Path) -> list[RunResult]:
         return [
             RunResult(
                 **{
-                    k: (row[k] if k in ("loss", "noise_type") else int(row[k]) if k in _INT_COLUMNS else float(row[k]))
+                    k: (
+                        row[k]
+                        if k in ("loss", "loss_level", "noise_type")
+                        else int(row[k])
+                        if k in _INT_COLUMNS
+                        else float(row[k])
+                    )
                     for k in RESULT_COLUMNS
                 }
             )
@@ -68,7 +76,7 @@ def read_results_csv(path: Path) -> list[RunResult]:
 
 def _order(results: Sequence[RunResult]) -> tuple[list[str], list[str]]:
     """Losses in first-seen order; settings clean first, then by type (symmetric, pairflip, identity) and rate."""
-    kinds = {"clean": 0, "symmetric": 1, "pairflip": 2, "identity": 3}
+    kinds = {"clean": 0, "symmetric": 1, "pairflip": 2, "identity": 3, "frames": 4}
     losses = list(dict.fromkeys(r.loss for r in results))
     pairs = sorted({(r.noise_type, r.noise_rate) for r in results}, key=lambda p: (kinds.get(p[0], 9), p[1]))
     return losses, ["clean" if k == "clean" else f"{k} {q:g}" for k, q in pairs]
@@ -216,7 +224,7 @@ def results_markdown(results: Sequence[RunResult], header: str = "") -> str:
 
 def _kinds(results: Sequence[RunResult]) -> list[str]:
     found = {r.noise_type for r in results} - {"clean"}
-    return [k for k in ("symmetric", "pairflip", "identity") if k in found] or ["symmetric"]
+    return [k for k in ("symmetric", "pairflip", "identity", "frames") if k in found] or ["symmetric"]
 
 
 def plot_map_vs_noise(results: Sequence[RunResult], out: Path) -> Path:
