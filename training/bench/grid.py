@@ -192,6 +192,7 @@ class Prepared:
     pretrain_seconds: float
     pretrain_cpu_seconds: float
     pretrain_val_map: float
+    pretrain_test_map: float = float("nan")  # the pretrained checkpoint alone on the test query/gallery
 
 
 def synth_config(cfg: NoiseBenchConfig):
@@ -311,7 +312,18 @@ def _finished(tcfg: TrainConfig) -> dict | None:
     if not done.is_file():
         return None
     record = json.loads(done.read_text())
-    return record if record.get("config") == asdict(tcfg) else None
+    return record if same_settings(record.get("config") or {}, asdict(tcfg)) else None
+
+
+def same_settings(recorded: dict, now: dict) -> bool:
+    """A run recorded with ``recorded`` has the settings ``now``: every value equal, where a training option added
+    since the run was recorded counts as equal when it has its default (the run had no other choice)."""
+    from dataclasses import MISSING, fields
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    if set(recorded) - set(now):
+        return False
+    return all(recorded[k] == v if k in recorded else k in defaults and defaults[k] == v for k, v in now.items())
 
 
 def _train(tcfg: TrainConfig, reuse_only: bool = False) -> tuple[list[dict], float, float]:
@@ -407,10 +419,33 @@ def prepare(cfg: NoiseBenchConfig, log) -> Prepared:
         f"pretraining: validation mAP {val_map:.4f} after {cfg.pretrain_epochs} epochs, "
         f"{seconds:.0f} s ({cpu:.0f} s CPU)"
     )
-    record = {"seconds": seconds, "cpu_seconds": cpu, "val_mAP": val_map, "epochs": cfg.pretrain_epochs}
+    ckpt = folder / "run" / "checkpoints" / "last.pt"
+    test_map = checkpoint_test_map(ckpt, data, cfg.batch_size)
+    log(f"pretrained checkpoint alone on the test split: mAP {test_map:.4f}")
+    record = {"seconds": seconds, "cpu_seconds": cpu, "val_mAP": val_map, "test_mAP": test_map}
+    record.update(epochs=cfg.pretrain_epochs, identities=cfg.pretrain_identities)
     if not cfg.report_only:
         atomic_write_text(folder / "pretrain.json", json.dumps({**record, "clips": len(fit_rows)}))
-    return Prepared(data, folder / "run" / "checkpoints" / "last.pt", finetune_csv, seconds, cpu, val_map)
+    return Prepared(data, ckpt, finetune_csv, seconds, cpu, val_map, test_map)
+
+
+def checkpoint_test_map(ckpt: Path, data: Path, batch_size: int) -> float:
+    """A checkpoint's mAP on the benchmark's clean test query/gallery split (the pretrained model's own score)."""
+    from indexing.metrics import evaluate_retrieval
+
+    q, g = _test_rows(data)
+    qe, ge = _infer(ckpt, q, batch_size)[0], _infer(ckpt, g, batch_size)[0]
+    res = evaluate_retrieval(
+        qe, [r.id for r in q], [r.label for r in q], [r.camera for r in q],
+        ge, [r.id for r in g], [r.label for r in g], [r.camera for r in g],
+    )  # fmt: skip
+    return float(res.mAP)
+
+
+def _test_rows(data: Path) -> tuple[list[VideoRow], list[VideoRow]]:
+    return read_manifest(data / "query.csv", require_label=True), read_manifest(
+        data / "gallery.csv", require_label=True
+    )
 
 
 def select_t(cfg: NoiseBenchConfig, prep: Prepared, rows: list[VideoRow], log) -> float:
@@ -494,6 +529,7 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
             log(f"{name}, seed {seed}: {realised:.3f} {what}")
             for loss in cfg.losses:
                 tasks[(kind, rate, seed, loss)] = (cfg, prep, loss, t, kind, rate, seed, train_csv, noisy)
+    tasks = dict(sorted(tasks.items(), key=lambda kv: kv[0][2]))  # seed by seed: a grid cut short has whole seeds
     finished = {key for key, args in tasks.items() if _finished(_cell_config(*args[:8]))}
     rest = "not finished (--report-only trains nothing)" if cfg.report_only else "to train"
     log(f"{len(tasks)} cells: {len(finished)} finished earlier (reused), {len(tasks) - len(finished)} {rest}")
@@ -617,7 +653,8 @@ def _header(cfg: NoiseBenchConfig, prep: Prepared, t: float, wall: float) -> str
         f"# Noise benchmark\n\n{cfg.model} pretrained with clean labels on {cfg.pretrain_identities} separate "
         f"identities ({cfg.pretrain_epochs} epochs, {prep.pretrain_seconds:.0f} s wall, "
         f"{prep.pretrain_cpu_seconds:.0f} s CPU; validation mAP "
-        f"{100 * prep.pretrain_val_map:.1f}%), then fine-tuned for {cfg.epochs} epochs on {cfg.train_identities} "
+        f"{100 * prep.pretrain_val_map:.1f}%; test mAP of the pretrained model alone "
+        f"{100 * prep.pretrain_test_map:.1f}%), then fine-tuned for {cfg.epochs} epochs on {cfg.train_identities} "
         f"identities ({cfg.cameras} cameras x {cfg.clips_per_camera} clips each; {cfg.frames} frames of "
         f"{cfg.size} px; {cfg.loss_level}-level loss, {cfg.optimizer} at lr {cfg.lr:g}, batch {cfg.batch_size}, "
         f"{cfg.sampler} sampler); IMAE T = {t:g}; test = clean query/gallery of {cfg.test_identities} unseen "

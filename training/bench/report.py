@@ -323,13 +323,19 @@ def write_reports(
     header: str,
 ) -> None:
     """results.csv, results.md and plots/ (curves and weight histograms of seed 0 of every setting)."""
+    from training.bench.separation import plot_p_y, separation_lines
+
+    kinds = {("clean" if r.noise_type == "clean" else f"{r.noise_type}{r.noise_rate:g}"): r.noise_type for r in results}
     write_results_csv(out / "results.csv", results)
-    atomic_write_text(out / "results.md", results_markdown(results, header))
+    separated = "\n".join(separation_lines(curves, kinds))
+    atomic_write_text(out / "results.md", results_markdown(results, header) + separated + ("\n" if separated else ""))
     plots = out / "plots"
     plot_map_vs_noise(results, plots / "map_vs_noise.png")
     for (name, seed), hists in curves.items():
         if seed == 0:
             plot_curves(hists, plots / f"curves_{name}.png", f"{name}, seed {seed}")
+            if kinds.get(name, "clean") != "clean":
+                plot_p_y(hists, kinds[name], plots / f"p_y_{name}.png", f"mean p_y, clean vs noisy: {name}, seed 0")
     for name, ws in weights.items():
         if name != "clean":
             plot_weight_histograms(ws, plots / f"weights_{name}.png", f"final sample weights, {name}")

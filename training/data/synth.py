@@ -199,7 +199,14 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 12) -> None:
 
 
 def _clip_job(args: tuple) -> None:
-    out, ident, cam, frames, size, seed, occluder, outliers = args
+    out, *rest = args
+    write_mp4(out, render_with_outliers(*rest))
+
+
+def render_with_outliers(
+    ident: dict, cam: dict, frames: int, size: int, seed: int, occluder: bool, outliers: list
+) -> np.ndarray:
+    """A clip whose ``outliers`` frames ``(t, None)`` show the background only, ``(t, other)`` another identity."""
     clip = render_clip(ident, cam, frames, size, np.random.default_rng(seed), occluder)
     if outliers:
         background = render_clip(ident, cam, frames, size, np.random.default_rng(seed), occluder, person=False)
@@ -208,7 +215,7 @@ def _clip_job(args: tuple) -> None:
                 clip[t] = background[t]
             else:  # another identity walking through the same camera
                 clip[t] = render_clip(other, cam, frames, size, np.random.default_rng(seed + 1), occluder)[t]
-    write_mp4(out, clip)
+    return clip
 
 
 def choose_outliers(frames: int, rate: float, rng: np.random.Generator, others: int) -> list[tuple[int, int | None]]:
