@@ -141,6 +141,11 @@ def bench_noise_cmd(
         "GPU, else one per CPU core (at most 4).",
     ),
     quick: bool = typer.Option(False, "--quick", help="A tiny grid: checks every stage."),
+    clean_rounds: int = typer.Option(
+        0,
+        help="1: clean, then retrain: every cell once more on the clips that vidret audit of its final model keeps "
+        "(rule: drop a clip whose label is not the model's top-1 prediction); reported as <loss>+clean.",
+    ),
     headline: bool = typer.Option(
         False,
         "--headline",
@@ -171,6 +176,7 @@ def bench_noise_cmd(
         "epochs": epochs,
         "lr": lr,
         "loss_level": loss_level,
+        "clean_rounds": clean_rounds or None,
         "pretrain_epochs": pretrain_epochs,
         "train_identities": train_identities,
         "jobs": jobs,

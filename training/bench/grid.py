@@ -35,6 +35,8 @@ import numpy as np
 
 from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
+from training.bench.clean import CLEAN_RULE, audit_and_drop
+from training.bench.clean import SUFFIX as CLEAN_SUFFIX
 from training.bench.frames import FRAME_NOISE, frame_memorisation, frame_noise_rows
 from training.bench.jobs import auto_jobs, resolve_jobs, run_tasks, watch_parent  # noqa: F401 (re-exported)
 from training.bench.report import RunResult, write_reports
@@ -119,6 +121,7 @@ class NoiseBenchConfig:
     select_rate: float = 0.4
     val_fraction: float = 0.2
     headline: bool = False
+    clean_rounds: int = 0  # 1: every cell again on the clips its audit kept (training/bench/clean.py)
 
     @classmethod
     def headline_grid(cls, out_dir: str) -> NoiseBenchConfig:
@@ -176,6 +179,8 @@ class NoiseBenchConfig:
         from training.frame_level import check_loss_level
 
         check_loss_level(self.loss_level, self.model)
+        if self.clean_rounds not in (0, 1):
+            raise UserError(f"--clean-rounds: 0 or 1, got {self.clean_rounds}")
         if self.jobs is not None and self.jobs < 1:
             raise UserError(f"--jobs: invalid value {self.jobs} (>= 1)")
         if self.imae_t is not None and not 0 <= self.imae_t < float("inf"):
@@ -533,6 +538,35 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     finished = {key for key, args in tasks.items() if _finished(_cell_config(*args[:8]))}
     rest = "not finished (--report-only trains nothing)" if cfg.report_only else "to train"
     log(f"{len(tasks)} cells: {len(finished)} finished earlier (reused), {len(tasks) - len(finished)} {rest}")
+    done, missing = _run_cells(cfg, tasks, finished, log)
+    if cfg.clean_rounds and done:  # clean, then retrain: every finished cell once more on the clips its audit kept
+        again = {(*k[:3], k[3] + CLEAN_SUFFIX): (*tasks[k], True) for k in tasks if k in done}
+        log(f"clean, then retrain ({CLEAN_RULE}): {len(again)} cells")
+        done2, missing2 = _run_cells(cfg, again, set(), log)
+        done.update(done2)
+        missing += missing2
+        tasks.update(again)
+    if not done:
+        raise UserError(f"--report-only: none of the {len(tasks)} cells has finished in {out}")
+    results, curves, weights = [], {}, {}
+    for key in (k for k in tasks if k in done):  # reports in grid order, whatever the order cells finished in
+        res, hist, w = done[key]
+        name = setting_name(res.noise_type, res.noise_rate)
+        results.append(res)
+        curves.setdefault((name, res.seed), {})[res.loss] = hist
+        if res.seed == 0:
+            weights.setdefault(name, {})[res.loss] = w
+    header = _header(cfg, prep, t, time.perf_counter() - started)
+    if missing:
+        names = describe_cells(missing, len(cfg.losses))
+        header += f"\nNot run (--report-only reports the {len(done)} finished cells): {names}.\n"
+        log(f"{len(missing)} of {len(tasks)} cells have not finished: {names}")
+    write_reports(out, results, curves, weights, header)
+    return results
+
+
+def _run_cells(cfg: NoiseBenchConfig, tasks: dict, finished: set, log) -> tuple[dict, list]:
+    """Train (or with --report-only, read) ``tasks``: the finished ones by key, and the keys of the rest."""
     done: dict[tuple[str, float, int, str], tuple] = {}
     missing: list[tuple[str, float, int, str]] = []
     cell_start = time.perf_counter()
@@ -551,23 +585,7 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
             f"fits {res.train_acc_noisy:.3f} of wrong labels; {res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU)"
             + (f"; about {left / 60:.0f} min left" if trained and to_train else "")
         )
-    if not done:
-        raise UserError(f"--report-only: none of the {len(tasks)} cells has finished in {out}")
-    results, curves, weights = [], {}, {}
-    for key in (k for k in tasks if k in done):  # reports in grid order, whatever the order cells finished in
-        res, hist, w = done[key]
-        name = setting_name(res.noise_type, res.noise_rate)
-        results.append(res)
-        curves.setdefault((name, res.seed), {})[res.loss] = hist
-        if res.seed == 0:
-            weights.setdefault(name, {})[res.loss] = w
-    header = _header(cfg, prep, t, time.perf_counter() - started)
-    if missing:
-        names = describe_cells(missing, len(cfg.losses))
-        header += f"\nNot run (--report-only reports the {len(done)} finished cells): {names}.\n"
-        log(f"{len(missing)} of {len(tasks)} cells have not finished: {names}")
-    write_reports(out, results, curves, weights, header)
-    return results
+    return done, missing
 
 
 def _cell_config(
@@ -597,8 +615,22 @@ def _cell(
     seed: int,
     train_csv: Path,
     noisy: list[VideoRow],
+    clean: bool = False,
 ) -> tuple[RunResult, list[dict], tuple[np.ndarray, np.ndarray]]:
+    """One cell: train (or reuse) and measure. ``clean``: the cell's clean-then-retrain run, on the clips the audit
+    of the cell's final model kept, reported as the loss ``<loss>+clean``."""
+    loss = loss.removesuffix(CLEAN_SUFFIX)
     tcfg = _cell_config(cfg, prep, loss, t, kind, rate, seed, train_csv)
+    if clean:
+        first = Path(tcfg.out)
+        cleaned = first / "cleaned.csv"
+        fresh = cleaned.is_file() and cleaned.stat().st_mtime >= (first / "done.json").stat().st_mtime
+        if not cfg.report_only and not fresh:
+            cleaned = audit_and_drop(first, train_csv, noisy, cfg.batch_size)[0]
+        elif not cleaned.is_file():
+            raise NotRun(str(first))
+        tcfg = replace(tcfg, train=str(cleaned), out=f"{tcfg.out}_clean1")
+        noisy = read_manifest(cleaned, require_label=True)
     run = Path(tcfg.out)
     hist, seconds, cpu = _train(tcfg, reuse_only=cfg.report_only)
     if kind == FRAME_NOISE:  # memorisation of the outlier frames, frame by frame
@@ -608,7 +640,7 @@ def _cell(
     maps = [h["val_mAP"] for h in hist]
     best = int(np.argmax(maps))
     res = RunResult(
-        loss=loss,
+        loss=loss + (CLEAN_SUFFIX if clean else ""),
         noise_type=kind,
         noise_rate=rate,
         seed=seed,

@@ -323,11 +323,12 @@ def write_reports(
     header: str,
 ) -> None:
     """results.csv, results.md and plots/ (curves and weight histograms of seed 0 of every setting)."""
+    from training.bench.clean import clean_gain_lines
     from training.bench.separation import plot_p_y, separation_lines
 
     kinds = {("clean" if r.noise_type == "clean" else f"{r.noise_type}{r.noise_rate:g}"): r.noise_type for r in results}
     write_results_csv(out / "results.csv", results)
-    separated = "\n".join(separation_lines(curves, kinds))
+    separated = "\n".join(separation_lines(curves, kinds) + clean_gain_lines(results))
     atomic_write_text(out / "results.md", results_markdown(results, header) + separated + ("\n" if separated else ""))
     plots = out / "plots"
     plot_map_vs_noise(results, plots / "map_vs_noise.png")

@@ -3,7 +3,10 @@ training option is added later."""
 
 from __future__ import annotations
 
+import csv
+import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +59,29 @@ def test_the_report_says_when_the_clean_samples_never_pull_ahead() -> None:
     assert "| imae | +30.0 (epoch 2; +30.0) | – |" in text
     assert "symmetric0.4: under CCE the clean samples pull ahead by up to 30.0 points" in text
     assert "frames0.4: under CCE the clean samples never pull ahead" in text and "no T can help" in text
+
+
+def test_clean_then_retrain_drops_what_the_audit_disputes_and_reports_the_gain(
+    trained_run: Path, synth_dir: Path, tmp_path: Path
+) -> None:
+    from training.bench.clean import audit_and_drop, clean_gain_lines
+    from training.bench.report import RunResult
+    from training.data.manifest import read_manifest
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained_run / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
+    rows = read_manifest(synth_dir / "train.csv", require_label=True)
+    cleaned, stats = audit_and_drop(run, synth_dir / "train.csv", rows, batch_size=8)
+    audit = list(csv.DictReader(open(run / "audit.csv")))
+    disputed = {r["id"] for r in audit if r["predicted"] != r["label"]}
+    kept = read_manifest(cleaned, require_label=True)
+    assert {r.id for r in kept} == {r.id for r in rows} - disputed and stats["dropped"] == len(disputed)
+    assert stats["mislabelled"] == sum(r.label != r.clean_label for r in rows)
+
+    def cell(loss, seed, final):
+        return RunResult(loss, "symmetric", 0.4, seed, final, final, 1, 2, 0, 0, 0, 0, 1, 1, "frame")
+
+    results = [cell("cce", 0, 0.30), cell("cce", 1, 0.20), cell("cce+clean", 0, 0.35), cell("cce+clean", 1, 0.18)]
+    text = "\n".join(clean_gain_lines(results))
+    assert "| cce | +1.5 ± 4.9 (1/2) |" in text and "top-1 prediction" in text
