@@ -515,7 +515,8 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
         log(f"chosen IMAE T = {t:g} (on a validation split of the fine-tuning identities)")
     t = t if t is not None else 4.0
     if not cfg.report_only:
-        atomic_write_text(out / "bench_config.json", json.dumps({**asdict(cfg), "imae_t_used": t}, indent=2))
+        record = {**asdict(cfg), "clips_per_identity": cfg.cameras * cfg.clips_per_camera, "imae_t_used": t}
+        atomic_write_text(out / "bench_config.json", json.dumps(record, indent=2))
     embeddings = None
     if any(kind == "identity" for kind, _ in cfg.settings()):
         embeddings = _infer(prep.pretrain_ckpt, rows, cfg.batch_size)[0]
