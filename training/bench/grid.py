@@ -535,7 +535,8 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
             log(f"{name}, seed {seed}: {realised:.3f} {what}")
             for loss in cfg.losses:
                 tasks[(kind, rate, seed, loss)] = (cfg, prep, loss, t, kind, rate, seed, train_csv, noisy)
-    tasks = dict(sorted(tasks.items(), key=lambda kv: kv[0][2]))  # seed by seed: a grid cut short has whole seeds
+    # seed by seed (a grid cut short has whole seeds), in a seed the noisy settings first and CCE and IMAE first
+    tasks = dict(sorted(tasks.items(), key=lambda kv: (kv[0][2], kv[0][0] == "clean", kv[0][3] not in ("cce", "imae"))))
     finished = {key for key, args in tasks.items() if _finished(_cell_config(*args[:8]))}
     rest = "not finished (--report-only trains nothing)" if cfg.report_only else "to train"
     log(f"{len(tasks)} cells: {len(finished)} finished earlier (reused), {len(tasks) - len(finished)} {rest}")
