@@ -112,13 +112,18 @@ def plot_weights_cmd(
 bench_app = typer.Typer(help="Benchmarks of the method.", no_args_is_help=True)
 
 
-def bench_noise_cmd(out_dir: Path, quick: bool = False, **options: Any) -> None:
+def bench_noise_cmd(out_dir: Path, quick: bool = False, headline: bool = False, **options: Any) -> None:
     """Pretrain once, then fine-tune every loss at every noise setting; mAP on the clean test split; reports."""
     from dataclasses import replace
 
     from training.bench.grid import NoiseBenchConfig, run_noise_bench
 
-    cfg = NoiseBenchConfig.quick(str(out_dir)) if quick else NoiseBenchConfig(out_dir=str(out_dir))
+    if quick and headline:
+        raise UserError("--quick and --headline are two different grids: pass one of them")
+    if quick:
+        cfg = NoiseBenchConfig.quick(str(out_dir))
+    else:
+        cfg = NoiseBenchConfig.headline_grid(str(out_dir)) if headline else NoiseBenchConfig(out_dir=str(out_dir))
     given = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in options.items() if v not in (None, [], ())}
     cfg = replace(cfg, **given)
     run_noise_bench(cfg, log=lambda msg: typer.echo(msg, err=True))
@@ -165,6 +170,13 @@ def bench_options() -> list[inspect.Parameter]:
         )
     quick = typer.Option(False, "--quick", help="A tiny grid: checks every stage.")
     params.append(inspect.Parameter("quick", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=quick))
+    headline = typer.Option(
+        False,
+        "--headline",
+        help="The grid sized for 90 minutes of a 2-core CPU: cce ls gce imae x {clean, symmetric:0.4, frames:0.4} "
+        "x 3 seeds at 24-pixel frames, on the default grid's data (docs/noise-benchmark.md).",
+    )
+    params.append(inspect.Parameter("headline", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=headline))
     return params
 
 

@@ -48,7 +48,8 @@ class _TrainOptions:
     loss: str = opt("imae", " | ".join(loss.title for loss in registered_losses()) + " (docs/losses.md).")
     model: str = opt(
         "r2plus1d_18",
-        "Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t, resnet18-tap, resnet50-tap, tiny3d.",
+        "Backbone: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t, resnet18-tap, resnet50-tap, tiny3d, "
+        "tiny2d-tap (frame models: -tap).",
     )
     embedding_dim: int = opt(256, "Embedding size D.")
     scale: float = opt(16.0, "Cosine classifier scale s (logits bounded in [-s, s]).")
@@ -60,10 +61,19 @@ class _TrainOptions:
     )
     frames: int = opt(16, "Frames per clip.")
     size: int = opt(112, "Crop size in pixels.")
+    loss_level: str = opt(
+        "clip",
+        "clip | frame. frame (frame models, -tap): the classifier and the loss apply to every frame's embedding "
+        "with its clip's label, so the loss weights each frame (the IMAE paper's video protocol); a clip's "
+        "embedding stays the mean of its frames'. docs/losses.md, Frame-level training.",
+    )
     sampling: str = opt("segments", "segments | uniform | random.")
     stride: int = opt(2, "Frame stride of --sampling random.")
     epochs: int = opt(30, "Training epochs (the learning-rate schedule spans them all).")
-    batch_size: int = opt(16, "Global batch size (split across DDP processes).")
+    batch_size: int = opt(16, "Global batch size (split across DDP processes); --sampler pk: P x K instead.")
+    sampler: str = opt("random", "random (shuffled clips) | pk (P identities x K clips per batch, re-ID style).")
+    pk_identities: int = opt(8, "--sampler pk: identities per batch (P).")
+    pk_clips: int = opt(4, "--sampler pk: clips per identity in a batch (K).")
     optimizer: str = opt("adamw", "adamw | sgd.")
     lr: float = opt(1e-3, "Peak learning rate (linear warm-up, then cosine decay).")
     weight_decay: float = opt(1e-2, "Weight decay of the weight matrices and kernels (not of biases or norms).")
@@ -114,6 +124,16 @@ class _TrainOptions:
         ]:
             if not ok:
                 raise UserError(f"{flag}: invalid value {value}")
+        from training.frame_level import check_loss_level
+        from training.sampler import SAMPLERS
+
+        check_loss_level(self.loss_level, self.model)
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler == "pk" and (self.pk_identities < 2 or self.pk_clips < 1):
+            raise UserError(
+                f"--pk-identities must be >= 2 and --pk-clips >= 1, got {self.pk_identities}, {self.pk_clips}"
+            )
         if (self.val_query is None) != (self.val_gallery is None):
             raise UserError("--val-query and --val-gallery go together")
         try:

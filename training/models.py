@@ -40,6 +40,11 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_frame_model(name: str) -> bool:
+    """A 2D frame backbone with temporal average pooling (``-tap``): the frame-level loss applies to it."""
+    return name.endswith("-tap")
+
+
 def _tv_video(builder: str, head_attr: str) -> tuple[nn.Module, int]:
     import torchvision.models.video as tvv
 
@@ -95,6 +100,34 @@ register_model("resnet18-tap")(lambda: _tap("resnet18"))
 register_model("resnet50-tap")(lambda: _tap("resnet50"))
 
 
+class Tiny2D(nn.Module):
+    """A small 2D CNN (about 0.1 M parameters) for one frame: with temporal average pooling (``tiny2d-tap``) the
+    frame-level model that trains in seconds on a CPU (the noise benchmark, tests)."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c in widths:
+            layers += [
+                nn.Conv2d(c_in, c, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, c, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.out_dim = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+register_model("tiny2d-tap")(lambda: (lambda m: (TemporalAveragePooling(m), m.out_dim))(Tiny2D()))
+
+
 class Tiny3D(nn.Module):
     """A small 3D CNN (about 0.4 M parameters) that trains in seconds on a CPU: tests and CPU benchmarks."""
 
@@ -148,8 +181,17 @@ class VideoEmbedder(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.neck(self.backbone(x)).float(), dim=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed(x)
+    def forward(self, x: torch.Tensor, per_frame: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, logits)`` of each clip; ``per_frame`` (frame backbones only): of each frame, (B * T, ...)
+        in clip-major order, for the frame-level loss (training/frame_level.py)."""
+        if per_frame:
+            if not isinstance(self.backbone, TemporalAveragePooling):
+                raise UserError("per-frame outputs need a frame backbone (a -tap model)")
+            b, c, t, h, w = x.shape
+            feats = self.backbone.frame_model(x.transpose(1, 2).reshape(b * t, c, h, w))
+            emb = F.normalize(self.neck(feats).float(), dim=1)
+        else:
+            emb = self.embed(x)
         return emb, self.classifier(emb)
 
 

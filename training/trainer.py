@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from indexing.atomic import atomic_write, atomic_write_text
 from indexing.errors import UserError
@@ -44,6 +44,7 @@ from training.data.dataset import EpochSampler, VideoDataset, apply_bad_video_po
 from training.data.manifest import VideoRow, class_map, read_manifest
 from training.data.video import ClipSpec
 from training.distributed import every_rank_can_step, share_skipped
+from training.frame_level import FRAME_COLUMNS, FrameSums, frame_targets, per_clip
 from training.losses import build_loss
 from training.models import build_model
 from training.runtime import (
@@ -54,6 +55,7 @@ from training.runtime import (
     resolve_precision,
     select_device,
 )
+from training.sampler import build_sampler
 
 __all__ = [
     "OPTIMIZERS",
@@ -96,6 +98,9 @@ METRIC_COLUMNS = [
     "weight_mean_clean",
     "weight_mean_noisy",
     "weight_share_noisy",
+    "p_y_clean",
+    "p_y_noisy",
+    *FRAME_COLUMNS,
     "epoch_seconds",
     "skipped_videos",
 ]
@@ -175,6 +180,7 @@ class EpochStats:
     p_label: np.ndarray
     seen: np.ndarray
     t_start: float
+    frames: list[float] | None = None  # FrameSums of a frame-level run
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
@@ -252,12 +258,7 @@ def _setup_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Data:
         rows, spec, train=True, class_to_idx=cmap, on_bad_video=cfg.on_bad_video, seed=cfg.seed, cache=cfg.cache
     )
     # (epoch, index) pairs: the epoch reaches the persistent workers' copies of the dataset
-    sampler = EpochSampler(
-        DistributedSampler(
-            train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=info.enabled
-        )
-    )
-    per_rank_batch = max(2, cfg.batch_size // info.world_size)
+    sampler, per_rank_batch, drop_last = build_sampler(cfg, train_ds, info.rank, info.world_size)
     # the loader's own generator: starting the workers must not draw from the global one, whose state the
     # checkpoint saves (persistent workers start in a run's first epoch, which a resumed run shifts)
     loader = DataLoader(
@@ -266,7 +267,7 @@ def _setup_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Data:
         sampler=sampler,
         num_workers=cfg.workers,
         collate_fn=collate,
-        drop_last=len(train_ds) // info.world_size > per_rank_batch,
+        drop_last=drop_last,
         worker_init_fn=worker_init if cfg.workers else None,
         persistent_workers=cfg.workers > 0,
         pin_memory=device.type == "cuda",
@@ -430,7 +431,7 @@ def train_one_epoch(
     """
     optim.train_model.train()
     data.sampler.set_epoch(epoch)
-    running = _RunningSums(len(data.rows), job.device)
+    running = _RunningSums(len(data.rows), job.device, frame_level=cfg.loss_level == "frame")
     bar = _epoch_bar(cfg, job, epoch, optim.steps_per_epoch)
     wait_s = 0.0
     t_start = t_ready = time.perf_counter()
@@ -440,7 +441,7 @@ def train_one_epoch(
             apply_bad_video_policy(batch["skipped"], cfg.on_bad_video, skipped)
             if every_rank_can_step(batch["clip"].shape[0], cfg.on_bad_video, job.info):  # 2 clips, on every rank
                 logits, y, loss = _train_step(cfg, job, optim, batch)
-                running.add(step, batch["index"], logits, y, loss, optim.loss_fn)
+                running.add(step, batch["index"], logits, y, loss, optim.loss_fn, batch["outlier"])
             if (step + 1) % cfg.log_interval == 0:
                 _read_back(running, bar, step + 1, epoch, cfg, job)
             t_ready = time.perf_counter()
@@ -461,9 +462,12 @@ def _train_step(
     if job.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last_3d)
     y = batch["target"].to(job.device, non_blocking=True)
+    frame_level = cfg.loss_level == "frame"
     with autocast(job.device, job.precision):
-        _, logits = optim.train_model(x)
+        _, logits = optim.train_model(x, per_frame=True) if frame_level else optim.train_model(x)
     logits = logits.float()
+    if frame_level:  # every frame is a sample with its clip's label
+        y = frame_targets(y, x.shape[2])
     loss = optim.loss_fn(logits, y)
     optim.opt.zero_grad(set_to_none=True)
     optim.scaler.scale(loss).backward()
@@ -479,8 +483,9 @@ def _train_step(
 class _RunningSums:
     """An epoch's sums and per-sample statistics on the device, in float64; ``read()`` is the only sync."""
 
-    def __init__(self, num_rows: int, device: torch.device) -> None:
+    def __init__(self, num_rows: int, device: torch.device, frame_level: bool = False) -> None:
         f64 = {"dtype": torch.float64, "device": device}
+        self.frames = FrameSums(device) if frame_level else None  # per-frame rows: clip means below
         self.sums = torch.zeros(3, **f64)  # cross-entropy, objective x batch size, correct predictions
         self.n = 0  # samples: known on the host
         self.weights, self.p_label, self.seen = (torch.zeros(num_rows, **f64) for _ in range(3))
@@ -497,10 +502,16 @@ class _RunningSums:
         y: torch.Tensor,
         loss: torch.Tensor,
         loss_fn: nn.Module,
+        outlier: torch.Tensor | None = None,
     ) -> None:
         idx = index.to(self.seen.device, non_blocking=True)
-        self.weights[idx] = loss_fn.sample_weights(logits, y).double()
-        self.p_label[idx] = logits.softmax(1).gather(1, y[:, None]).squeeze(1).double()
+        weights = loss_fn.sample_weights(logits, y).double()
+        p_y = logits.softmax(1).gather(1, y[:, None]).squeeze(1).double()
+        if self.frames is not None:  # frame-level: logits are (clips x frames); the per-clip arrays get means
+            self.frames.add(weights, p_y, outlier)
+            weights, p_y = per_clip(weights, len(idx)), per_clip(p_y, len(idx))
+        self.weights[idx] = weights
+        self.p_label[idx] = p_y
         self.seen[idx] = 1.0
         ce = F.cross_entropy(logits, y, reduction="sum")
         self.sums += torch.stack([ce.double(), loss.double() * len(y), (logits.argmax(1) == y).sum().double()])
@@ -531,7 +542,8 @@ class _RunningSums:
             totals[4:6] /= info.world_size
         ce, objective, correct, n, wait_s, loop_s = totals.tolist()
         weights, p_label, seen = np.split(per_sample.cpu().numpy(), 3)
-        return EpochStats(ce, objective, correct, n, wait_s, loop_s, weights, p_label, seen, t_start)
+        frames = self.frames.gather(info.enabled) if self.frames is not None else None
+        return EpochStats(ce, objective, correct, n, wait_s, loop_s, weights, p_label, seen, t_start, frames)
 
 
 def _epoch_bar(cfg: TrainConfig, job: Job, epoch: int, total: int) -> Any:
@@ -589,6 +601,9 @@ def _epoch_row(
         "weight_mean_clean": _masked_mean(w, has & known & ~flipped),
         "weight_mean_noisy": _masked_mean(w, has & known & flipped),
         "weight_share_noisy": float(w[has & flipped].sum() / total_w) if total_w > 0 else float("nan"),
+        "p_y_clean": _masked_mean(stats.p_label, has & known & ~flipped),
+        "p_y_noisy": _masked_mean(stats.p_label, has & known & flipped),
+        **FrameSums.columns(stats.frames),
         "epoch_seconds": time.perf_counter() - stats.t_start,
         "skipped_videos": num_skipped,
     }

@@ -97,7 +97,8 @@ def test_audit_ranks_planted_wrong_labels_first(tmp_path: Path) -> None:
 
 def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
     """The real CLI, --quick: pretraining once, T chosen on a validation split, every cell fine-tuned from the
-    pretrained checkpoint, and every report file, with the memorisation measure and the best epoch."""
+    pretrained checkpoint at the frame level, outlier frames among the settings, and every report file, with the
+    memorisation measure (per frame for outlier frames), the best epoch and the p_y curves."""
     res = run_cli("bench", "noise", tmp_path / "b", "--quick")
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "b"
@@ -105,20 +106,29 @@ def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == [
         "loss", "noise_type", "noise_rate", "seed", "final_mAP", "best_mAP", "best_epoch", "epochs", "final_cmc1",
-        "best_cmc1", "train_acc_clean", "train_acc_noisy", "seconds", "cpu_seconds",
+        "best_cmc1", "train_acc_clean", "train_acc_noisy", "seconds", "cpu_seconds", "loss_level",
     ]  # fmt: skip
     cells = {(r["loss"], r["noise_type"], float(r["noise_rate"])) for r in rows}
     assert cells == {
-        (a, t, r) for a in ("cce", "imae") for t, r in (("clean", 0), ("symmetric", 0.4), ("identity", 0.4))
+        (a, t, r)
+        for a in ("cce", "imae")
+        for t, r in (("clean", 0), ("symmetric", 0.4), ("identity", 0.4), ("frames", 0.4))
     }
+    assert {r["loss_level"] for r in rows} == {"frame"}
     assert all(float(r["best_mAP"]) >= float(r["final_mAP"]) for r in rows)
     assert all(1 <= int(r["best_epoch"]) <= int(r["epochs"]) for r in rows)
     noisy = [r for r in rows if r["noise_type"] != "clean"]
     assert all(0.0 <= float(r["train_acc_noisy"]) <= 1.0 for r in noisy)  # the memorisation measure
     md = (out / "results.md").read_text()
     assert "best-epoch mAP" in md and "memorisation" in md and "paired by seed" in md
-    for plot in ("map_vs_noise.png", "curves_symmetric0.4.png", "weights_symmetric0.4.png", "curves_identity0.4.png"):
+    plots = ["map_vs_noise.png", "curves_symmetric0.4.png", "weights_symmetric0.4.png", "curves_identity0.4.png"]
+    for plot in (*plots, "weights_frames0.4.png", "p_y_frames0.4.png", "p_y_symmetric0.4.png"):
         assert (out / "plots" / plot).stat().st_size > 5000, plot
+    # the outlier-frame training manifests: right labels, 4 of the 10 frames of every clip listed as outliers
+    frames = list(csv.DictReader(open(out / "labels" / "train_frames0.4_seed0.csv", newline="")))
+    assert all(r["label"] == r["clean_label"] and len(r["outlier_frames"].split(";")) == 4 for r in frames)
+    metrics = list(csv.DictReader(open(out / "runs" / "cce_frames0.4_seed0" / "metrics.csv", newline="")))
+    assert all(float(m["p_y_outlier_frames"]) >= 0 and float(m["p_y_clean_frames"]) >= 0 for m in metrics)
     pretrained = out / "pretrain" / "run" / "checkpoints" / "last.pt"
     assert pretrained.is_file()
     for run in (out / "runs").iterdir():  # every cell fine-tunes from the one pretrained checkpoint

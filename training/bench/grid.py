@@ -25,9 +25,7 @@ process with its share of the CPU threads (``run_tasks``); a cell is the same ru
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,13 +35,20 @@ import numpy as np
 
 from indexing.atomic import atomic_write_text
 from indexing.errors import UserError
+from training.bench.clean import CLEAN_RULE, audit_and_drop
+from training.bench.clean import SUFFIX as CLEAN_SUFFIX
+from training.bench.frames import FRAME_NOISE, frame_memorisation, frame_noise_rows
+from training.bench.jobs import auto_jobs, resolve_jobs, run_tasks, watch_parent  # noqa: F401 (re-exported)
 from training.bench.report import RunResult, write_reports
 from training.config import TrainConfig
 from training.data.manifest import VideoRow, class_map, read_manifest, write_manifest
 from training.data.noise import ALL_NOISE_TYPES, inject_noise
 
-DEFAULT_NOISE = ["symmetric:0,0.2,0.4,0.6", "pairflip:0.2,0.4", "identity:0.4"]
+BENCH_NOISE_TYPES = (*ALL_NOISE_TYPES, FRAME_NOISE)
+DEFAULT_NOISE = ["symmetric:0,0.2,0.4,0.6", "pairflip:0.2,0.4", "identity:0.4", "frames:0.2,0.4"]
+HEADLINE_NOISE = ["symmetric:0,0.4", "frames:0.4"]
 DEFAULT_LOSSES = ["cce", "ls", "mae", "gce", "sce", "nce_rce", "imae"]
+HEADLINE_LOSSES = ["cce", "ls", "gce", "imae"]
 
 
 def parse_noise(specs: list[str]) -> list[tuple[str, float]]:
@@ -53,9 +58,9 @@ def parse_noise(specs: list[str]) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     for spec in specs:
         kind, sep, rates = spec.partition(":")
-        if not sep or kind not in ALL_NOISE_TYPES or not rates:
+        if not sep or kind not in BENCH_NOISE_TYPES or not rates:
             raise UserError(
-                f"--noise {spec!r}: expected TYPE:RATE[,RATE...] with TYPE one of {', '.join(ALL_NOISE_TYPES)}"
+                f"--noise {spec!r}: expected TYPE:RATE[,RATE...] with TYPE one of {', '.join(BENCH_NOISE_TYPES)}"
             )
         for text in rates.split(","):
             try:
@@ -84,37 +89,45 @@ def flag(help: str) -> dict[str, str]:
 
 @dataclass
 class NoiseBenchConfig:
+    """The default is the full grid (every loss and setting, 5 seeds, 56-pixel frames: a GPU's work); ``headline()``
+    is the grid that fits 90 minutes of this project's 2-core CPU machine, on the same data."""
+
     out_dir: str
-    losses: list[str] = field(default_factory=lambda: list(DEFAULT_LOSSES), metadata=flag("Losses to compare."))
+    losses: list[str] = field(
+        default_factory=lambda: list(DEFAULT_LOSSES), metadata=flag("Losses to compare (--headline: cce ls gce imae).")
+    )
     noise: list[str] = field(
         default_factory=lambda: list(DEFAULT_NOISE),
         metadata=flag(
-            "Noise settings TYPE:RATE[,RATE...], TYPE symmetric | pairflip | identity; several after one flag "
-            "(--noise symmetric:0.6 pairflip:0.4) or one per flag (a rate of 0 is the clean setting)."
+            "Noise settings TYPE:RATE[,RATE...], TYPE symmetric | pairflip | identity | frames (outlier frames "
+            "inside rightly labelled clips); several after one flag (--noise symmetric:0.6 frames:0.4) or one per "
+            "flag (a rate of 0 is the clean setting); --headline: symmetric:0,0.4 frames:0.4."
         ),
     )
-    seeds: int = field(default=3, metadata=flag("Seeds per (loss, noise setting)."))
-    # data: three disjoint groups of identities
-    pretrain_identities: int = 60
-    train_identities: int = field(default=30, metadata=flag("Fine-tuning identities."))
-    test_identities: int = 30
+    seeds: int = field(default=5, metadata=flag("Seeds per (loss, noise setting) (--headline: 3)."))
+    # data: three disjoint groups of identities, 4 cameras x 2 clips = 8 clips per identity
+    pretrain_identities: int = 200
+    train_identities: int = field(default=100, metadata=flag("Fine-tuning identities."))
+    test_identities: int = 100
     cameras: int = 4
-    clips_per_camera: int = 1
-    video_frames: int = 8
-    video_size: int = 32
+    clips_per_camera: int = 2
+    video_frames: int = 10  # frames:0.4 makes exactly 4 of them outliers
+    video_size: int = 64
     data_seed: int = 0
     # pretraining (clean labels, once per benchmark)
     pretrain_epochs: int = field(default=20, metadata=flag("Pretraining epochs, run once."))
-    pretrain_batch_size: int = 16
+    pretrain_batch_size: int = 32
     pretrain_lr: float = 2e-3
-    # fine-tuning (every cell)
-    model: str = "tiny3d"
+    # fine-tuning (every cell): frame-level training of a frame model, the paper's video protocol
+    model: str = "tiny2d-tap"
+    loss_level: str = field(default="frame", metadata=flag("clip | frame (frame: the paper's video protocol)."))
     frames: int = 4
-    size: int = 32
-    # 70: long enough for CCE to memorise > 90% of the wrong labels at 40% symmetric noise
-    epochs: int = field(default=70, metadata=flag("Fine-tuning epochs per cell."))
-    batch_size: int = 8
-    lr: float = 1e-3  # 2e-3 and above break the pretrained features (docs/noise-benchmark.md)
+    size: int = 56
+    epochs: int = field(default=40, metadata=flag("Fine-tuning epochs per cell."))
+    batch_size: int = 16
+    lr: float = field(default=1e-3, metadata=flag("Fine-tuning learning rate."))
+    optimizer: str = "adamw"
+    sampler: str = "random"
     workers: int = 0
     jobs: int | None = field(
         default=None,
@@ -136,21 +149,36 @@ class NoiseBenchConfig:
     t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
     select_rate: float = 0.4
     val_fraction: float = 0.2
+    headline: bool = False
+    clean_rounds: int = field(  # training/bench/clean.py
+        default=0,
+        metadata=flag(
+            "1: clean, then retrain: every cell once more on the clips that vidret audit of its final model keeps "
+            "(rule: drop a clip whose label is not the model's top-1 prediction); reported as <loss>+clean."
+        ),
+    )
+
+    @classmethod
+    def headline_grid(cls, out_dir: str) -> NoiseBenchConfig:
+        """CCE, label smoothing, GCE and IMAE x {clean, frames:0.4, symmetric:0.4} x 3 seeds, 24-pixel frames."""
+        return cls(
+            out_dir=out_dir, losses=list(HEADLINE_LOSSES), noise=list(HEADLINE_NOISE), seeds=3, size=24, headline=True
+        )
 
     @classmethod
     def quick(cls, out_dir: str) -> NoiseBenchConfig:
-        """Tiny: checks the plumbing (every stage, identity switch included) in a minute or two."""
+        """Tiny: checks the plumbing (every stage, identity switch and outlier frames included) in a minute or two."""
         return cls(
             out_dir=out_dir,
             losses=["cce", "imae"],
-            noise=["symmetric:0,0.4", "identity:0.4"],
+            noise=["symmetric:0,0.4", "identity:0.4", "frames:0.4"],
             seeds=1,
             pretrain_identities=8,
             train_identities=6,
             test_identities=6,
             cameras=2,
             clips_per_camera=2,
-            video_frames=8,
+            video_frames=10,
             video_size=32,
             pretrain_epochs=2,
             pretrain_batch_size=8,
@@ -183,6 +211,11 @@ class NoiseBenchConfig:
         ]:
             if not ok:
                 raise UserError(f"{flag}: invalid value {value}")
+        from training.frame_level import check_loss_level
+
+        check_loss_level(self.loss_level, self.model)
+        if self.clean_rounds not in (0, 1):
+            raise UserError(f"--clean-rounds: 0 or 1, got {self.clean_rounds}")
         if self.jobs is not None and self.jobs < 1:
             raise UserError(f"--jobs: invalid value {self.jobs} (>= 1)")
         if self.imae_t is not None and not 0 <= self.imae_t < float("inf"):
@@ -199,14 +232,15 @@ class Prepared:
     pretrain_seconds: float
     pretrain_cpu_seconds: float
     pretrain_val_map: float
+    pretrain_test_map: float = float("nan")  # the pretrained checkpoint alone on the test query/gallery
 
 
-def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
-    """The benchmark's synthetic videos, generated once per data settings (``--report-only``: checked, never made)."""
-    from training.data.synth import SynthConfig, generate
+def synth_config(cfg: NoiseBenchConfig):
+    """The ``SynthConfig`` of the benchmark's clean dataset."""
+    from training.data.synth import SynthConfig
 
     total = cfg.pretrain_identities + cfg.train_identities + cfg.test_identities
-    scfg = SynthConfig(
+    return SynthConfig(
         identities=total,
         cameras=cfg.cameras,
         clips_per_camera=cfg.clips_per_camera,
@@ -216,6 +250,13 @@ def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
         seed=cfg.data_seed,
         train_fraction=(total - cfg.test_identities) / total,
     )
+
+
+def _synth(cfg: NoiseBenchConfig, folder: Path) -> None:
+    """The benchmark's synthetic videos, generated once per data settings (``--report-only``: checked, never made)."""
+    from training.data.synth import generate
+
+    scfg = synth_config(cfg)
     stamp = folder / "synth.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("config") == asdict(scfg):
         return
@@ -283,6 +324,9 @@ def cell_config(
         loss=loss,
         imae_t=t,
         model=cfg.model,
+        loss_level=cfg.loss_level,
+        optimizer=cfg.optimizer,
+        sampler=cfg.sampler,
         frames=cfg.frames,
         size=cfg.size,
         epochs=cfg.epochs,
@@ -308,7 +352,18 @@ def _finished(tcfg: TrainConfig) -> dict | None:
     if not done.is_file():
         return None
     record = json.loads(done.read_text())
-    return record if record.get("config") == asdict(tcfg) else None
+    return record if same_settings(record.get("config") or {}, asdict(tcfg)) else None
+
+
+def same_settings(recorded: dict, now: dict) -> bool:
+    """A run recorded with ``recorded`` has the settings ``now``: every value equal, where a training option added
+    since the run was recorded counts as equal when it has its default (the run had no other choice)."""
+    from dataclasses import MISSING, fields
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    if set(recorded) - set(now):
+        return False
+    return all(recorded[k] == v if k in recorded else k in defaults and defaults[k] == v for k, v in now.items())
 
 
 def _train(tcfg: TrainConfig, reuse_only: bool = False) -> tuple[list[dict], float, float]:
@@ -404,10 +459,33 @@ def prepare(cfg: NoiseBenchConfig, log) -> Prepared:
         f"pretraining: validation mAP {val_map:.4f} after {cfg.pretrain_epochs} epochs, "
         f"{seconds:.0f} s ({cpu:.0f} s CPU)"
     )
-    record = {"seconds": seconds, "cpu_seconds": cpu, "val_mAP": val_map, "epochs": cfg.pretrain_epochs}
+    ckpt = folder / "run" / "checkpoints" / "last.pt"
+    test_map = checkpoint_test_map(ckpt, data, cfg.batch_size)
+    log(f"pretrained checkpoint alone on the test split: mAP {test_map:.4f}")
+    record = {"seconds": seconds, "cpu_seconds": cpu, "val_mAP": val_map, "test_mAP": test_map}
+    record.update(epochs=cfg.pretrain_epochs, identities=cfg.pretrain_identities)
     if not cfg.report_only:
         atomic_write_text(folder / "pretrain.json", json.dumps({**record, "clips": len(fit_rows)}))
-    return Prepared(data, folder / "run" / "checkpoints" / "last.pt", finetune_csv, seconds, cpu, val_map)
+    return Prepared(data, ckpt, finetune_csv, seconds, cpu, val_map, test_map)
+
+
+def checkpoint_test_map(ckpt: Path, data: Path, batch_size: int) -> float:
+    """A checkpoint's mAP on the benchmark's clean test query/gallery split (the pretrained model's own score)."""
+    from indexing.metrics import evaluate_retrieval
+
+    q, g = _test_rows(data)
+    qe, ge = _infer(ckpt, q, batch_size)[0], _infer(ckpt, g, batch_size)[0]
+    res = evaluate_retrieval(
+        qe, [r.id for r in q], [r.label for r in q], [r.camera for r in q],
+        ge, [r.id for r in g], [r.label for r in g], [r.camera for r in g],
+    )  # fmt: skip
+    return float(res.mAP)
+
+
+def _test_rows(data: Path) -> tuple[list[VideoRow], list[VideoRow]]:
+    return read_manifest(data / "query.csv", require_label=True), read_manifest(
+        data / "gallery.csv", require_label=True
+    )
 
 
 def select_t(cfg: NoiseBenchConfig, prep: Prepared, rows: list[VideoRow], log) -> float:
@@ -472,7 +550,8 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
         log(f"chosen IMAE T = {t:g} (on a validation split of the fine-tuning identities)")
     t = t if t is not None else 4.0
     if not cfg.report_only:
-        atomic_write_text(out / "bench_config.json", json.dumps({**asdict(cfg), "imae_t_used": t}, indent=2))
+        record = {**asdict(cfg), "clips_per_identity": cfg.cameras * cfg.clips_per_camera, "imae_t_used": t}
+        atomic_write_text(out / "bench_config.json", json.dumps(record, indent=2))
     embeddings = None
     if any(kind == "identity" for kind, _ in cfg.settings()):
         embeddings = _infer(prep.pretrain_ckpt, rows, cfg.batch_size)[0]
@@ -480,14 +559,51 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     for kind, rate in cfg.settings():
         name = setting_name(kind, rate)
         for seed in range(cfg.seeds):
-            noisy, realised = _noisy_rows(rows, rate, kind, 1000 * seed + int(round(rate * 100)), embeddings)
+            noise_seed = 1000 * seed + int(round(rate * 100))
+            if kind == FRAME_NOISE:  # right labels, outlier frames inside the clips
+                folder = out / "frames" / f"{name}_seed{seed}"
+                noisy, realised = frame_noise_rows(synth_config(cfg), folder, rows, rate, noise_seed, cfg.report_only)
+            else:
+                noisy, realised = _noisy_rows(rows, rate, kind, noise_seed, embeddings)
             train_csv = _manifest(cfg, out / "labels" / f"train_{name}_seed{seed}.csv", noisy)
-            log(f"{name}, seed {seed}: {realised:.3f} of the labels wrong")
+            what = "of the frames outliers" if kind == FRAME_NOISE else "of the labels wrong"
+            log(f"{name}, seed {seed}: {realised:.3f} {what}")
             for loss in cfg.losses:
                 tasks[(kind, rate, seed, loss)] = (cfg, prep, loss, t, kind, rate, seed, train_csv, noisy)
+    # seed by seed (a grid cut short has whole seeds), in a seed the noisy settings first and CCE and IMAE first
+    tasks = dict(sorted(tasks.items(), key=lambda kv: (kv[0][2], kv[0][0] == "clean", kv[0][3] not in ("cce", "imae"))))
     finished = {key for key, args in tasks.items() if _finished(_cell_config(*args[:8]))}
     rest = "not finished (--report-only trains nothing)" if cfg.report_only else "to train"
     log(f"{len(tasks)} cells: {len(finished)} finished earlier (reused), {len(tasks) - len(finished)} {rest}")
+    done, missing = _run_cells(cfg, tasks, finished, log)
+    if cfg.clean_rounds and done:  # clean, then retrain: every finished cell once more on the clips its audit kept
+        again = {(*k[:3], k[3] + CLEAN_SUFFIX): (*tasks[k], True) for k in tasks if k in done}
+        log(f"clean, then retrain ({CLEAN_RULE}): {len(again)} cells")
+        done2, missing2 = _run_cells(cfg, again, set(), log)
+        done.update(done2)
+        missing += missing2
+        tasks.update(again)
+    if not done:
+        raise UserError(f"--report-only: none of the {len(tasks)} cells has finished in {out}")
+    results, curves, weights = [], {}, {}
+    for key in (k for k in tasks if k in done):  # reports in grid order, whatever the order cells finished in
+        res, hist, w = done[key]
+        name = setting_name(res.noise_type, res.noise_rate)
+        results.append(res)
+        curves.setdefault((name, res.seed), {})[res.loss] = hist
+        if res.seed == 0:
+            weights.setdefault(name, {})[res.loss] = w
+    header = _header(cfg, prep, t, time.perf_counter() - started)
+    if missing:
+        names = describe_cells(missing, len(cfg.losses))
+        header += f"\nNot run (--report-only reports the {len(done)} finished cells): {names}.\n"
+        log(f"{len(missing)} of {len(tasks)} cells have not finished: {names}")
+    write_reports(out, results, curves, weights, header)
+    return results
+
+
+def _run_cells(cfg: NoiseBenchConfig, tasks: dict, finished: set, log) -> tuple[dict, list]:
+    """Train (or with --report-only, read) ``tasks``: the finished ones by key, and the keys of the rest."""
     done: dict[tuple[str, float, int, str], tuple] = {}
     missing: list[tuple[str, float, int, str]] = []
     cell_start = time.perf_counter()
@@ -506,23 +622,7 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
             f"fits {res.train_acc_noisy:.3f} of wrong labels; {res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU)"
             + (f"; about {left / 60:.0f} min left" if trained and to_train else "")
         )
-    if not done:
-        raise UserError(f"--report-only: none of the {len(tasks)} cells has finished in {out}")
-    results, curves, weights = [], {}, {}
-    for key in (k for k in tasks if k in done):  # reports in grid order, whatever the order cells finished in
-        res, hist, w = done[key]
-        name = setting_name(res.noise_type, res.noise_rate)
-        results.append(res)
-        curves.setdefault((name, res.seed), {})[res.loss] = hist
-        if res.seed == 0:
-            weights.setdefault(name, {})[res.loss] = w
-    header = _header(cfg, prep, t, time.perf_counter() - started)
-    if missing:
-        names = describe_cells(missing, len(cfg.losses))
-        header += f"\nNot run (--report-only reports the {len(done)} finished cells): {names}.\n"
-        log(f"{len(missing)} of {len(tasks)} cells have not finished: {names}")
-    write_reports(out, results, curves, weights, header)
-    return results
+    return done, missing
 
 
 def _cell_config(
@@ -552,15 +652,32 @@ def _cell(
     seed: int,
     train_csv: Path,
     noisy: list[VideoRow],
+    clean: bool = False,
 ) -> tuple[RunResult, list[dict], tuple[np.ndarray, np.ndarray]]:
+    """One cell: train (or reuse) and measure. ``clean``: the cell's clean-then-retrain run, on the clips the audit
+    of the cell's final model kept, reported as the loss ``<loss>+clean``."""
+    loss = loss.removesuffix(CLEAN_SUFFIX)
     tcfg = _cell_config(cfg, prep, loss, t, kind, rate, seed, train_csv)
+    if clean:
+        first = Path(tcfg.out)
+        cleaned = first / "cleaned.csv"
+        fresh = cleaned.is_file() and cleaned.stat().st_mtime >= (first / "done.json").stat().st_mtime
+        if not cfg.report_only and not fresh:
+            cleaned = audit_and_drop(first, train_csv, noisy, cfg.batch_size)[0]
+        elif not cleaned.is_file():
+            raise NotRun(str(first))
+        tcfg = replace(tcfg, train=str(cleaned), out=f"{tcfg.out}_clean1")
+        noisy = read_manifest(cleaned, require_label=True)
     run = Path(tcfg.out)
     hist, seconds, cpu = _train(tcfg, reuse_only=cfg.report_only)
-    acc_clean, acc_noisy, w, flipped = memorisation(cfg, run, noisy, loss, t)
+    if kind == FRAME_NOISE:  # memorisation of the outlier frames, frame by frame
+        acc_clean, acc_noisy, w, flipped = frame_memorisation(run, noisy, loss, t, cfg.video_frames, cfg.batch_size)
+    else:
+        acc_clean, acc_noisy, w, flipped = memorisation(cfg, run, noisy, loss, t)
     maps = [h["val_mAP"] for h in hist]
     best = int(np.argmax(maps))
     res = RunResult(
-        loss=loss,
+        loss=loss + (CLEAN_SUFFIX if clean else ""),
         noise_type=kind,
         noise_rate=rate,
         seed=seed,
@@ -574,6 +691,7 @@ def _cell(
         train_acc_noisy=acc_noisy,
         seconds=seconds,
         cpu_seconds=cpu,
+        loss_level=cfg.loss_level,
     )
     return res, hist, (w, flipped)
 
@@ -604,79 +722,11 @@ def _header(cfg: NoiseBenchConfig, prep: Prepared, t: float, wall: float) -> str
         f"# Noise benchmark\n\n{cfg.model} pretrained with clean labels on {cfg.pretrain_identities} separate "
         f"identities ({cfg.pretrain_epochs} epochs, {prep.pretrain_seconds:.0f} s wall, "
         f"{prep.pretrain_cpu_seconds:.0f} s CPU; validation mAP "
-        f"{100 * prep.pretrain_val_map:.1f}%), then fine-tuned for {cfg.epochs} epochs on {cfg.train_identities} "
+        f"{100 * prep.pretrain_val_map:.1f}%; test mAP of the pretrained model alone "
+        f"{100 * prep.pretrain_test_map:.1f}%), then fine-tuned for {cfg.epochs} epochs on {cfg.train_identities} "
         f"identities ({cfg.cameras} cameras x {cfg.clips_per_camera} clips each; {cfg.frames} frames of "
-        f"{cfg.size} px); IMAE T = {t:g}; test = clean query/gallery of {cfg.test_identities} unseen identities. "
+        f"{cfg.size} px; {cfg.loss_level}-level loss, {cfg.optimizer} at lr {cfg.lr:g}, batch {cfg.batch_size}, "
+        f"{cfg.sampler} sampler); IMAE T = {t:g}; test = clean query/gallery of {cfg.test_identities} unseen "
+        "identities. "
         f"This invocation took {wall / 60:.1f} min (finished cells are reused and not re-timed).\n"
     )
-
-
-def auto_jobs() -> int:
-    """Cells trained at once when --jobs is not given: 1 on a GPU (one model at a time keeps it busy); on the CPU
-    one per core, at most 4. Small models use several threads badly: on 2 cores, two one-thread cells at once
-    finish about 1.4x more cells per hour than one two-thread cell at a time (docs/noise-benchmark.md, "Cost")."""
-    import torch
-
-    return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
-
-
-def resolve_jobs(cfg: NoiseBenchConfig) -> tuple[int, int]:
-    """(processes, torch threads per process)."""
-    jobs = 1 if cfg.report_only else cfg.jobs or auto_jobs()
-    return jobs, max(1, (os.cpu_count() or 1) // jobs)
-
-
-def watch_parent(parent: int, interval: float = 2.0, exit=os._exit) -> threading.Thread:
-    """A daemon thread that ends this process once ``parent`` is gone (this process re-parented): a cell process
-    whose benchmark was killed stops instead of training on for nobody."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        exit(1)
-
-    thread = threading.Thread(target=watch, name="watch-parent", daemon=True)
-    thread.start()
-    return thread
-
-
-def _worker_init(threads: int, parent: int) -> None:
-    """A cell process: its share of the CPU threads, one decoded-video cache for every cell it trains, and an end
-    when the benchmark's process ends."""
-    import torch
-
-    from training.data.dataset import shared_frame_cache
-
-    watch_parent(parent)
-    torch.set_num_threads(threads)
-    global _worker_cache
-    _worker_cache = shared_frame_cache()
-    _worker_cache.__enter__()
-
-
-def run_tasks(cfg: NoiseBenchConfig, fn, tasks: dict, log=None):
-    """``fn(*args)`` for every ``key: args`` of ``tasks``, yielding ``(key, result)`` as each finishes: in this
-    process when one job runs at a time, else in ``--jobs`` fresh (spawned: forking after PyTorch has started its
-    thread pools can hang) processes. The first failure stops the rest and is raised."""
-    import concurrent.futures as cf
-    import multiprocessing
-
-    jobs, threads = resolve_jobs(cfg)
-    if log is not None and not cfg.report_only:
-        log(f"{len(tasks)} cells, {jobs} at a time ({threads} CPU threads each)")
-    if jobs == 1 or len(tasks) <= 1:
-        for key, args in tasks.items():
-            yield key, fn(*args)
-        return
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(
-        min(jobs, len(tasks)), mp_context=ctx, initializer=_worker_init, initargs=(threads, os.getpid())
-    ) as pool:
-        futures = {pool.submit(fn, *args): key for key, args in tasks.items()}
-        try:
-            for fut in cf.as_completed(futures):
-                yield futures[fut], fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise

@@ -20,7 +20,7 @@ class RunResult:
     """One (loss, noise setting, seed) cell of the grid; mAP/CMC on the clean query/gallery split."""
 
     loss: str
-    noise_type: str  # clean | symmetric | pairflip | identity
+    noise_type: str  # clean | symmetric | pairflip | identity | frames (outlier frames, right labels)
     noise_rate: float
     seed: int
     final_mAP: float
@@ -30,9 +30,10 @@ class RunResult:
     final_cmc1: float
     best_cmc1: float
     train_acc_clean: float  # accuracy against the given labels on correctly labelled training samples
-    train_acc_noisy: float  # ... and on the mislabelled ones: the share of wrong labels memorised
+    train_acc_noisy: float  # ... and on the mislabelled ones (outlier frames for frames): the share memorised
     seconds: float  # wall time of the cell's training
     cpu_seconds: float  # CPU time of the cell's training, all threads (comparable on a busy machine)
+    loss_level: str = "clip"  # clip | frame (vidret train --loss-level)
 
     @property
     def setting(self) -> str:
@@ -41,6 +42,7 @@ class RunResult:
 
 RESULT_COLUMNS = [f.name for f in fields(RunResult)]
 _INT_COLUMNS = ("seed", "best_epoch", "epochs")
+_STR_COLUMNS = ("loss", "loss_level", "noise_type")
 
 
 def write_results_csv(path: Path, results: Sequence[RunResult]) -> None:
@@ -58,7 +60,13 @@ def read_results_csv(path: Path) -> list[RunResult]:
         return [
             RunResult(
                 **{
-                    k: (row[k] if k in ("loss", "noise_type") else int(row[k]) if k in _INT_COLUMNS else float(row[k]))
+                    k: (
+                        row[k]
+                        if k in ("loss", "loss_level", "noise_type")
+                        else int(row[k])
+                        if k in _INT_COLUMNS
+                        else float(row[k])
+                    )
                     for k in RESULT_COLUMNS
                 }
             )
@@ -68,7 +76,7 @@ def read_results_csv(path: Path) -> list[RunResult]:
 
 def _order(results: Sequence[RunResult]) -> tuple[list[str], list[str]]:
     """Losses in first-seen order; settings clean first, then by type (symmetric, pairflip, identity) and rate."""
-    kinds = {"clean": 0, "symmetric": 1, "pairflip": 2, "identity": 3}
+    kinds = {"clean": 0, "symmetric": 1, "pairflip": 2, "identity": 3, "frames": 4}
     losses = list(dict.fromkeys(r.loss for r in results))
     pairs = sorted({(r.noise_type, r.noise_rate) for r in results}, key=lambda p: (kinds.get(p[0], 9), p[1]))
     return losses, ["clean" if k == "clean" else f"{k} {q:g}" for k, q in pairs]
@@ -216,7 +224,7 @@ def results_markdown(results: Sequence[RunResult], header: str = "") -> str:
 
 def _kinds(results: Sequence[RunResult]) -> list[str]:
     found = {r.noise_type for r in results} - {"clean"}
-    return [k for k in ("symmetric", "pairflip", "identity") if k in found] or ["symmetric"]
+    return [k for k in ("symmetric", "pairflip", "identity", "frames") if k in found] or ["symmetric"]
 
 
 def plot_map_vs_noise(results: Sequence[RunResult], out: Path) -> Path:
@@ -315,13 +323,20 @@ def write_reports(
     header: str,
 ) -> None:
     """results.csv, results.md and plots/ (curves and weight histograms of seed 0 of every setting)."""
+    from training.bench.clean import clean_gain_lines
+    from training.bench.separation import plot_p_y, separation_lines
+
+    kinds = {("clean" if r.noise_type == "clean" else f"{r.noise_type}{r.noise_rate:g}"): r.noise_type for r in results}
     write_results_csv(out / "results.csv", results)
-    atomic_write_text(out / "results.md", results_markdown(results, header))
+    separated = "\n".join(separation_lines(curves, kinds) + clean_gain_lines(results))
+    atomic_write_text(out / "results.md", results_markdown(results, header) + separated + ("\n" if separated else ""))
     plots = out / "plots"
     plot_map_vs_noise(results, plots / "map_vs_noise.png")
     for (name, seed), hists in curves.items():
         if seed == 0:
             plot_curves(hists, plots / f"curves_{name}.png", f"{name}, seed {seed}")
+            if kinds.get(name, "clean") != "clean":
+                plot_p_y(hists, kinds[name], plots / f"p_y_{name}.png", f"mean p_y, clean vs noisy: {name}, seed 0")
     for name, ws in weights.items():
         if name != "clean":
             plot_weight_histograms(ws, plots / f"weights_{name}.png", f"final sample weights, {name}")

@@ -23,6 +23,11 @@ def synth_cmd(
     size: int = typer.Option(64, help="Frame width and height in pixels (even)."),
     noise: float = typer.Option(0.0, help="Share of training labels to corrupt."),
     noise_type: str = typer.Option("symmetric", help="symmetric | pairflip."),
+    frame_noise: float = typer.Option(
+        0.0,
+        help="Share of each training clip's frames that show background only or another identity (outlier "
+        "frames, chosen per clip; listed in train.csv's outlier_frames). Query and gallery clips stay clean.",
+    ),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same dataset."),
     occluders: bool = typer.Option(True, help="Occasional occluders in front of the identity."),
     workers: int = typer.Option(2, help="Encoding processes."),
@@ -38,6 +43,7 @@ def synth_cmd(
         size=size,
         noise=noise,
         noise_type=noise_type,
+        frame_noise=frame_noise,
         seed=seed,
         occluders=occluders,
     )
@@ -47,7 +53,8 @@ def synth_cmd(
         summary = generate(out_dir, cfg, workers=workers, progress=lambda d, n: bar.update(task, completed=d, total=n))
     typer.echo(
         f"wrote {summary['train_videos']} train videos ({summary['train_identities']} identities, "
-        f"label noise {summary['realised_noise_rate']:.3f}), {summary['query_videos']} query and "
+        f"label noise {summary['realised_noise_rate']:.3f}, {summary['outlier_frames_per_clip']} outlier frames "
+        f"per clip), {summary['query_videos']} query and "
         f"{summary['gallery_videos']} gallery videos ({summary['test_identities']} identities) to {out_dir}"
     )
 

@@ -134,10 +134,12 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _decode(self, i: int, rng: np.random.Generator) -> torch.Tensor:
+    def _decode(self, i: int, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+        """The clip and the indices of the video frames it shows."""
         path = self.rows[i].path
         if self.cache is None:
-            return read_clip(path, self.spec, self.train, rng)[0]
+            clip, idx = read_clip(path, self.spec, self.train, rng)
+            return clip, np.asarray(idx)
         if i not in self.cache:  # decode every frame once, sample from memory afterwards
             shared = _shared_frames
             key = (os.path.realpath(path), self.spec.size, self.spec.decode_short_side) if shared is not None else None
@@ -155,20 +157,26 @@ class VideoDataset(Dataset):
                     shared[key] = frames
             self.cache[i] = frames
         frames = self.cache[i]
-        return frames[torch.from_numpy(sample_indices(frames.shape[0], self.spec, self.train, rng))]
+        idx = sample_indices(frames.shape[0], self.spec, self.train, rng)
+        return frames[torch.from_numpy(idx)], idx
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """``ds[i]``: item i of ``self.epoch``; ``ds[epoch, i]``: item i as drawn in that epoch."""
         epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         rng = np.random.default_rng([self.seed, epoch, i])
         try:
-            clip = self._decode(i, rng)
+            clip, idx = self._decode(i, rng)
         except VideoDecodeError as exc:
             return {"bad": (exc.path, exc.reason), "index": i}
+        known = self.rows[i].outlier_frames
         return {
             "clip": clip_transform(clip, self.spec, self.train, rng, self.mean, self.std),
             "target": int(self.targets[i]),
             "index": i,
+            # per clip frame: -1 unknown, 1 a known outlier frame (background, another identity), 0 a clean one
+            "outlier": torch.from_numpy(
+                np.isin(idx, known).astype(np.int8) if known is not None else np.full(len(idx), -1, np.int8)
+            ),
         }
 
 
@@ -207,6 +215,7 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "clip": clip,
         "target": torch.tensor([b["target"] for b in good], dtype=torch.long),
         "index": torch.tensor([b["index"] for b in good], dtype=torch.long),
+        "outlier": torch.stack([b["outlier"] for b in good]) if good and "outlier" in good[0] else torch.empty(0),
         "skipped": skipped,
     }
 

@@ -8,6 +8,9 @@ problem is reported as ``FILE, row N: reason`` before any work starts.
 
 CSV cells that would start a spreadsheet formula (``= + - @``, a tab or a CR first) are written with a ``'`` in front
 (``escape_cell``), and read back without it (``unescape_cell``): see docs/formats.md, "Formula escaping".
+
+Column ``outlier_frames``: the 0-based indices of frames known to show background or another identity,
+``;``-separated (written by ``vidret data synth --frame-noise``; only statistics read it).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from indexing.ids import InvalidIdError, check_text, normalize_id
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 FRAME_LIST_EXTENSION = ".frames"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-COLUMNS = ("path", "id", "label", "camera", "clean_label")
+COLUMNS = ("path", "id", "label", "camera", "clean_label", "outlier_frames")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list: a spreadsheet reads these as a formula
 
 
@@ -62,6 +65,30 @@ class VideoRow:
     clean_label: str | None = None
     row: int = 0  # 1-based data-row number, for messages
     raw_path: str = ""  # the path as written in the manifest
+    outlier_frames: tuple[int, ...] | None = None  # known outlier frames (None: unknown; () : none)
+
+
+def _parse_outliers(text: str, where: str) -> tuple[int, ...] | None:
+    """``"0;3;7"`` -> (0, 3, 7); an empty field is unknown (None), ``"-"`` is known to have none."""
+    text = text.strip()
+    if not text:
+        return None
+    if text == "-":
+        return ()
+    try:
+        values = tuple(sorted({int(v) for v in text.split(";") if v.strip()}))
+    except ValueError:
+        raise UserError(f"{where}: outlier_frames must be ;-separated frame indices, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise UserError(f"{where}: outlier_frames must be >= 0, got {text!r}")
+    return values
+
+
+def format_outliers(values: tuple[int, ...] | None) -> str:
+    """The manifest field of ``outlier_frames`` (inverse of the parser)."""
+    if values is None:
+        return ""
+    return ";".join(str(v) for v in values) if values else "-"
 
 
 def _check_path_kind(path: Path) -> str | None:
@@ -141,6 +168,7 @@ def read_manifest(path: str | Path, require_label: bool = False) -> list[VideoRo
                 clean_label=rec.get("clean_label") or None,
                 row=i,
                 raw_path=raw,
+                outlier_frames=_parse_outliers(rec.get("outlier_frames", ""), f"{path}, row {i}"),
             )
         )
     if not rows:
@@ -153,12 +181,14 @@ def write_manifest(path: str | Path, rows: Sequence[VideoRow], relative_to: str 
     path = Path(path)
     base = Path(relative_to) if relative_to is not None else path.resolve().parent
     cols = ["path", "id", "label", "camera"] + (["clean_label"] if any(r.clean_label for r in rows) else [])
+    cols += ["outlier_frames"] if any(r.outlier_frames is not None for r in rows) else []
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(cols)
     for r in rows:
         p = os.path.relpath(r.path, base) if os.path.isabs(r.path) else r.path
         values = {"path": p, "id": r.id, "label": r.label or "", "camera": r.camera, "clean_label": r.clean_label or ""}
+        values["outlier_frames"] = format_outliers(r.outlier_frames)
         writer.writerow([escape_cell(values[c]) for c in cols])
     return atomic_write_text(path, buf.getvalue())
 
