@@ -110,6 +110,10 @@ class EvaluateRequest(BaseModel):
     query_ids: list[str] | None = Field(None, min_length=1)
     all: bool = False
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    rerank: bool = Field(False, description="k-reciprocal re-ranking before scoring (docs/evaluation.md).")
+    k1: int = Field(20, ge=1, le=100, description="rerank: neighbourhood size.")
+    k2: int = Field(6, ge=1, le=101, description="rerank: query expansion over the k2 nearest (at most k1 + 1).")
+    lambda_value: float = Field(0.3, ge=0, le=1, description="rerank: weight of the original distance.")
 
     @model_validator(mode="after")
     def _one_of(self) -> EvaluateRequest:
@@ -117,6 +121,8 @@ class EvaluateRequest(BaseModel):
             raise ValueError("give either 'query_ids' or 'all': true")
         if any(k < 1 for k in self.ks):
             raise ValueError("ks must be >= 1")
+        if self.k2 > self.k1 + 1:
+            raise ValueError("k2 must be at most k1 + 1")
         return self
 
 
