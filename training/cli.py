@@ -206,3 +206,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(plot_app, name="plot")
     app.add_typer(bench_app, name="bench")
     app.command("audit")(audit_cmd)
+    from training.export_cli import export_cmd
+
+    app.command("export")(export_cmd)
