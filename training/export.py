@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from indexing.errors import UserError
+from training.onnx_model import ONNX_FORMAT, ONNX_VERSION, OnnxEmbedder
 
-ONNX_FORMAT = "vidret-onnx"
-ONNX_VERSION = 1
 OPSET = 17
 PARITY_COSINE = 1e-4  # onnxruntime vs torch, cosine distance of the embeddings
 
@@ -118,28 +117,3 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
         raise UserError(f"model {arch!r}: onnxruntime differs from torch by cosine distance {dist:.2e} after export")
     os.replace(tmp, out)
     return {"metadata": meta, "parity_cosine_distance": dist, "opset": opset}
-
-
-class OnnxEmbedder:
-    """An exported model in onnxruntime (no torch): ``run`` takes the preprocessed (batch, 3, T, S, S) clips."""
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: ONNX model not found")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's InvalidGraph, Fail, ...
-            raise UserError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:200]})") from None
-        self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        if self.meta.get("vidret.format") != ONNX_FORMAT:
-            raise UserError(f"{path}: not a vidret ONNX export (vidret export --format onnx)")
-        self.path = path
-
-    def run(self, clips: np.ndarray) -> np.ndarray:
-        return self.session.run(["embedding"], {"clip": np.ascontiguousarray(clips, dtype=np.float32)})[0]

@@ -139,6 +139,10 @@ async def compute(state: ServiceState = Depends(ready_state)) -> AuditImport:
             409,
             "the server has no checkpoint (vidret serve --checkpoint): import an audit made by `vidret audit` instead",
         )
+    if getattr(state.model, "runtime", "torch") == "onnx":
+        raise HTTPException(
+            409, "an ONNX export has no classifier to audit with: import an audit made by `vidret audit`"
+        )
     if not _computing.acquire(blocking=False):
         raise HTTPException(409, "an audit is already being computed")
     try:
