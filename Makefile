@@ -53,7 +53,7 @@ bench: setup
 bench-peers: setup
 	$(PY) -m pip install -e '.[cpu,dev,bench]'
 	$(PY) benchmarks/peers.py setup
-	for s in decode evaluate search audit_peers; do \
+	for s in decode evaluate rerank search audit_peers; do \
 		$(PY) benchmarks/$$s.py --json benchmarks/results/peers/$$s.json || exit 1; done
 
 $(DEMO)/dataset/synth.json: | $(STAMP)

@@ -106,6 +106,12 @@ def evaluate_cmd(
     depth: int | None = typer.Option(None, help="Approximate: rank only the top K of the index's search."),
     metric: str | None = typer.Option(None, help="cosine | l2 (default: the index's metric, else cosine)."),
     ks: list[int] = typer.Option([1, 5, 10], "--k", help="CMC ranks (repeat the flag)."),
+    rerank: bool = typer.Option(
+        False, "--rerank", help="k-reciprocal re-ranking (Zhong et al. 2017) before scoring (docs/evaluation.md)."
+    ),
+    k1: int = typer.Option(20, "--k1", help="--rerank: neighbourhood size k1."),
+    k2: int = typer.Option(6, "--k2", help="--rerank: query expansion over the k2 nearest."),
+    lambda_value: float = typer.Option(0.3, "--lambda", help="--rerank: weight of the original distance."),
 ) -> None:
     """mAP and CMC with the re-ID protocol (self and same-label-same-camera gallery items removed)."""
     from indexing.embeddings import load_embeddings
@@ -115,6 +121,9 @@ def evaluate_cmd(
         raise UserError("give exactly one of --index and --gallery")
     if depth is not None and (index is None or depth < 1):
         raise UserError("--depth K needs --index and K >= 1")
+    if rerank and depth is not None:
+        raise UserError("--rerank ranks the whole gallery: it does not take --depth")
+    rr = _rerank_params(rerank, k1, k2, lambda_value)
     q = load_embeddings(queries)
     if index is not None:
         from indexing.backend import open_index
@@ -123,7 +132,11 @@ def evaluate_cmd(
         metas, vecs = ix.snapshot()
         g_ids, g_labels, g_cams = [m.id for m in metas], [m.label for m in metas], [m.camera for m in metas]
         metric = metric or ix.metric
-        if depth is not None:
+        if rr is not None:
+            from indexing.rerank import index_searcher
+
+            res = _reranked(q, vecs, g_ids, g_labels, g_cams, ks, metric, rr, index_searcher(ix, g_ids))
+        elif depth is not None:
             hits = ix.search(q.embeddings, depth)
             res = evaluate_ranked_lists(
                 [[h.id for h in hs] for hs in hits], q.ids, q.labels, q.cameras, g_ids, g_labels, g_cams, ks=ks
@@ -132,20 +145,45 @@ def evaluate_cmd(
     else:
         g = load_embeddings(gallery)
         vecs, g_ids, g_labels, g_cams = g.embeddings, g.ids, g.labels, g.cameras
-    if depth is None:
-        if vecs.shape[1] != q.dim:
-            raise UserError(f"queries have dimension {q.dim}, the gallery {vecs.shape[1]}")
+    if vecs.shape[1] != q.dim:
+        raise UserError(f"queries have dimension {q.dim}, the gallery {vecs.shape[1]}")
+    if rr is not None and index is None:
+        res = _reranked(q, vecs, g_ids, g_labels, g_cams, ks, metric or "cosine", rr, None)
+    elif depth is None and rr is None:
         res = evaluate_retrieval(
             q.embeddings, q.ids, q.labels, q.cameras, vecs, g_ids, g_labels, g_cams, ks=ks, metric=metric or "cosine"
         )
-    print_scores(
-        res,
-        f"retrieval: {len(q)} queries vs {len(g_ids)} gallery videos" + (f" (top-{depth})" if depth else " (exact)"),
-    )
+    mode = f" (top-{depth})" if depth else " (exact)"
+    if rr is not None:
+        mode = f" (re-ranked: k1 {rr.k1}, k2 {rr.k2}, lambda {rr.lambda_value})"
+    print_scores(res, f"retrieval: {len(q)} queries vs {len(g_ids)} gallery videos" + mode)
     if json_out is not None:
         from indexing.atomic import atomic_write_text
 
-        atomic_write_text(json_out, json.dumps(res.to_json(), indent=2) + "\n")
+        body = res.to_json() | ({"rerank": rr.__dict__} if rr is not None else {})
+        atomic_write_text(json_out, json.dumps(body, indent=2) + "\n")
+
+
+def _rerank_params(rerank: bool, k1: int, k2: int, lambda_value: float):
+    if not rerank:
+        return None
+    from indexing.rerank import RerankParams
+
+    return RerankParams(k1, k2, lambda_value).check()
+
+
+def _reranked(q, vecs, g_ids, g_labels, g_cams, ks, metric, params, search):
+    """``evaluate --rerank``: the scores after re-ranking; says how big its neighbourhoods and memory were."""
+    from indexing.rerank import rerank_evaluate
+
+    if vecs.shape[1] != q.dim:
+        raise UserError(f"queries have dimension {q.dim}, the gallery {vecs.shape[1]}")
+    res, stats = rerank_evaluate(
+        q.embeddings, q.ids, q.labels, q.cameras, vecs, g_ids, g_labels, g_cams, ks=ks, metric=metric,
+        params=params, gallery_search=search,
+    )  # fmt: skip
+    typer.echo(stats.describe())
+    return res
 
 
 def register(app: typer.Typer) -> None:

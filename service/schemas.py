@@ -125,11 +125,17 @@ class EvaluateRequest(BaseModel):
     )
     all: bool = False
     ks: list[Cutoff] = Field(default_factory=lambda: [1, 5, 10], min_length=1, max_length=KS_MAX_ITEMS)
+    rerank: bool = Field(False, description="k-reciprocal re-ranking before scoring (docs/evaluation.md).")
+    k1: int = Field(20, ge=1, le=100, description="rerank: neighbourhood size.")
+    k2: int = Field(6, ge=1, le=101, description="rerank: query expansion over the k2 nearest (at most k1 + 1).")
+    lambda_value: float = Field(0.3, ge=0, le=1, description="rerank: weight of the original distance.")
 
     @model_validator(mode="after")
     def _one_of(self) -> EvaluateRequest:
         if (self.query_ids is None) == (not self.all):
             raise ValueError("give either 'query_ids' or 'all': true")
+        if self.k2 > self.k1 + 1:
+            raise ValueError("k2 must be at most k1 + 1")
         return self
 
 

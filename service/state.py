@@ -182,6 +182,8 @@ class Snapshotter:
 
 def embed_batch(loaded: Any) -> Callable[[list], list]:
     def run(clips: list) -> list:
+        if getattr(loaded, "runtime", "torch") == "onnx":  # numpy clips, onnxruntime (training/onnx_model.py)
+            return list(loaded.embed_clips(clips))
         from training.embed import embed_clips
 
         return list(embed_clips(loaded, clips))
@@ -241,9 +243,14 @@ class ServiceState:
             self.index = self._open_index()
             self._reconcile()
             if self.settings.checkpoint is not None:
-                from training.embed import load_checkpoint
+                if Path(self.settings.checkpoint).suffix.lower() == ".onnx":  # vidret export: no torch needed
+                    from training.onnx_model import OnnxModel
 
-                self.model = load_checkpoint(self.settings.checkpoint, self.settings.device)
+                    self.model = OnnxModel(self.settings.checkpoint)
+                else:
+                    from training.embed import load_checkpoint
+
+                    self.model = load_checkpoint(self.settings.checkpoint, self.settings.device)
                 if self.model.embedding_dim != self.index.dim:
                     raise ValueError(
                         f"the checkpoint embeds to {self.model.embedding_dim} dimensions, the index "

@@ -74,6 +74,8 @@ def check_declared_shape(path: str, settings: Settings) -> None:
 
 def embed_upload(state: ServiceState, path: str) -> np.ndarray:
     """Decode (within the frame limit) and embed an uploaded video with the checkpoint's eval transform."""
+    if getattr(state.model, "runtime", "torch") == "onnx":
+        return _embed_upload_onnx(state, path)
     from training.data.video import VideoDecodeError, count_video_frames, read_video_clip
 
     try:
@@ -85,6 +87,22 @@ def embed_upload(state: ServiceState, path: str) -> np.ndarray:
             )
         clip, _ = read_video_clip(path, state.model.spec, train=False, label=UPLOAD_LABEL)
     except VideoDecodeError as exc:
+        raise HTTPException(415, f"the upload cannot be decoded as a video: {exc.reason}") from None
+    return state.batcher.submit(clip)
+
+
+def _embed_upload_onnx(state: ServiceState, path: str) -> np.ndarray:
+    """``embed_upload`` for an ONNX model: numpy decoding and preprocessing (training/data/npclip.py), no torch."""
+    from training.data.npclip import ClipDecodeError, video_shape
+
+    try:
+        n = video_shape(path, label=UPLOAD_LABEL)[0]
+        if n > state.settings.max_frames:
+            raise HTTPException(
+                413, f"the video has {n} frames, more than VIDRET_MAX_FRAMES={state.settings.max_frames}"
+            )
+        clip = state.model.read_clip(path, label=UPLOAD_LABEL)
+    except ClipDecodeError as exc:
         raise HTTPException(415, f"the upload cannot be decoded as a video: {exc.reason}") from None
     return state.batcher.submit(clip)
 

@@ -15,10 +15,16 @@ from indexing.errors import UserError
 plot_app = typer.Typer(help="Figures.", no_args_is_help=True)
 
 
-def train_cmd(**options: Any) -> None:
-    """Train a video embedding model on noisy labels (IMAE by default). DDP: torchrun --no-python vidret train ..."""
+def train_cmd(ctx: typer.Context, **options: Any) -> None:
+    """Train a video embedding model on noisy labels (IMAE by default). DDP: torchrun --no-python vidret train ...
+    --config recipe.yaml|json takes the options from a file (docs/training.md); flags given here override it."""
+    from training.recipe import merged_options
     from training.trainer import TrainConfig, fit
 
+    config = options.pop("config")
+    sources = {k: ctx.get_parameter_source(k) for k in options}  # flags given: COMMANDLINE (or ENVIRONMENT)
+    given = {k for k, src in sources.items() if src is not None and src.name != "DEFAULT"}
+    options = merged_options(config, options, given)
     res = fit(TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}))
     if res.history:
         last = res.history[-1]
@@ -41,8 +47,8 @@ def train_options() -> list[inspect.Parameter]:
             annotation = f.metadata["cli_type"] | None if optional else f.metadata["cli_type"]
         if f.default is not MISSING:
             default = f.default
-        else:
-            default = f.default_factory() if f.default_factory is not MISSING else ...
+        else:  # a required field may come from --config instead: checked once merged (training/recipe.py)
+            default = f.default_factory() if f.default_factory is not MISSING else None
         decls = [f"--{f.name.replace('_', '-')}"] if annotation is bool else []
         params.append(
             inspect.Parameter(
@@ -52,7 +58,12 @@ def train_options() -> list[inspect.Parameter]:
                 default=typer.Option(default, *decls, help=f.metadata["help"] or None, envvar=f.metadata.get("envvar")),
             )
         )
-    return params
+    config = typer.Option(None, "--config", help="A recipe (YAML or JSON) of these options; flags given override it.")
+    return [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None, default=config),
+        *params,
+    ]
 
 
 train_cmd.__signature__ = inspect.Signature(train_options(), return_annotation=None)  # what typer reads
@@ -221,3 +232,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(plot_app, name="plot")
     app.add_typer(bench_app, name="bench")
     app.command("audit")(audit_cmd)
+    from training.export_cli import export_cmd
+
+    app.command("export")(export_cmd)

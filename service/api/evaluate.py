@@ -52,6 +52,13 @@ def run_evaluation(
             raise HTTPException(404, f"unknown query id {unknown[0]!r}")
         q_idx = [pos[q] for q in req.query_ids]
     ids, labels, cams = [m.id for m in metas], [m.label for m in metas], [m.camera for m in metas]
+    if req.rerank:
+        from indexing.rerank import RerankParams, index_searcher, rerank_evaluate_within
+
+        params = RerankParams(req.k1, req.k2, req.lambda_value)
+        search = index_searcher(state.index, ids)
+        res, _ = rerank_evaluate_within(vecs, ids, labels, cams, q_idx, req.ks, state.index.metric, params, search)
+        return metas, [metas[i] for i in q_idx], res
     res = evaluate_retrieval(
         vecs[q_idx],
         [ids[i] for i in q_idx],

@@ -89,6 +89,10 @@ async def compute(response: Response, state: ServiceState = Depends(ready_state)
             409,
             "the server has no checkpoint (vidret serve --checkpoint): import an audit made by `vidret audit` instead",
         )
+    if getattr(state.model, "runtime", "torch") == "onnx":
+        raise HTTPException(
+            409, "an ONNX export has no classifier to audit with: import an audit made by `vidret audit`"
+        )
     try:
         job = audit_jobs(state).start(state)
     except JobRunning as exc:

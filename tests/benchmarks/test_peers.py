@@ -97,6 +97,17 @@ def test_evaluate_against_torchreid(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert figures["memory_torchreid"]["scaled_extra_mib"] > 0 and figures["memory_ours"]["extra_mib"] > 0
 
 
+def test_rerank_against_torchreid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("torchreid") is None:
+        pytest.skip("torchreid is not installed: pip install -e '.[bench]'")
+    figures = _script("rerank", "--queries", "60", "--gallery", "300", tmp_path=tmp_path, monkeypatch=monkeypatch)
+    ours, theirs = figures["ours"], figures["torchreid"]
+    assert ours["seconds"] > 0 and theirs["seconds"] > 0 and ours["extra_mib"] >= 0
+    # the same method up to the distance scaling: re-ranking helps both, and by about as much
+    assert ours["mAP"] > figures["plain"]["mAP"] and theirs["mAP"] > figures["plain"]["mAP"]
+    assert abs(ours["mAP"] - theirs["mAP"]) < 0.02
+
+
 def test_search_against_autofaiss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not peers.venv_ready("autofaiss", peers.peers_dir()):
         pytest.skip(f"no autofaiss venv under {peers.peers_dir()}: python benchmarks/peers.py setup autofaiss")

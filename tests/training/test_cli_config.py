@@ -35,13 +35,13 @@ def test_every_field_is_a_flag_with_the_fields_default_and_help() -> None:
     fields = dataclasses.fields(TrainConfig)
     assert {f.name for f in fields} - {f.name for f in cli_fields()} == INTERNAL
     params = {p.name: p for p in _train_command().params}
-    assert set(params) == {f.name for f in fields} - INTERNAL
+    assert set(params) == ({f.name for f in fields} - INTERNAL) | {"config"}
     for f in cli_fields():
         p = params[f.name]
         assert p.opts == [f"--{f.name.replace('_', '-')}"], f.name
         assert p.help == f.metadata["help"] and len(p.help) > 5, f.name
-        if f.name in ("train", "out"):
-            assert p.required, f.name
+        if f.name in ("train", "out"):  # required, but may come from --config: checked once merged
+            assert not p.required and p.default is None, f.name
             continue
         default = p.default() if callable(p.default) else p.default
         assert not p.required and default == _default(f), f.name
@@ -81,7 +81,7 @@ def test_train_help_lists_every_flag() -> None:
         default = _default(f)
         if default not in (None, False) and f.name not in ("train", "out"):
             assert f"[default: {default}]" in res.stdout, flag
-    assert "--quiet" not in res.stdout and "--no-compile" not in res.stdout and res.stdout.count("[required]") == 2
+    assert "--quiet" not in res.stdout and "--no-compile" not in res.stdout and "--config" in res.stdout
 
 
 def test_imae_t_defaults_per_regime_and_a_given_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -133,3 +133,8 @@ def check_cmd(manifest: Path = typer.Argument(..., help="Manifest to check.")) -
             typer.echo(line, err=True)
         raise UserError(f"{len(bad)} of {len(rows)} rows cannot be decoded")
     typer.echo(f"all {len(rows)} rows decode")
+
+
+from training.data.import_cli import register as _register_importers  # noqa: E402
+
+_register_importers(data_app)
