@@ -49,9 +49,7 @@ def train_options() -> list[inspect.Parameter]:
                 f.name,
                 inspect.Parameter.KEYWORD_ONLY,
                 annotation=annotation,
-                default=typer.Option(
-                    default, *decls, help=f.metadata["help"] or None, envvar=f.metadata.get("envvar")
-                ),
+                default=typer.Option(default, *decls, help=f.metadata["help"] or None, envvar=f.metadata.get("envvar")),
             )
         )
     return params
