@@ -259,13 +259,10 @@ class ServiceState:
                 self.batcher = MicroBatcher(
                     embed_batch(self.model), self.settings.batch_window_ms, max_batch=16, name="vidret-embed"
                 )
-            if self.settings.search_coalesce > 1 and self.settings.backend == "faiss":  # FAISS's OpenMP threads
+            if self.settings.search_coalesce > 1:  # FAISS's OpenMP team is set up for the FAISS backend only
+                faiss_init = self._search_thread_init if self.settings.backend == "faiss" else None
                 self.searcher = MicroBatcher(
-                    search_batch(self.index),
-                    0.0,
-                    self.settings.search_coalesce,
-                    name="vidret-search",
-                    init=self._search_thread_init,
+                    search_batch(self.index), 0.0, self.settings.search_coalesce, name="vidret-search", init=faiss_init
                 )
             self.snapshotter = Snapshotter(self.index)
             self.ready = True
