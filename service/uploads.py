@@ -16,7 +16,7 @@ from fastapi import HTTPException, UploadFile
 
 from service.settings import Settings
 from service.state import ServiceState
-from training.data.video import CONTAINER_NAMES, SNIFF_BYTES, sniff_container
+from training.data.containers import CONTAINER_NAMES, SNIFF_BYTES, sniff_container
 
 UPLOAD_CHUNK = 1 << 20
 UPLOAD_LABEL = "the upload"  # how errors name an upload (never its temporary path)

@@ -255,7 +255,7 @@ async def video_file(
     """The stored video file, for playback: ``Accept-Ranges: bytes``, 206 with one range, 416 past the end. Only
     the file the video's metadata names (an added video's copy in the index's videos/ folder, or the indexed
     file), and only if it is a video container."""
-    from training.data.video import sniff_file
+    from training.data.containers import sniff_file
 
     video_id = path_id(video_id)
     meta = state.index.get(video_id)

@@ -58,3 +58,31 @@ def test_onnx_server_refuses_the_server_side_audit(index_dir: Path, checkpoint: 
         assert c.get("/ready").status_code == 200
         r = c.post("/v1/review/audit/compute", headers={"Authorization": "Bearer " + "k" * 24})
         assert r.status_code == 409 and "ONNX" in r.json()["detail"]
+
+
+def test_the_onnx_upload_path_imports_no_torch(
+    index_dir: Path, checkpoint: Path, synth_dir: Path, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from training.export import export_onnx
+
+    export_onnx(checkpoint, tmp_path / "m.onnx")
+    video = sorted((synth_dir / "videos").rglob("*.mp4"))[0]
+    script = f"""
+import json, sys
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.settings import Settings
+app = create_app(Settings(index={str(index_dir)!r}, checkpoint={str(tmp_path / "m.onnx")!r}, device="cpu"),
+                 load_in_background=False)
+with TestClient(app) as c, open({str(video)!r}, "rb") as fh:
+    r = c.post("/v1/search/video", files={{"file": ("a.mp4", fh, "video/mp4")}})
+print(json.dumps({{"status": r.status_code, "hits": len(r.json()["results"]), "torch": "torch" in sys.modules}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"status": 200, "hits": 10, "torch": False}

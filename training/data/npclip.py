@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data.containers import CONTAINER_DEMUXERS, CONTAINER_NAMES, sniff_file
+
 DECODE_THREADS = int(os.environ.get("VIDRET_DECODE_THREADS", "1"))
-# FFmpeg demuxers accepted for uploads (the containers training/data/video.py sniffs)
-ALLOWED_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpeg", "mpegts"}
 
 
 class ClipDecodeError(Exception):
@@ -59,13 +59,16 @@ def eval_indices(num_frames: int, spec: NpClipSpec) -> np.ndarray:
 def _open(path: str, shown: str | Path):
     import av
 
+    ext = sniff_file(path)  # the demuxer from the first bytes, as training/data/video.py chooses it
+    if ext is None:
+        raise ClipDecodeError(shown, f"cannot decode video (not a recognised video container ({CONTAINER_NAMES}))")
     try:
-        container = av.open(path)
+        container = av.open(path, format=CONTAINER_DEMUXERS[ext])
     except Exception as exc:  # av.error.* and OSError
         raise ClipDecodeError(shown, f"cannot decode video ({type(exc).__name__})") from None
-    if not set(container.format.name.split(",")) & ALLOWED_FORMATS or not container.streams.video:
+    if not container.streams.video:
         container.close()
-        raise ClipDecodeError(shown, "not a recognised video container with a video stream")
+        raise ClipDecodeError(shown, "cannot decode video (the file has no video stream)")
     return container
 
 

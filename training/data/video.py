@@ -40,26 +40,20 @@ import numpy as np
 import torch
 
 from indexing.errors import UserError
+from training.data.containers import (  # noqa: F401 - torch-free (training/data/containers.py), re-exported
+    CONTAINER_DEMUXERS,
+    CONTAINER_NAMES,
+    SNIFF_BYTES,
+    TS_MIN_PACKETS,
+    TS_PACKET,
+    sniff_container,
+    sniff_file,
+)
 from training.data.manifest import FRAME_LIST_EXTENSION, IMAGE_EXTENSIONS
 
 SAMPLINGS = ("segments", "uniform", "random")
 DECODE_THREADS = int(os.environ.get("VIDRET_DECODE_THREADS", "1"))
 log = logging.getLogger(__name__)
-
-# Container types told apart by their first bytes (sniff_container), and the FFmpeg demuxer each is read with.
-CONTAINER_DEMUXERS = {
-    ".mp4": "mov",
-    ".mov": "mov",
-    ".mkv": "matroska",
-    ".webm": "matroska",
-    ".avi": "avi",
-    ".mpg": "mpeg",
-    ".ts": "mpegts",
-}
-CONTAINER_NAMES = "mp4, mov, mkv, webm, avi, mpeg-ps, mpeg-ts"
-SNIFF_BYTES = 4096
-TS_PACKET = 188
-TS_MIN_PACKETS = 3
 
 
 @dataclass(frozen=True)
@@ -99,29 +93,6 @@ class VideoDecodeError(UserError):
         reason = _without_paths(reason)
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = str(path), reason
-
-
-def sniff_container(head: bytes) -> str | None:
-    """The container type of a file from its first bytes (``SNIFF_BYTES`` of them, or the whole file if shorter),
-    as a file extension (one of ``CONTAINER_DEMUXERS``), or None when it is none of them."""
-    if head[4:8] == b"ftyp":  # ISO base media: mp4, m4v, mov (brand "qt  "), 3gp
-        return ".mov" if head[8:12] == b"qt  " else ".mp4"
-    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, or WebM by its DocType
-        return ".webm" if b"\x42\x82\x84webm" in head[:64] else ".mkv"
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return ".avi"
-    if head[:4] == b"\x00\x00\x01\xba":  # MPEG program stream pack header
-        return ".mpg"
-    # MPEG transport stream: a sync byte 0x47 starting every 188-byte packet, checked over the bytes given
-    packets = (len(head) + TS_PACKET - 1) // TS_PACKET
-    if packets >= TS_MIN_PACKETS and all(head[k * TS_PACKET] == 0x47 for k in range(packets)):
-        return ".ts"
-    return None
-
-
-def sniff_file(path: str | Path) -> str | None:
-    with open(path, "rb") as fh:
-        return sniff_container(fh.read(SNIFF_BYTES))
 
 
 def sample_indices(num_frames: int, spec: ClipSpec, train: bool, rng: np.random.Generator | None) -> np.ndarray:
