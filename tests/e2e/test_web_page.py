@@ -330,3 +330,47 @@ def test_review_queue_by_keyboard_export_and_restart(
     page.check("#review-undecided")  # what is left to review
     page.wait_for_function("document.querySelector('#review-page').textContent.includes('19 items')")
     assert page.locator("#queue .qitem").first.get_attribute("data-id") == rows[4]["id"]
+
+
+def test_the_page_shows_a_computed_audit_job_s_progress(page, server: Server) -> None:
+    """The server's audit is a background job: the page starts it, shows its progress and then its result; a
+    reloaded page finds a job that runs and follows it."""
+    jobs = []
+
+    def seen(r) -> None:
+        if "/v1/review/audit/jobs/" in r.url and r.request.method == "GET" and r.ok:
+            jobs.append(r.json())
+
+    page.on("response", seen)
+    page.fill("#api-key", "k")
+    page.click("#key-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#key-note').textContent.includes('key is set')")
+    page.click("#tab-review")
+    with page.expect_response(lambda r: r.url.endswith("/v1/review/audit/compute")) as started:
+        page.click("#audit-compute")
+    assert started.value.status == 202 and started.value.headers["location"].startswith("/v1/review/audit/jobs/")
+    page.wait_for_function("document.querySelector('#review-status').textContent.startsWith('computed: 24 videos')")
+    assert jobs and jobs[0]["state"] == "running" and jobs[0]["total"] == 24  # the page polled it while it ran
+    done = httpx.get(server.url + started.value.headers["location"], timeout=30).json()
+    assert done["state"] == "done" and done["done"] == 24 and done["result"]["rows"] == 24
+    assert page.locator("#audit-progress").is_hidden() and page.locator("#audit-cancel").is_hidden()
+    assert page.locator("#audit-compute").is_enabled()
+    page.wait_for_function("document.querySelector('#audit-info').textContent.includes('computed by the server')")
+
+    job = _api_post_compute(server)  # started elsewhere: the page, reloaded, follows it and can cancel it
+    page.reload()
+    page.evaluate("""() => new Promise((done) => { const t = setInterval(() => {
+        const b = document.querySelector('#audit-cancel');
+        if (!b.hidden) { clearInterval(t); b.click(); done(); } }, 5);
+        setTimeout(() => { clearInterval(t); done(); }, 20000); })""")  # as soon as it shows (if the job runs still)
+    page.wait_for_function(
+        "/^(audit cancelled|computed)/.test(document.querySelector('#review-status').textContent)"
+    )  # cancelled, unless the job finished first
+    final = httpx.get(server.url + job["url"], timeout=30).json()
+    assert final["state"] in ("cancelled", "done")
+
+
+def _api_post_compute(server: Server) -> dict:
+    r = httpx.post(server.url + "/v1/review/audit/compute", headers={"Authorization": "Bearer k"}, timeout=60)
+    assert r.status_code == 202, r.text
+    return r.json()

@@ -196,7 +196,9 @@ def test_listing_pages_by_escaped_id_cursor(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(milvus, "ITER_BATCH", 3)
     emb = _emb(10)
-    emb.ids = np.array(['a"', 'a"b', "a\\", "a\\\\", 'b" or id != "', "c", "", "d\t", "é", "z"])
+    emb.ids = np.array(
+        ['a"', 'a"b', "a\\", "a\\\\", 'b" or id != "', "c", "'", "d e", "é", "z"]
+    )  # (no "" or tab: ids.py)
     ix = MilvusIndex.build(emb, str(tmp_path / "m.db"), "gal", type="flat")
     try:
         assert ix.ids() == list(emb.ids)  # all, once each, in build order

@@ -1,8 +1,8 @@
 """Manifests: one video a row (docs/formats.md), as CSV with a header row or JSON Lines.
 
 Columns: ``path`` (required; a video file, a folder of frame images, or a frame-list file — see training/data/video.py),
-``label`` (required for training and evaluation), ``id`` (default: ``path`` as written, each ``/`` and ``\\`` turned
-into ``:``), ``camera``, ``clean_label``. Ids follow the one id rule (indexing/ids.py; stored in Unicode NFC), labels
+``label`` (required for training and evaluation), ``id`` (default: ``path`` as written, each ``/`` turned into
+``:``), ``camera``, ``clean_label``. Ids follow the one id rule (indexing/ids.py; stored in Unicode NFC), labels
 and cameras its length and control-character bounds. Relative paths resolve against the manifest's folder. Every
 problem is reported as ``FILE, row N: reason`` before any work starts.
 
@@ -51,9 +51,9 @@ def unescape_cell(value: str) -> str:
 
 
 def default_id(raw_path: str) -> str:
-    """The id of a row without one: the path as written, each ``/`` and ``\\`` turned into ``:`` (an id is one
-    URL path segment)."""
-    return raw_path.replace("/", ":").replace("\\", ":")
+    """The id of a row without one: the path as written, each ``/`` turned into ``:`` (an id is one URL path
+    segment)."""
+    return raw_path.replace("/", ":")
 
 
 @dataclass(frozen=True)
