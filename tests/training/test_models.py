@@ -59,7 +59,12 @@ def test_local_weights_load_and_errors(tmp_path: Path) -> None:
 
 def test_weights_accept_a_vidret_checkpoint_and_refuse_another_architecture(tmp_path: Path) -> None:
     src = build_model("tiny3d", num_classes=5)
-    ck = {"format": "vidret-checkpoint", "version": 2, "arch": {"name": "tiny3d", "num_classes": 5}, "model": src.state_dict()}
+    ck = {
+        "format": "vidret-checkpoint",
+        "version": 2,
+        "arch": {"name": "tiny3d", "num_classes": 5},
+        "model": src.state_dict(),
+    }
     torch.save(ck, tmp_path / "last.pt")
     # other classes: backbone and embedding neck, a new classifier
     dst = build_model("tiny3d", num_classes=3, weights=tmp_path / "last.pt")
