@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from indexing.errors import UserError
+from training.distributed import cpu_process_group
 from training.runtime import DistInfo
 
 FORMAT = "vidret-checkpoint"
@@ -126,7 +127,7 @@ def gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
     if not info.enabled:
         return [mine]
     states: list[Any] = [None] * info.world_size
-    dist.all_gather_object(states, mine)
+    dist.all_gather_object(states, mine, group=cpu_process_group())  # gloo: no GPU traffic
     return states
 
 

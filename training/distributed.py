@@ -22,7 +22,7 @@ MIN_CLIPS = 2  # BatchNorm needs two samples
 _cpu_group: Any = None
 
 
-def _cpu_process_group() -> Any:
+def cpu_process_group() -> Any:
     """The default group when it is gloo, else one gloo group over every rank (created once, collectively)."""
     global _cpu_group
     if dist.get_backend() == "gloo":
@@ -37,7 +37,7 @@ def every_rank_can_step(num_clips: int, policy: str, info: DistInfo) -> bool:
     if not info.enabled or policy != "skip":
         return num_clips >= MIN_CLIPS
     fewest = torch.tensor([num_clips], dtype=torch.int64)
-    dist.all_reduce(fewest, op=dist.ReduceOp.MIN, group=_cpu_process_group())
+    dist.all_reduce(fewest, op=dist.ReduceOp.MIN, group=cpu_process_group())
     return int(fewest[0]) >= MIN_CLIPS
 
 
@@ -46,6 +46,6 @@ def share_skipped(skipped: dict[str, str], info: DistInfo) -> None:
     if not info.enabled:
         return
     every: list[Any] = [None] * info.world_size
-    dist.all_gather_object(every, dict(skipped), group=_cpu_process_group())
+    dist.all_gather_object(every, dict(skipped), group=cpu_process_group())
     for other in every:
         skipped.update(other)

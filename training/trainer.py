@@ -411,8 +411,8 @@ def save_checkpoint(
     rng: list[dict[str, Any]] | None = None,
 ) -> None:
     """checkpoints/last.pt after every epoch, and best.pt when ``improved``; each written atomically. ``rng``: every
-    rank's generator states (``gather_rng_states``; default: this process's alone)."""
-    ck = _checkpoint_state(cfg, data, optim, progress, epoch, rng if rng is not None else gather_rng_states(job.info))
+    rank's generator states (``gather_rng_states``, called on every rank; default: this process's alone)."""
+    ck = _checkpoint_state(cfg, data, optim, progress, epoch, rng if rng is not None else gather_rng_states(DistInfo()))
     atomic_torch_save(ck, job.last_path)
     if improved:
         atomic_torch_save(ck, job.best_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +25,19 @@ TIMING = {"clips_per_s", "data_wait_share", "epoch_seconds"}
 
 
 def _torchrun(*args: object, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    """torchrun with 2 processes in a session of its own: on a timeout the whole session is killed (the agent and
+    its workers, which a hang would otherwise leave behind) and the test fails."""
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", *map(str, args)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"torchrun hung for {timeout} s: {' '.join(cmd)}\n{(exc.stderr or b'')[-2000:]!r}")
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"torchrun hung for {timeout} s: {' '.join(cmd)}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
@@ -81,16 +90,25 @@ def _train_args(manifest: Path, out: Path, workers: int) -> list[str]:
     return [*map(str, args), "--on-bad-video", "skip", "--workers", str(workers)]  # the last --workers counts
 
 
+@pytest.fixture(scope="module")
+def one_process(with_broken: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same job in one process (what the two-process runs should agree with)."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    res = run_cli(*_train_args(with_broken, out, 0))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_skipped_video_does_not_hang_two_processes(with_broken: Path, tmp_path: Path, workers: int) -> None:
+def test_a_skipped_video_does_not_hang_two_processes(
+    with_broken: Path, one_process: Path, tmp_path: Path, workers: int
+) -> None:
     res = _torchrun("--no-python", "vidret", *_train_args(with_broken, tmp_path / "ddp", workers))
     assert res.returncode == 0, res.stderr[-3000:]
-    one = run_cli(*_train_args(with_broken, tmp_path / "one", workers))
-    assert one.returncode == 0, one.stderr[-3000:]
-    skipped = (tmp_path / "one" / "skipped.txt").read_text()
+    skipped = (one_process / "skipped.txt").read_text()
     assert skipped.startswith(f"{with_broken.parent / 'broken.mp4'}\tcannot decode video") and skipped.count("\n") == 1
     assert (tmp_path / "ddp" / "skipped.txt").read_text() == skipped  # what the two runs should agree on
-    for run in ("ddp", "one"):
-        rows = _metrics(tmp_path / run)
+    for run in (tmp_path / "ddp", one_process):
+        rows = _metrics(run)
         assert [r["epoch"] for r in rows] == ["1", "2", "3"] and {r["skipped_videos"] for r in rows} == {"1"}
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
