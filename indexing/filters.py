@@ -1,6 +1,6 @@
 """Metadata filters of a search: ``label``, ``camera`` and ``exclude_camera``, combined with AND.
 
-The FAISS backend (indexing/index.py) turns a filter into an ID selector over the rows whose metadata match; the
+The FAISS backend (indexing/faiss_index.py) turns a filter into an ID selector over the rows whose metadata match; the
 Milvus backend (indexing/milvus.py) turns it into a boolean expression, with every value written as an escaped
 string literal (``milvus_literal``) so that no value can end the literal and add terms of its own.
 """
