@@ -13,9 +13,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -40,8 +39,9 @@ class ReadOnlyIndexError(UserError):
     http_status = 409
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
+    """One search result (a named tuple: made per hit on the search path, it costs a tuple)."""
+
     id: str
     score: float
     label: str

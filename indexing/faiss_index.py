@@ -206,11 +206,14 @@ class VideoIndex(IndexInfo):
         mmap: bool = False,
         nlist: int | None = None,
         train_rows: int | None = None,
+        refine: bool = True,
     ) -> VideoIndex:
         """Build an index folder from embeddings in memory or an ``EmbeddingSource`` (many files, read a block at a
         time). The vectors are never all in memory at once, except inside a flat, IVF-Flat or HNSW index itself:
         the index is trained on a seeded sample, the rows are added and vectors.npy is written a block at a time
-        (``plan_build``). ``mmap``: open the result memory-mapped (read-only, as ``load``)."""
+        (``plan_build``). ``mmap``: open the result memory-mapped (read-only, as ``load``). ``nlist`` and
+        ``train_rows`` override the plan's; ``refine``: let IVF-PQ re-rank exactly when PQ alone misses the
+        recall target (``params.refine``)."""
         if type not in INDEX_TYPES:
             raise UserError(f"--type must be one of {', '.join(INDEX_TYPES)}, got {type!r}")
         if metric not in ("cosine", "l2"):
@@ -233,7 +236,7 @@ class VideoIndex(IndexInfo):
             del train_index  # the index alone from here: freed once written
         for start, block in source.chunks(plan.chunk_rows):
             index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
-        refined = _refiner(index, metric, source)
+        refined = _refiner(index, metric, source) if refine else None  # IVF-PQ's exact re-rank, where needed
         params = tune(index, plan.kind, params, source, metric, plan.chunk_rows, refined=refined)
         now = time.time()
         info = {

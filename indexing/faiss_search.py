@@ -74,10 +74,14 @@ def refined_search(
 
 def make_hits(idmap: IdMap, scores: np.ndarray, pos: np.ndarray, valid: np.ndarray, k: int) -> list[list[Hit]]:
     """The first ``k`` valid entries of each query (``pos``: positions in ``idmap``, in rank order), as hits."""
-    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # valid ones first, in rank order
-    keep = np.take_along_axis(valid, order, 1)
-    p = np.take_along_axis(pos, order, 1)[keep]
-    s = np.take_along_axis(scores, order, 1)[keep].tolist()
+    if valid[:, :k].all():  # the common case: the first k are all valid
+        keep = valid[:, :k]
+        p, s = pos[:, :k].ravel(), scores[:, :k].ravel().tolist()
+    else:
+        order = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # valid ones first, in rank order
+        keep = np.take_along_axis(valid, order, 1)
+        p = np.take_along_axis(pos, order, 1)[keep]
+        s = np.take_along_axis(scores, order, 1)[keep].tolist()
     hits = list(map(Hit, idmap.ids_at(p), s, idmap.labels_at(p), idmap.cameras_at(p)))
     ends = np.cumsum(keep.sum(1)).tolist()
     return [hits[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]

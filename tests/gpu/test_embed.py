@@ -48,7 +48,8 @@ def test_faiss_on_the_gpu_finds_what_the_cpu_index_finds(tmp_path: Path) -> None
             "wheels: far beyond a 64 MiB carry)"
         )
     from indexing.embeddings import Embeddings
-    from indexing.faiss_index import VideoIndex, gpu_available
+    from indexing.faiss_factory import gpu_available
+    from indexing.faiss_index import VideoIndex
 
     if not gpu_available():
         pytest.skip("this faiss has no GPU support (faiss-cpu); install faiss-gpu-cu12 for the GPU index")
