@@ -55,7 +55,9 @@ def test_given_flags_override_the_grid_they_start_from(ran: list[NoiseBenchConfi
     assert res.exit_code == 0, res.output
     cfg = ran[-1]
     assert (cfg.seeds, cfg.losses, cfg.imae_t, cfg.report_only) == (2, ["cce", "imae"], 4.0, True)
-    assert cfg.epochs == grid.NoiseBenchConfig(out_dir="").epochs and cfg.noise == grid.DEFAULT_NOISE  # not given: the full grid's
+    assert (
+        cfg.epochs == grid.NoiseBenchConfig(out_dir="").epochs and cfg.noise == grid.DEFAULT_NOISE
+    )  # not given: the full grid's
     res = CliRunner().invoke(app, ["bench", "noise", str(tmp_path / "b"), "--quick", "--epochs", "3"])
     assert res.exit_code == 0, res.output
     cfg = ran[-1]
