@@ -217,6 +217,7 @@ def test_every_published_route_is_under_the_read_and_write_policies(index_dir: P
         operations = [(method, path) for path, item in paths.items() for method in item]
         writes = [(m, p) for m, p in operations if m not in ("get", "head") and (m, p) not in reads]
         assert sorted(writes) == [
+            ("delete", "/v1/review/audit/jobs/{job_id}"),
             ("delete", "/v1/videos/{video_id}"),
             ("post", "/v1/review/audit"),
             ("post", "/v1/review/audit/compute"),
@@ -225,7 +226,7 @@ def test_every_published_route_is_under_the_read_and_write_policies(index_dir: P
         ]
         writes.append(("get", "/v1/review/export"))  # a read that shows server paths: under the write policy
         for method, path in operations:
-            url = path.replace("{video_id}", "id0008_c2_s1")
+            url = path.replace("{video_id}", "id0008_c2_s1").replace("{job_id}", "0123456789abcdef")
             if path.startswith("/v1/"):
                 assert c.request(method, url).status_code == 401, (method, path)
             if (method, path) in writes:

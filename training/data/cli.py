@@ -64,13 +64,13 @@ def manifest_cmd(root: Path = typer.Argument(..., help="ROOT/<label>/<video file
     """Print a CSV manifest of a folder-per-label tree on stdout (paths relative to ROOT)."""
     import csv
 
-    from training.data.manifest import scan_folder
+    from training.data.manifest import escape_cell, scan_folder
 
     rows = scan_folder(root)
     w = csv.writer(sys.stdout, lineterminator="\n")
     w.writerow(["path", "id", "label"])
-    for r in rows:
-        w.writerow([r.raw_path, r.id, r.label])
+    for r in rows:  # formula-escaped as every manifest vidret writes (docs/formats.md)
+        w.writerow([escape_cell(v) for v in (r.raw_path, r.id, r.label)])
 
 
 @data_app.command("import-mars")
