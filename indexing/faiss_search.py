@@ -13,6 +13,7 @@ from indexing.faiss_factory import faiss_module
 from indexing.idmap import IdMap
 from indexing.planning import HNSW_EF_SEARCH
 
+REFINE_QUERIES = 16  # queries searched and re-ranked at a time (their candidates' vectors are gathered)
 BITMAP_FROM = 4096  # selections of more rows use a bitmap (one bit per row) instead of a hashed batch
 
 
@@ -55,7 +56,18 @@ def refined_search(
     if refine <= 1:
         return index.search(q, k, **kw)
     kk = min(k * refine, max(1, index.ntotal))
-    _, found = index.search(q, kk, **kw)
+    k = min(k, kk)
+    scores, rows = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+    for s in range(0, len(q), REFINE_QUERIES):  # bounded: a block's candidates and their vectors at a time
+        e = min(len(q), s + REFINE_QUERIES)
+        _, found = index.search(q[s:e], kk, **kw)
+        scores[s:e], rows[s:e] = _rerank(q[s:e], found, k, metric, take)
+    return scores, rows
+
+
+def _rerank(
+    q: np.ndarray, found: np.ndarray, k: int, metric: str, take: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     ok = found >= 0
     uniq, inv = np.unique(np.where(ok, found, found[ok].max(initial=0)), return_inverse=True)
     vecs = take(uniq)[inv.reshape(found.shape)]  # (n, kk, d): only the candidates are read

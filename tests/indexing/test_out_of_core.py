@@ -67,7 +67,7 @@ def test_max_memory_values_and_the_choice_rule() -> None:
     assert choose_type(10_000, 128, memory_budget_mb=2) == "ivfpq"  # flat (5 MiB) does not fit: compressed
     assert choose_type(200_000, 128) == "ivf"  # 99 MiB of vectors fit 4 GiB
     assert choose_type(200_000, 128, memory_budget_mb=50) == "ivfpq"
-    with pytest.raises(UserError, match=r"too small for 200000 vectors.*\(IVF-PQ\) takes about 9MB"):
+    with pytest.raises(UserError, match=r"too small for 200000 vectors.*\(IVF-PQ\) takes about 16MB"):
         choose_type(200_000, 128, memory_budget_mb=1)
     plan = plan_build("auto", 1_000_000, 256, 512)  # 977 MiB of vectors in 512 MiB
     work = 512 * 2**20 - index_bytes("ivfpq", 1_000_000, 256)  # 363 MiB besides the 72 MiB of codes and ids (x2)

@@ -157,10 +157,12 @@ def test_video_route_serves_only_the_stored_file(
     meta = state.index.get("id0003_c1_s0")
     bogus = tmp_path / "notes.mp4"
     bogus.write_text("not a video")
-    state.index._by_id["id0003_c1_s0"] = type(meta)(**{**meta.__dict__, "path": str(bogus)})
+    real_get = state.index.get
+    patched = {"id0003_c1_s0": type(meta)(**{**meta.__dict__, "path": str(bogus)})}
+    state.index.get = lambda vid: patched.get(vid) or real_get(vid)
     r = client.get("/v1/videos/id0003_c1_s0/video")
     assert r.status_code == 404 and "not stored as a video file" in r.json()["detail"]
-    state.index._by_id["id0003_c1_s0"] = type(meta)(**{**meta.__dict__, "path": str(tmp_path / "gone.mp4")})
+    patched["id0003_c1_s0"] = type(meta)(**{**meta.__dict__, "path": str(tmp_path / "gone.mp4")})
     r = client.get("/v1/videos/id0003_c1_s0/video")
     assert r.status_code == 404 and "not available" in r.json()["detail"] and str(tmp_path) not in r.text
 
