@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from indexing.index import DuplicateIdError, ReadOnlyIndexError, UnknownIdError
+from indexing.backend import DuplicateIdError, ReadOnlyIndexError, UnknownIdError
 
 from indexing.errors import UserError
 from indexing.milvus import MilvusError

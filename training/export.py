@@ -90,7 +90,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
     import onnx
 
     from training.embed import load_checkpoint
-    from training.runtime import load_checkpoint_file
+    from training.checkpoint import load_checkpoint_file
 
     arch = str(load_checkpoint_file(checkpoint)["arch"]["name"])
     loaded = load_checkpoint(checkpoint, device="cpu")

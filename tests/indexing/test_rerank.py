@@ -95,7 +95,7 @@ def test_rerank_helps_on_clustered_data_and_cameras_are_kept() -> None:
 
 
 def test_neighbourhoods_from_an_index_search(tmp_path) -> None:
-    from indexing.index import VideoIndex
+    from indexing.faiss_index import VideoIndex
 
     from indexing.embeddings import Embeddings, save_embeddings
 

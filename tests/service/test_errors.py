@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from indexing.index import DuplicateIdError, ReadOnlyIndexError, UnknownIdError
+from indexing.backend import DuplicateIdError, ReadOnlyIndexError, UnknownIdError
 
 from indexing.errors import UserError
 from indexing.milvus import MilvusError

@@ -26,8 +26,8 @@ def video(synth_dir: Path) -> bytes:
     return (synth_dir / "videos" / "id0007" / "c1_s0.mp4").read_bytes()
 
 
-def _client(served: dict, checkpoint: Path) -> TestClient:
-    settings = Settings(**served, checkpoint=checkpoint, device="cpu", api_key=KEY)
+def _client(served: dict, checkpoint: Path, **extra) -> TestClient:
+    settings = Settings(**served, checkpoint=checkpoint, device="cpu", api_key=KEY, **extra)
     return TestClient(create_app(settings, load_in_background=False), raise_server_exceptions=False)
 
 
@@ -174,7 +174,8 @@ def test_a_bounded_storm_ends_consistent_without_5xx(served: dict, checkpoint: P
     count == listing == stored files == (a superset of) the decisions' videos."""
     ids = [f"storm{i}" for i in range(4)]
     statuses: list[tuple[str, int, str]] = []
-    with _client(served, checkpoint) as client:
+    workers = 6  # one upload slot each: the storm tests integrity, not the uploads' 503 back-pressure (test_hardening)
+    with _client(served, checkpoint, max_concurrent_uploads=workers) as client:
         stop = time.time() + 4.0
 
         def worker(seed: int) -> None:
@@ -191,7 +192,7 @@ def test_a_bounded_storm_ends_consistent_without_5xx(served: dict, checkpoint: P
                     r = client.post("/v1/search", json={"id": vid, "k": 3})
                 statuses.append((op, r.status_code, r.text[:200]))
 
-        threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(workers)]
         for t in threads:
             t.start()
         for t in threads:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from indexing.index import VideoIndex
+from indexing.faiss_index import VideoIndex
 
 from indexing.embeddings import Embeddings, EmbeddingSource, save_embeddings
 from indexing.metrics import evaluate_retrieval
