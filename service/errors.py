@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from indexing.backend import DuplicateIdError, ReadOnlyIndexError, UnknownIdError
 
+from indexing.backend import DuplicateIdError, ReadOnlyIndexError, UnknownIdError
 from indexing.errors import UserError
 from indexing.milvus import MilvusError
 from service.deps import redact_paths

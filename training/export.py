@@ -89,8 +89,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
     """Write ``out`` (atomically); the metadata and the measured parity (max cosine distance) on a clip."""
     import onnx
 
-    from training.embed import load_checkpoint
     from training.checkpoint import load_checkpoint_file
+    from training.embed import load_checkpoint
 
     arch = str(load_checkpoint_file(checkpoint)["arch"]["name"])
     loaded = load_checkpoint(checkpoint, device="cpu")

@@ -95,9 +95,8 @@ def test_rerank_helps_on_clustered_data_and_cameras_are_kept() -> None:
 
 
 def test_neighbourhoods_from_an_index_search(tmp_path) -> None:
-    from indexing.faiss_index import VideoIndex
-
     from indexing.embeddings import Embeddings, save_embeddings
+    from indexing.faiss_index import VideoIndex
 
     q, qi, ql, qc, g, gi, gl, gc = problem(seed=5)
     unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from indexing.backend import DuplicateIdError, ReadOnlyIndexError, UnknownIdError
 
+from indexing.backend import DuplicateIdError, ReadOnlyIndexError, UnknownIdError
 from indexing.errors import UserError
 from indexing.milvus import MilvusError
 from service.app import create_app

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from indexing.faiss_index import VideoIndex
 
 from indexing.embeddings import Embeddings, EmbeddingSource, save_embeddings
+from indexing.faiss_index import VideoIndex
 from indexing.metrics import evaluate_retrieval
 from indexing.rerank import rerank_evaluate, rerank_evaluate_within
 from service.app import create_app
