@@ -44,9 +44,9 @@ class TrainConfig:
     loss: str = opt(
         "imae",
         "cce | ls (label smoothing) | mae | gce | sce | nce_rce | imae (docs/losses.md). Default imae: on the noise "
-        "benchmark's frame-level grid (100 identities x 8 clips, pretrained; seed 0 so far) IMAE and GCE were 7-15 "
-        "mAP points ahead of CCE and label smoothing at 40% outlier frames and at 40% wrong labels, and not behind "
-        "on clean data (docs/noise-benchmark.md).",
+        "benchmark's frame-level grid (100 identities x 8 clips, pretrained, 2 seeds) IMAE was 11 mAP points ahead "
+        "of CCE at 40% wrong labels and 8 at 40% outlier frames, not behind on clean data; GCE was level or up to 2 "
+        "points ahead (docs/noise-benchmark.md).",
     )
     imae_t: float | None = opt(
         None,
