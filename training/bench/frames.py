@@ -33,8 +33,8 @@ def frame_noise_rows(
     settings = {"synth": asdict(scfg), "rate": rate, "seed": seed}
     record = json.loads(stamp.read_text()) if stamp.is_file() else {}
     if record.get("settings") != settings:
-        if report_only:
-            raise UserError(f"--report-only: {folder} holds no outlier-frame videos of these settings")
+        if report_only:  # never rendered, so none of its cells has run: --report-only lists them as not run
+            return list(rows), float("nan")
         names = {r.clean_label or r.label for r in rows}
         clips = render_frame_noise(scfg, folder, names, rate, seed)
         record = {"settings": settings, "clips": {k: [p, list(o)] for k, p, o in _flat(clips)}}

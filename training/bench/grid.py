@@ -619,7 +619,9 @@ def _run_cells(cfg: NoiseBenchConfig, tasks: dict, finished: set, log) -> tuple[
         log(
             f"[{len(done)}/{len(tasks)}] {res.loss}, {setting_name(res.noise_type, res.noise_rate)}, seed {res.seed}: "
             f"final mAP {res.final_mAP:.4f}, best {res.best_mAP:.4f} (epoch {res.best_epoch}); "
-            f"fits {res.train_acc_noisy:.3f} of wrong labels; {res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU)"
+            f"fits {res.train_acc_noisy:.3f} of the "
+            f"{'outlier frames' if res.noise_type == FRAME_NOISE else 'wrong labels'}; "
+            f"{res.seconds:.0f} s ({res.cpu_seconds:.0f} s CPU)"
             + (f"; about {left / 60:.0f} min left" if trained and to_train else "")
         )
     return done, missing
