@@ -67,10 +67,16 @@ def test_imae_takes_half_precision_logits_to_fp32_gradients(dtype: torch.dtype) 
 
 
 def test_bf16_autocast_on_the_cpu_matches_fp32() -> None:
-    """The GPU test's comparison, on the CPU at a small size: bf16 autocast against fp32, tiny3d, eval mode."""
+    """The GPU test's comparison, on the CPU at a small size: bf16 autocast against fp32, tiny3d, eval mode.
+
+    It runs on PyTorch's own CPU kernels, with oneDNN off: on CPUs with native bf16 (AVX512-BF16, e.g. AMD EPYC
+    here) oneDNN's bf16 convolution backward gives weight gradients up to 100x off fp32's on some layers (cosine
+    0.92 over all of them, measured), which says nothing about our autocast path. ``--precision auto`` trains in
+    fp32 on a CPU (training/runtime.py), so users meet that kernel only by asking for ``--precision bf16``."""
     cpu = torch.device("cpu")
-    ref = _grads("tiny3d", cpu, "fp32", train=False, frames=4, size=24, batch=4)
-    low = _grads("tiny3d", cpu, "bf16", train=False, frames=4, size=24, batch=4)
+    with torch.backends.mkldnn.flags(enabled=False):
+        ref = _grads("tiny3d", cpu, "fp32", train=False, frames=4, size=24, batch=4)
+        low = _grads("tiny3d", cpu, "bf16", train=False, frames=4, size=24, batch=4)
     diff = compare_grads(ref.grads, low.grads)
     assert diff.ok(*TOLERANCE["bf16"]), diff
     assert low.tries == 1 and low.scale == 1.0
