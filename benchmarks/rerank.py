@@ -35,10 +35,15 @@ KS = (1, 5, 10)
 
 def load_torchreid_rerank():
     """torchreid's ``re_ranking`` (its module needs only numpy: loaded alone, not through the package), or None."""
-    spec = importlib.util.find_spec("torchreid")
-    if spec is None or not spec.submodule_search_locations:
+    loaded = sys.modules.get("torchreid")  # benchmarks/peers.py may have put a bare package module (no __spec__) here
+    if loaded is not None and getattr(loaded, "__path__", None):
+        roots = list(loaded.__path__)
+    else:
+        spec = importlib.util.find_spec("torchreid")
+        roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not roots:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "reid" / "utils" / "rerank.py"
+    path = Path(roots[0]) / "reid" / "utils" / "rerank.py"
     if not path.is_file():
         return None
     mspec = importlib.util.spec_from_file_location("torchreid_rerank", path)

@@ -98,7 +98,7 @@ def test_evaluate_against_torchreid(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_rerank_against_torchreid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if importlib.util.find_spec("torchreid") is None:
+    if "torchreid" not in sys.modules and importlib.util.find_spec("torchreid") is None:
         pytest.skip("torchreid is not installed: pip install -e '.[bench]'")
     figures = _script("rerank", "--queries", "60", "--gallery", "300", tmp_path=tmp_path, monkeypatch=monkeypatch)
     ours, theirs = figures["ours"], figures["torchreid"]
