@@ -154,10 +154,10 @@ def test_bench_noise_quick_writes_every_file(tmp_path: Path) -> None:
     report = run_cli("bench", "noise", out, "--quick", "--report-only")
     assert report.returncode == 0, report.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in inputs} == before  # it writes reports only, not the grid's inputs
-    assert "1 of 6 cells have not finished: identity0.4: seed 0 (imae)" in report.stderr
+    assert "1 of 8 cells have not finished: identity0.4: seed 0 (imae)" in report.stderr
     assert not (out / "runs" / "imae_identity0.4_seed0" / "done.json").exists()  # nothing was trained
     with open(out / "results.csv", newline="") as fh:
-        assert len(list(csv.DictReader(fh))) == 5
-    assert "Not run (--report-only reports the 5 finished cells): identity0.4: seed 0 (imae)." in report.stdout
+        assert len(list(csv.DictReader(fh))) == 7
+    assert "Not run (--report-only reports the 7 finished cells): identity0.4: seed 0 (imae)." in report.stdout
     empty = run_cli("bench", "noise", tmp_path / "empty", "--quick", "--report-only")
     assert empty.returncode == 1 and "--report-only" in empty.stderr and "Traceback" not in empty.stderr
