@@ -42,3 +42,24 @@ def sniff_container(head: bytes) -> str | None:
 def sniff_file(path: str | Path) -> str | None:
     with open(path, "rb") as fh:
         return sniff_container(fh.read(SNIFF_BYTES))
+
+
+def av_scale_graph(frame, time_base, size: tuple[int, int]):
+    """FFmpeg's scale filter with bilinear flags, then RGB24 (a PyAV filter graph for ``frame``'s stream): how
+    decord resizes at decode time, bit for bit. ``size`` is (height, width). Used by training/data/video.py's PyAV
+    path and by the torch-free decoding of training/data/npclip.py."""
+    from itertools import pairwise
+
+    from av.filter import Graph
+
+    graph = Graph()
+    chain = [
+        graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base),
+        graph.add("scale", f"{size[1]}:{size[0]}:flags=bilinear"),
+        graph.add("format", "rgb24"),
+        graph.add("buffersink"),
+    ]
+    for a, b in pairwise(chain):
+        a.link_to(b)
+    graph.configure()
+    return graph

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from training.data.containers import CONTAINER_DEMUXERS, CONTAINER_NAMES, sniff_file
+from training.data.containers import CONTAINER_DEMUXERS, CONTAINER_NAMES, av_scale_graph, sniff_file
 
 DECODE_THREADS = int(os.environ.get("VIDRET_DECODE_THREADS", "1"))
 
@@ -86,22 +85,6 @@ def video_shape(path: str | Path, label: str | None = None) -> tuple[int, int, i
     return n, h, w
 
 
-def _scaler(frame, time_base, size: tuple[int, int]):
-    from av.filter import Graph
-
-    graph = Graph()
-    chain = [
-        graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base),
-        graph.add("scale", f"{size[1]}:{size[0]}:flags=bilinear"),
-        graph.add("format", "rgb24"),
-        graph.add("buffersink"),
-    ]
-    for a, b in pairwise(chain):
-        a.link_to(b)
-    graph.configure()
-    return graph
-
-
 def decode_frames(path: str | Path, spec: NpClipSpec, max_frames: int | None = None, label: str | None = None):
     """uint8 (T, H, W, 3) frames of the eval clip, resized at decode time to the decode short side."""
     shown = label or path
@@ -126,7 +109,7 @@ def decode_frames(path: str | Path, spec: NpClipSpec, max_frames: int | None = N
                     if size is None:
                         out.append(frame.to_ndarray(format="rgb24"))
                     else:
-                        scaler = scaler or _scaler(frame, stream.time_base, size)
+                        scaler = scaler or av_scale_graph(frame, stream.time_base, size)
                         scaler.push(frame)
                         out.append(scaler.pull().to_ndarray())
                 if i >= uniq[-1]:

@@ -46,6 +46,7 @@ from training.data.containers import (  # noqa: F401 - torch-free (training/data
     SNIFF_BYTES,
     TS_MIN_PACKETS,
     TS_PACKET,
+    av_scale_graph,
     sniff_container,
     sniff_file,
 )
@@ -266,25 +267,6 @@ def declared_shape(path: str | Path, label: str | None = None) -> tuple[int, int
     return n, h, w
 
 
-def _av_scaler(frame, time_base, size: tuple[int, int]):
-    """FFmpeg's scale filter with bilinear flags, then RGB24: how decord resizes at decode time (bit for bit)."""
-    from itertools import pairwise
-
-    from av.filter import Graph
-
-    graph = Graph()
-    chain = [
-        graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base),
-        graph.add("scale", f"{size[1]}:{size[0]}:flags=bilinear"),
-        graph.add("format", "rgb24"),
-        graph.add("buffersink"),
-    ]
-    for a, b in pairwise(chain):
-        a.link_to(b)
-    graph.configure()
-    return graph
-
-
 def _av_frames(path: str, indices: list[int], size: tuple[int, int] | None) -> torch.Tensor:
     """Frames ``indices`` (sorted, distinct) decoded in order with PyAV, resized to ``size`` (h, w) as decord resizes.
     Fewer frames come back when the video ends first."""
@@ -300,7 +282,7 @@ def _av_frames(path: str, indices: list[int], size: tuple[int, int] | None) -> t
                 if size is None:
                     out.append(frame.to_ndarray(format="rgb24"))
                 else:
-                    scaler = scaler or _av_scaler(frame, stream.time_base, size)
+                    scaler = scaler or av_scale_graph(frame, stream.time_base, size)
                     scaler.push(frame)
                     out.append(scaler.pull().to_ndarray())
             if i >= indices[-1]:
