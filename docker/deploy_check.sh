@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make deploy-check: build the CPU image and run the docker compose flow of docs/deployment.md for real, end to end.
+# make deploy-check: build the CPU image and the torch-free API image and run the docker compose flow of
+# docs/deployment.md for real, end to end.
 #
 # The engine is podman (Debian's), driven by Debian's docker-compose through podman's Docker-compatible socket. The
 # script runs as root on Debian: it installs podman, runc, debootstrap, docker-compose and curl with apt where they
@@ -7,8 +8,10 @@
 # are absent (runc, because crun fails on hybrid cgroups; cgroupfs; ulimits that setrlimit accepts).
 #
 # Steps: the base image (pulled, or a local stand-in when no registry answers: docker/standin_base.sh), the CPU
-# image (podman's layer cache makes a rebuild cheap), then under compose project `vidretcheck`: synth, train-cpu,
-# embed-cpu, index, `up -d api` and its HEALTHCHECK (`podman healthcheck run`: podman runs health checks from systemd
+# image and the API image (podman's layer cache makes a rebuild cheap; the API image must hold no torch and stay
+# under API_IMAGE_MAX_BYTES, its size as `podman image inspect` gives it), then under compose project `vidretcheck`:
+# synth, train-cpu, embed-cpu, index, export (the checkpoint as ONNX), `up -d api` (the API image serving the ONNX
+# export: GET /v1/index says runtime onnx) and its HEALTHCHECK (`podman healthcheck run`: podman runs health checks from systemd
 # timers, which a machine without systemd lacks), searches by id and by upload, an add with the API key and a
 # delete, `restart api` (the add survives), SIGKILL of the server right after a 201 add (the restart policy brings
 # it back and the add survived), `down -v`. Each step is printed with the time since the start; the last line says
@@ -21,6 +24,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BASE=docker.io/library/python:3.11-slim-bookworm
 IMAGE=vidret:cpu
+API_IMAGE=vidret:api
+API_IMAGE_MAX_BYTES=1500000000  # the goal for the torch-free image (docs/deployment.md, "Images")
 PROJECT=vidretcheck
 T0=$(date +%s)
 WORK=$(mktemp -d /tmp/vidret-deploy-check.XXXXXX)
@@ -127,8 +132,9 @@ base_image() {
     fi
 }
 
-build_image() {
-    step "build $IMAGE (docker/Dockerfile.cpu)"
+build_image() {  # build_image IMAGE DOCKERFILE
+    local image=$1 dockerfile=$2
+    step "build $image (docker/$dockerfile)"
     local mounts=() dir
     if [[ $(podman image inspect --format '{{index .Labels "vidret.standin"}}' "$BASE") == 1 ]]; then
         # The stand-in carries the host's pip settings; the local wheel folders and indexes they name are
@@ -142,21 +148,35 @@ build_image() {
     local free
     free=$(df --output=avail -B1G /var/lib/containers /var/tmp | tail -n +2 | sort -n | head -n 1)
     ((free >= 20)) || echo "   warning: only $free GB free under /var/lib/containers or /var/tmp; building the" \
-        "dependency layer (not needed when it is cached) takes about 20 GB"
-    local old
-    old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-    if ! podman build --pull=never --network=host --format docker --force-rm "${mounts[@]}" -t "$IMAGE" \
-        -f docker/Dockerfile.cpu . >"$WORK/build.log" 2>&1; then
-        tail -n 40 "$WORK/build.log"
-        fail "podman build"
+        "CPU image's dependency layer (not needed when it is cached) takes about 20 GB"
+    local old log=$WORK/build-${image//[:\/]/_}.log
+    old=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+    if ! podman build --pull=never --network=host --format docker --force-rm "${mounts[@]}" -t "$image" \
+        -f "docker/$dockerfile" . >"$log" 2>&1; then
+        tail -n 40 "$log"
+        fail "podman build $image"
     fi
-    ok "$(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1 / 1e9}')" \
-        "($(grep -c -- '--> Using cache' "$WORK/build.log" || true) cached steps)"
-    [[ $(podman image inspect --format '{{.Config.User}}' "$IMAGE") == vidret ]] || fail "the image does not run as vidret"
-    if [[ -n $old && $old != $(podman image inspect --format '{{.Id}}' "$IMAGE") ]]; then
+    ok "$(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.2f GB", $1 / 1e9}')" \
+        "($(grep -c -- '--> Using cache' "$log" || true) cached steps)"
+    [[ $(podman image inspect --format '{{.Config.User}}' "$image") == vidret ]] || fail "$image does not run as vidret"
+    if [[ -n $old && $old != $(podman image inspect --format '{{.Id}}' "$image") ]]; then
         # the image this build replaced: several GB that nothing uses any more (kept if a container still does)
         podman rmi "$old" >/dev/null 2>&1 && ok "removed the image it replaced (${old:0:12})"
     fi
+}
+
+check_api_image() {
+    step "$API_IMAGE: no torch, and its size"
+    local size
+    size=$(podman image inspect --format '{{.Size}}' "$API_IMAGE")
+    ((size < API_IMAGE_MAX_BYTES)) || fail "$API_IMAGE is $size bytes, over the goal of $API_IMAGE_MAX_BYTES"
+    ok "$size bytes ($(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}'); the goal: under $API_IMAGE_MAX_BYTES)"
+    podman run --rm --network=none "$API_IMAGE" python -c 'import torch' >/dev/null 2>&1 &&
+        fail "$API_IMAGE can import torch"
+    podman run --rm --network=none "$API_IMAGE" vidret train --train x.csv --out /tmp/x >"$WORK/notorch.log" 2>&1 &&
+        fail "vidret train ran in $API_IMAGE"
+    grep -q "needs torch" "$WORK/notorch.log" || fail "vidret train in $API_IMAGE: $(cat "$WORK/notorch.log")"
+    ok "import torch fails; vidret train says: $(cut -c1-100 "$WORK/notorch.log")..."
 }
 
 start_service() {
@@ -216,11 +236,15 @@ wait_ready() {  # wait until /ready answers 200 (the index and the model are loa
 }
 
 start_api() {
-    step "compose up -d api, then its HEALTHCHECK"
+    step "compose up -d api ($API_IMAGE, the ONNX export), then its HEALTHCHECK"
     local t1=$SECONDS
     compose up -d api >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "compose up -d api"; }
     wait_ready
     ok "ready in $((SECONDS - t1)) s"
+    http GET /v1/index 200
+    [[ $(json 'd["model"]["runtime"], d["model"]["checkpoint"]') == "('onnx', 'model.onnx')" ]] ||
+        fail "the api does not serve the ONNX export: $(head -c 300 "$WORK/body")"
+    ok "GET /v1/index: model.onnx, runtime onnx"
     local cid test
     cid=$(api_id)
     test=$(podman inspect --format '{{json .Config.Healthcheck.Test}}' "$cid")
@@ -288,8 +312,8 @@ restart_checks() {
 }
 
 cold_start() {
-    step "VIDRET_CHECK_COLD=1: removing $IMAGE, the stand-in base and dangling layers"
-    podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+    step "VIDRET_CHECK_COLD=1: removing $IMAGE, $API_IMAGE, the stand-in base and dangling layers"
+    podman rmi -f "$IMAGE" "$API_IMAGE" >/dev/null 2>&1 || true
     if podman image exists "$BASE" &&
         [[ $(podman image inspect --format '{{index .Labels "vidret.standin"}}' "$BASE") == 1 ]]; then
         podman rmi -f "$BASE" >/dev/null
@@ -302,12 +326,15 @@ install_tools
 configure_podman
 [[ ${VIDRET_CHECK_COLD:-0} == 1 ]] && cold_start
 base_image
-build_image
+build_image "$IMAGE" Dockerfile.cpu
+build_image "$API_IMAGE" Dockerfile.api
+check_api_image
 start_service
 job demo synth 900
 job cpu train-cpu 1800
 job cpu embed-cpu 900
 job cpu index 600
+job cpu export 600
 start_api
 api_checks
 restart_checks

@@ -204,12 +204,25 @@ def expand_multi_value_flags(argv: list[str], flags: tuple[str, ...] = MULTI_VAL
     return out
 
 
+TORCH_MODULES = ("torch", "torchvision", "decord")  # what the `api` extra leaves out (pyproject.toml)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 1."""
     try:
         app(args=expand_multi_value_flags(sys.argv[1:]), prog_name="vidret")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        if exc.name not in TORCH_MODULES:
+            raise
+        print(
+            f"error: this command needs {exc.name}, which this installation lacks (the torch-free API image, "
+            "docker/Dockerfile.api, serves ONNX exports only): run it where the `cpu` or `gpu` extra is installed "
+            "(the vidret:cpu image), see docs/export.md",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

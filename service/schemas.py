@@ -89,7 +89,8 @@ class BatchSearchResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     checkpoint: str = Field(..., description="The checkpoint's file name.")
-    sha256: str
+    sha256: str = Field(..., description="The sha256 of the checkpoint (of the one it was exported from, for ONNX).")
+    runtime: str = Field("torch", description="What embeds uploads: torch (a .pt checkpoint) or onnx (an export).")
 
 
 class IndexInfo(BaseModel):

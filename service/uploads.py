@@ -59,7 +59,7 @@ async def save_upload(file: UploadFile, settings: Settings, folder: Path | None 
 def check_declared_shape(path: str, settings: Settings) -> None:
     """413 when the frame size or the frame count that the upload's container declares is past the limits
     (``VIDRET_MAX_FRAME_PIXELS``, ``VIDRET_MAX_FRAMES``); ``VideoDecodeError`` when its headers cannot be read."""
-    from training.data.video import declared_shape
+    from training.data.sources import declared_shape
 
     n, h, w = declared_shape(path, label=UPLOAD_LABEL)
     if h * w > settings.max_frame_pixels:
@@ -96,6 +96,7 @@ def _embed_upload_onnx(state: ServiceState, path: str) -> np.ndarray:
     from training.data.npclip import ClipDecodeError, video_shape
 
     try:
+        check_declared_shape(path, state.settings)  # before anything is decoded, as on a torch server
         n = video_shape(path, label=UPLOAD_LABEL)[0]
         if n > state.settings.max_frames:
             raise HTTPException(

@@ -51,7 +51,7 @@ def test_compose_validates_with_and_without_profiles() -> None:
     default = _config()["services"]  # compose v2 drops profiled services here; v1 lists them with their profiles
     assert {name for name, svc in default.items() if not svc.get("profiles")} == {"api"}
     services = _without_milvus(_config(*PROFILES)["services"])
-    assert set(services) == {"api", "synth", "train", "train-cpu", "embed", "embed-cpu", "index"}
+    assert set(services) == {"api", "synth", "train", "train-cpu", "embed", "embed-cpu", "index", "export"}
     assert services["train"]["profiles"] == ["train"] and "cpu" in services["index"]["profiles"]
     api = services["api"]
     assert api["healthcheck"]["test"] and api["restart"] == "unless-stopped"
@@ -65,6 +65,11 @@ def test_compose_validates_with_and_without_profiles() -> None:
         assert services[name]["shm_size"]
     for name in ("train-cpu", "embed-cpu"):
         assert "deploy" not in services[name]
+    # the api is the torch-free image serving the ONNX model that the export job writes
+    assert api["image"] == "vidret:api" and api["build"]["dockerfile"].endswith("Dockerfile.api")
+    model = api["command"][api["command"].index("--checkpoint") + 1]
+    assert model.endswith(".onnx") and services["export"]["command"][-1] == model
+    assert services["export"]["image"] == "vidret:cpu" and "cpu" in services["export"]["profiles"]
 
 
 def _subcommand(argv: list[str]) -> list[str]:
@@ -95,16 +100,17 @@ def test_every_service_command_is_a_valid_vidret_invocation() -> None:
             assert flag in res.stdout, f"service {name}: `vidret {' '.join(sub)}` has no option {flag}"
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
-def test_dockerfiles_end_non_root_with_healthcheck(dockerfile: str) -> None:
+@pytest.mark.parametrize(
+    ("dockerfile", "extras"), [("Dockerfile", "gpu onnx"), ("Dockerfile.cpu", "cpu onnx"), ("Dockerfile.api", "api")]
+)
+def test_dockerfiles_end_non_root_with_healthcheck(dockerfile: str, extras: str) -> None:
     text = (ROOT / "docker" / dockerfile).read_text()
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
     assert re.search(r"^HEALTHCHECK .*\n?.*?/health", text, flags=re.M)
     # dependencies are installed before the source is copied, from the requirements alone (cache-friendly layers)
-    extra = "cpu" if dockerfile.endswith(".cpu") else "gpu"
-    assert f"python requirements.py {extra} >/requirements.txt" in text
-    source = "COPY --from=wheel" if extra == "cpu" else "COPY training"  # the CPU image gets vidret as a wheel
+    assert f"python requirements.py {extras} >/requirements.txt" in text
+    source = "COPY training" if dockerfile == "Dockerfile" else "COPY --from=wheel"  # CPU and API: vidret as a wheel
     assert text.index("pip install -r /tmp/requirements.txt") < text.index(source)
     assert re.search(r"^CMD \[\"vidret\", \"serve\"", text, flags=re.M)
     # exec form, no spaces inside an argument (podman's Docker API re-splits a command at spaces)
@@ -112,20 +118,29 @@ def test_dockerfiles_end_non_root_with_healthcheck(dockerfile: str) -> None:
     assert health and json.loads(health.group(1)) == HEALTH_ARGV
 
 
-@pytest.mark.parametrize("extra", ["cpu", "gpu"])
-def test_image_requirements_are_the_projects(extra: str) -> None:
-    """docker/requirements.py gives the image's dependency layer exactly what `pip install .[extra]` would install."""
+@pytest.mark.parametrize("extras", [["cpu", "onnx"], ["gpu", "onnx"], ["api"]])
+def test_image_requirements_are_the_projects(extras: list[str]) -> None:
+    """docker/requirements.py gives the image's dependency layer exactly what `pip install .[extras]` would install:
+    vidret's dependencies, then each extra's, an extra naming another of vidret's (vidret[train]) expanded."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     res = subprocess.run(
-        [sys.executable, str(ROOT / "docker" / "requirements.py"), extra, str(ROOT / "pyproject.toml")],
+        [sys.executable, str(ROOT / "docker" / "requirements.py"), *extras, str(ROOT / "pyproject.toml")],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == [*project["dependencies"], *project["optional-dependencies"][extra]]
+    opt = project["optional-dependencies"]
+    want = list(project["dependencies"])
+    for extra in extras:
+        for req in opt[extra]:
+            for r in opt["train"] if req == "vidret[train]" else [req]:
+                want += [] if r in want else [r]
+    assert res.stdout.splitlines() == want
+    torch_free = {r.split(">")[0].split("=")[0].split("[")[0] for r in res.stdout.splitlines()}
+    assert ("torch" in torch_free) == (extras != ["api"])  # the API image's requirements hold no torch
     res = subprocess.run(
         [sys.executable, str(ROOT / "docker" / "requirements.py"), "nope", str(ROOT / "pyproject.toml")],
         capture_output=True,

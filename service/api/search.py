@@ -35,7 +35,11 @@ router = APIRouter(prefix="/v1", tags=["search"])
 def index_info(state: ServiceState = Depends(ready_state)) -> IndexInfo:
     ix = state.index
     model = (
-        ModelInfo(checkpoint=Path(state.settings.checkpoint).name, sha256=state.model.sha256)  # no server path
+        ModelInfo(  # the file's name, no server path
+            checkpoint=Path(state.settings.checkpoint).name,
+            sha256=state.model.sha256,
+            runtime=getattr(state.model, "runtime", "torch"),
+        )
         if state.model
         else None
     )

@@ -162,7 +162,7 @@ def _commit_add(state: ServiceState, vid: str, vec, label: str, camera: str, tmp
 )
 async def thumbnail(video_id: str, state: ServiceState = Depends(ready_state)) -> Response:
     video_id = path_id(video_id)
-    from training.data.video import VideoDecodeError, middle_frame_jpeg
+    from training.data import sources  # torch-free: thumbnails on an ONNX server too
 
     meta = state.index.get(video_id)
     if meta is None:
@@ -171,11 +171,11 @@ async def thumbnail(video_id: str, state: ServiceState = Depends(ready_state)) -
         raise HTTPException(404, f"the video file of {video_id!r} is not available")
     # an added video was an upload: read it as a video container only, whatever its name
     stored = _is_stored(state, meta.path)
-    make = partial(middle_frame_jpeg, meta.path, video_only=stored, label="the video")
+    make = partial(sources.middle_frame_jpeg, meta.path, video_only=stored, label="the video")
     cache = thumbnail_cache(state)  # decoded once per file, not once per view
     try:
         data = await run_in_threadpool(lambda: cache.get_or_make(cache.key(meta.id, meta.path), make))
-    except VideoDecodeError as exc:  # its reason names no path
+    except sources.VideoDecodeError as exc:  # its reason names no path
         raise HTTPException(404, f"the video file of {video_id!r} cannot be decoded: {exc.reason}") from None
     except OSError:  # deleted meanwhile
         raise HTTPException(404, f"the video file of {video_id!r} is not available") from None

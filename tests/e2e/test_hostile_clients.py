@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import VIDRET, run_cli
+from tests.conftest import VIDRET
 from tests.e2e.test_serve_process import CHROMIUM, _chromium, _free_port
 
 VID = "id0008_c2_s0"
@@ -58,12 +58,6 @@ def _stop(*procs: subprocess.Popen) -> None:
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
-
-
-@pytest.fixture()
-def index(embeddings: dict[str, Path], tmp_path: Path) -> Path:
-    assert run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", tmp_path / "ix").returncode == 0
-    return tmp_path / "ix"
 
 
 def test_uvicorn_factory_write_policy_follows_the_listening_socket(index: Path, tmp_path: Path) -> None:

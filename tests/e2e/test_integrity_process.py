@@ -11,18 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.conftest import VIDRET, run_cli
+from tests.conftest import VIDRET
 from tests.e2e.test_serve_process import Server, _free_port
 
 AUTH = {"Authorization": "Bearer k"}
-
-
-@pytest.fixture()
-def index(embeddings: dict[str, Path], tmp_path: Path) -> Path:
-    assert run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", tmp_path / "ix").returncode == 0
-    return tmp_path / "ix"
 
 
 def test_a_second_server_on_one_folder_fails_at_start(index: Path, checkpoint: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import VIDRET, run_cli
+from tests.conftest import VIDRET
 
 
 def _free_port() -> int:
@@ -23,15 +23,16 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, index: Path, checkpoint: Path, *args: str) -> None:
+    def __init__(self, index: Path, checkpoint: Path, *args: str, command: list[str] | None = None) -> None:
         self.index, self.checkpoint, self.port, self.args = index, checkpoint, _free_port(), args
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.command = command or VIDRET  # how `vidret` is run
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(
             [
-                *VIDRET,
+                *self.command,
                 "serve",
                 "--index",
                 str(self.index),
@@ -67,12 +68,6 @@ class Server:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
-
-
-@pytest.fixture()
-def index(embeddings: dict[str, Path], tmp_path: Path) -> Path:
-    assert run_cli("index", "build", "--embeddings", embeddings["gallery"], "--out", tmp_path / "ix").returncode == 0
-    return tmp_path / "ix"
 
 
 def test_add_and_delete_survive_sigkill(index: Path, checkpoint: Path, synth_dir: Path) -> None:

@@ -33,8 +33,11 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*a, **k):
         raise AssertionError("a frame was decoded before the limits were checked")
 
-    for name in ("_video_shape", "_decode_frames", "_av_frames"):
+    import training.data.npclip as npclip
+
+    for name in ("_video_shape", "_decode_frames", "av_frames"):
         monkeypatch.setattr(video_mod, name, refuse)
+    monkeypatch.setattr(npclip, "av_frames", refuse)  # the ONNX server's decoder
 
 
 def _post(c: TestClient, path: Path, route: str = "/v1/videos"):
@@ -42,9 +45,16 @@ def _post(c: TestClient, path: Path, route: str = "/v1/videos"):
     return c.post(route, files={"file": (path.name, path.read_bytes(), "video/mp4")}, data=data, headers=AUTH)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_declared_frame_size_and_count_are_checked_before_decoding(
-    fresh_index: Path, checkpoint: Path, tmp_path: Path, no_decoding: None
+    fresh_index: Path, checkpoint: Path, tmp_path: Path, no_decoding: None, runtime: str
 ) -> None:
+    if runtime == "onnx":  # the torch-free server (docker/Dockerfile.api) checks the same limits the same way
+        pytest.importorskip("onnxruntime")
+        from training.export import export_onnx
+
+        export_onnx(checkpoint, tmp_path / "model.onnx")
+        checkpoint = tmp_path / "model.onnx"
     big = tmp_path / "big.mp4"  # a few kB: 1 Mpixel frames
     write_mp4(big, np.zeros((2, 1024, 1024, 3), np.uint8))
     long_mp4 = tmp_path / "long.mp4"
@@ -79,14 +89,16 @@ def test_headers_that_cannot_be_read_are_415(fresh_index: Path, checkpoint: Path
 def test_thumbnails_are_decoded_once_and_forgotten_on_delete(
     fresh_index: Path, checkpoint: Path, synth_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from training.data import sources
+
     made = []
-    real = video_mod.middle_frame_jpeg
+    real = sources.middle_frame_jpeg
 
     def counted(*a, **k):
         made.append(a[0])
         return real(*a, **k)
 
-    monkeypatch.setattr(video_mod, "middle_frame_jpeg", counted)
+    monkeypatch.setattr(sources, "middle_frame_jpeg", counted)
     clip = synth_dir / "videos" / "id0001" / "c2_s1.mp4"
     with _client(fresh_index, checkpoint) as c:
         anyone = c.get("/v1/videos?limit=1").json()["videos"][0]["id"]

@@ -33,7 +33,7 @@ def test_same_hit_list_through_torch_and_onnxruntime(
     for name, ck in (("torch", checkpoint), ("onnx", onnx)):
         with _client(index_dir, ck) as c:
             info = c.get("/v1/index").json()["model"]
-            assert info["checkpoint"] == ck.name
+            assert info["checkpoint"] == ck.name and info["runtime"] == name
             got = []
             for v in videos:
                 with open(v, "rb") as fh:

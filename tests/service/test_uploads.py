@@ -48,9 +48,9 @@ def image_opens(monkeypatch: pytest.MonkeyPatch) -> list:
     import training.data.video as video
 
     opened: list = []
-    real_open, real_files = Image.open, video._frame_files
+    real_open, real_files = Image.open, video.sources.frame_files
     monkeypatch.setattr(Image, "open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
-    monkeypatch.setattr(video, "_frame_files", lambda p: opened.append(p) or real_files(p))
+    monkeypatch.setattr(video.sources, "frame_files", lambda p: opened.append(p) or real_files(p))
     return opened
 
 

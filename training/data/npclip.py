@@ -9,116 +9,59 @@ the two on real videos.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from training.data.containers import CONTAINER_DEMUXERS, CONTAINER_NAMES, av_scale_graph, sniff_file
+from training.data.sources import (
+    ClipSpec,
+    VideoDecodeError,
+    av_frames,
+    av_shape,
+    check_video_file,
+    reason,
+    resized_hw,
+    sample_indices,
+)
 
-DECODE_THREADS = int(os.environ.get("VIDRET_DECODE_THREADS", "1"))
-
-
-class ClipDecodeError(Exception):
-    def __init__(self, shown: str | Path, reason: str) -> None:
-        super().__init__(f"{shown}: {reason}")
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class NpClipSpec:
-    frames: int
-    size: int
-    sampling: str = "segments"
-    stride: int = 2
-
-    @property
-    def decode_short_side(self) -> int:
-        return int(round(self.size * 8 / 7))
+ClipDecodeError = VideoDecodeError  # one error for a source that cannot be read, on either path
+NpClipSpec = ClipSpec  # the clip spec of training/data/sources.py (torch-free)
 
 
-def eval_indices(num_frames: int, spec: NpClipSpec) -> np.ndarray:
+def eval_indices(num_frames: int, spec: ClipSpec) -> np.ndarray:
     """The frame indices of the eval clip (``sample_indices(..., train=False)``)."""
-    n, length = spec.frames, num_frames
-    if spec.sampling == "random":
-        span = (n - 1) * spec.stride + 1
-        return (max(length - span, 0) // 2 + np.arange(n) * spec.stride) % length
-    if length < n:
-        return np.arange(n) % length
-    if spec.sampling == "uniform":
-        return np.round(np.linspace(0, length - 1, n)).astype(np.int64)
-    edges = np.linspace(0, length, n + 1)
-    lo, hi = np.floor(edges[:-1]).astype(np.int64), np.maximum(np.floor(edges[1:]).astype(np.int64), 1)
-    hi = np.maximum(hi, lo + 1)
-    return ((lo + hi - 1) // 2).astype(np.int64)
-
-
-def _open(path: str, shown: str | Path):
-    import av
-
-    ext = sniff_file(path)  # the demuxer from the first bytes, as training/data/video.py chooses it
-    if ext is None:
-        raise ClipDecodeError(shown, f"cannot decode video (not a recognised video container ({CONTAINER_NAMES}))")
-    try:
-        container = av.open(path, format=CONTAINER_DEMUXERS[ext])
-    except Exception as exc:  # av.error.* and OSError
-        raise ClipDecodeError(shown, f"cannot decode video ({type(exc).__name__})") from None
-    if not container.streams.video:
-        container.close()
-        raise ClipDecodeError(shown, "cannot decode video (the file has no video stream)")
-    return container
+    return sample_indices(num_frames, spec, False, None)
 
 
 def video_shape(path: str | Path, label: str | None = None) -> tuple[int, int, int]:
-    """(frames, height, width) of a video file."""
+    """(frames, height, width) of a video container file (never a frame folder or list)."""
+    path = Path(path)
     shown = label or path
-    with _open(str(path), shown) as container:
-        stream = container.streams.video[0]
-        n = int(stream.frames or 0)
-        if n <= 0:
-            n = sum(1 for packet in container.demux(stream) if packet.size)
-        h, w = int(stream.codec_context.height), int(stream.codec_context.width)
-    if n <= 0 or h <= 0 or w <= 0:
-        raise ClipDecodeError(shown, "cannot decode video (the video has no frames)")
-    return n, h, w
+    check_video_file(path, shown)
+    try:
+        return av_shape(str(path))
+    except Exception as exc:  # av.error.*, OSError, DecoderFailed
+        raise VideoDecodeError(shown, f"cannot decode video ({reason(exc, path, shown)})") from None
 
 
-def decode_frames(path: str | Path, spec: NpClipSpec, max_frames: int | None = None, label: str | None = None):
+def decode_frames(path: str | Path, spec: ClipSpec, max_frames: int | None = None, label: str | None = None):
     """uint8 (T, H, W, 3) frames of the eval clip, resized at decode time to the decode short side."""
+    path = Path(path)
     shown = label or path
     n, h, w = video_shape(path, label)
     if max_frames:
         n = min(n, max_frames)
     idx = eval_indices(n, spec)
-    short = spec.decode_short_side
-    size = None
-    if min(h, w) > short:
-        scale = short / min(h, w)
-        size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    size = resized_hw(h, w, spec.decode_short_side)
     uniq, inverse = np.unique(idx, return_inverse=True)
-    wanted, out = set(uniq.tolist()), []
-    with _open(str(path), shown) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = DECODE_THREADS
-        scaler = None
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    if size is None:
-                        out.append(frame.to_ndarray(format="rgb24"))
-                    else:
-                        scaler = scaler or av_scale_graph(frame, stream.time_base, size)
-                        scaler.push(frame)
-                        out.append(scaler.pull().to_ndarray())
-                if i >= uniq[-1]:
-                    break
-        except Exception as exc:  # av.error.*
-            raise ClipDecodeError(shown, f"cannot decode video ({type(exc).__name__})") from None
+    try:
+        out = av_frames(str(path), uniq.tolist(), size if size != (h, w) else None)
+    except Exception as exc:  # av.error.*
+        raise VideoDecodeError(shown, f"cannot decode video ({reason(exc, path, shown)})") from None
     if len(out) != len(uniq):
-        raise ClipDecodeError(shown, f"cannot decode video (got {len(out)} of {len(uniq)} frames: truncated file?)")
-    return np.stack(out)[inverse]
+        raise VideoDecodeError(shown, f"cannot decode video (got {len(out)} of {len(uniq)} frames: truncated file?)")
+    return out[inverse]
 
 
 def _linear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,7 +84,7 @@ def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return x[:, :, j0] * (1 - b)[None, None, :, None] + x[:, :, j1] * b[None, None, :, None]
 
 
-def preprocess(frames: np.ndarray, spec: NpClipSpec, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def preprocess(frames: np.ndarray, spec: ClipSpec, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 (T, H, W, 3) -> float32 (3, T, size, size): the eval transform of ``clip_transform``."""
     x = frames.astype(np.float32) / np.float32(255.0)
     h, w = x.shape[1:3]

@@ -186,7 +186,7 @@ def test_untrusted_reads_never_open_frame_lists_or_folders(
     opened: list = []
     real_open = PIL.Image.open
     monkeypatch.setattr(PIL.Image, "open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
-    monkeypatch.setattr(video, "_frame_files", lambda p: opened.append(p) or [])
+    monkeypatch.setattr(video.sources, "frame_files", lambda p: opened.append(p) or [])
     image = (media["frames"] / "0001.png").resolve()
     crafted = tmp_path / "crafted.frames"  # a frame list that also passes the MPEG-TS check
     crafted.write_bytes((b"G\n" + str(image).encode().ljust(185) + b"\n") * 24)
