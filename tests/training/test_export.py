@@ -56,7 +56,7 @@ def _videos(synth_dir: Path) -> list[Path]:
     return sorted((synth_dir / "videos").rglob("*.mp4"))[:3]
 
 
-@pytest.mark.parametrize("arch", ["tiny3d", "r2plus1d_18", "resnet18-tap"])
+@pytest.mark.parametrize("arch", ["tiny3d", "r2plus1d_18", "resnet18-tap", "tiny2d-tap"])
 def test_onnxruntime_equals_torch_on_real_clips(arch: str, synth_dir: Path, tmp_path: Path) -> None:
     ck = make_checkpoint(tmp_path / f"{arch}.pt", arch)
     res = export_onnx(ck, tmp_path / "m.onnx")

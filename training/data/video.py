@@ -12,11 +12,9 @@ Sources:
 Untrusted files (uploads to the service) go through ``declared_shape`` (the frame size and count the container
 declares, checked before any frame is decoded), then ``count_video_frames`` / ``read_video_clip``: container
 demuxers only, never the frame-folder or frame-list readers, and errors that name ``label`` instead of the file.
-``sniff_container`` tells a container type from a file's first bytes.
-
-Sampling (``ClipSpec.sampling``): ``segments`` (TSN: N equal segments, a random frame in each for training, the
-centre at evaluation), ``uniform`` (N evenly spaced frames), ``random`` (a contiguous run of N frames with
-``stride``, at a random start for training, centred at evaluation). Videos shorter than the clip loop.
+``sniff_container`` tells a container type from a file's first bytes. Clip specs, frame sampling, the file checks,
+frame images, container headers and PyAV's frames are torch-free and live in training/data/sources.py (re-exported
+here); this module adds decord and tensors.
 
 decord readers are opened inside the call that reads (so inside DataLoader workers, never inherited from the
 parent), with a bounded number of decoding threads, and resize at decode time. decord 0.6.0 cannot return frames
