@@ -256,7 +256,7 @@ def test_resume_restores_the_gpu_generators_saved_in_the_checkpoint(
     assert len(restored) == 1 and len(restored[0]) == 1 and torch.equal(restored[0][0], gpu_states[0])
 
 
-def test_device_and_precision_selection() -> None:
+def test_device_and_precision_selection(caplog: pytest.LogCaptureFixture) -> None:
     assert select_device("auto", cuda_available=False).type == "cpu"
     assert select_device("auto", local_rank=1, cuda_available=True) == torch.device("cuda:1")
     assert select_device("cpu", cuda_available=True).type == "cpu"
@@ -269,6 +269,7 @@ def test_device_and_precision_selection() -> None:
     assert resolve_precision("auto", gpu, bf16_supported=True) == "bf16"
     assert resolve_precision("auto", gpu, bf16_supported=False) == "fp16"
     assert resolve_precision("bf16", cpu) == "bf16"
+    assert "oneDNN" in caplog.text and "fp32, the CPU default" in caplog.text  # bf16 on a CPU: said once, not refused
     with pytest.raises(UserError, match="fp16 needs a GPU"):
         resolve_precision("fp16", cpu)
 
