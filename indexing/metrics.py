@@ -212,6 +212,19 @@ def _block_ranks(
     return m + np.cumsum(hist, axis=1)[:, :r_max].astype(np.float64)
 
 
+def _gallery_side(g: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The gallery as the block product needs it: (D, G) float64 with u = q @ gt + bias ranking ascending (ties by
+    gallery index; u = -score, for l2 ||q-g||^2 - ||q||^2), the bias (l2) and max ||g|| (for the rounding bound).
+    One float64 copy of the gallery, filled in place."""
+    gt = np.empty((g.shape[1], g.shape[0]), dtype=np.float64)
+    gt[...] = g.T
+    gt *= -2.0 if metric == "l2" else -1.0  # exact
+    sq = np.einsum("ij,ij->j", gt, gt)  # ||g||^2, times 4 for l2 (exact)
+    g_bias = sq / 4.0 if metric == "l2" else None
+    g_max = float(np.sqrt(sq.max()) / (2.0 if metric == "l2" else 1.0)) if len(sq) else 0.0
+    return gt, g_bias, g_max
+
+
 def evaluate_retrieval(
     q_emb: np.ndarray,
     q_ids: Sequence[str],
@@ -234,14 +247,7 @@ def evaluate_retrieval(
     ql, gl = _codes(q_labels, g_labels)
     qc, gc = _camera_codes(q_cams, g_cams, nq, ng)
     by_label, by_id = _members(gl), _members(gi)
-    # rank order = ascending u, ties by gallery index; u = -score
-    g64 = g.astype(np.float64)
-    if metric == "l2":
-        gt, g_bias = np.ascontiguousarray((-2.0 * g64).T), (g64**2).sum(1)  # ||q-g||^2 - ||q||^2
-    else:
-        gt, g_bias = np.ascontiguousarray((-g64).T), None
-    g_max = float(np.linalg.norm(g64, axis=1).max()) if ng else 0.0  # for the rounding bound of the block scores
-    del g64
+    gt, g_bias, g_max = _gallery_side(g, metric)
     aps: list[np.ndarray] = []
     first_ranks: list[np.ndarray] = []
     skipped = 0

@@ -78,13 +78,22 @@ class RerankStats:
 
 # ---- searches --------------------------------------------------------------------------------------------------
 def _smallest(u: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's k smallest values, smallest first (ties: smaller index first)."""
-    if k < u.shape[1]:
-        part = np.argpartition(u, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(u.shape[1]), u.shape)
-    vals = np.take_along_axis(u, part, 1)
-    return np.take_along_axis(part, np.lexsort((part, vals), axis=-1), 1)
+    """Column indices of each row's k smallest values (1 <= k <= columns), smallest first, ties by column.
+
+    Exact without sorting whole rows: the columns are dealt into c >= k groups (column j into group j mod c); the
+    k-th smallest of a row's group minima is a value that at least k of its values do not exceed, so its k smallest
+    are among the few values up to it, and only those are sorted."""
+    n, g = u.shape
+    c = min(g, 8 * k)
+    w = g // c
+    limit = np.partition(u[:, : c * w].reshape(n, w, c).min(1), k - 1, axis=1)[:, k - 1]
+    cols = [np.flatnonzero(u[i] <= limit[i]) for i in range(n)]
+    counts = np.fromiter(map(len, cols), dtype=np.int64, count=n)
+    if not n or counts.min() < k:  # no rows, or NaN (no value is <= NaN): sort the rows
+        return np.argsort(u, axis=1, kind="stable")[:, :k]
+    rows, cols = np.repeat(np.arange(n), counts), np.concatenate(cols)
+    order = np.lexsort((cols, u[rows, cols], rows))
+    return cols[order][(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
 
 
 def exact_searcher(base: np.ndarray, block_rows: int = 4096) -> Searcher:
