@@ -4,10 +4,11 @@ side in one run on the same problems: time, and whether the results are the same
 The torch version is read from a git revision (``--old-rev``, default 2b2dc32, the last commit with torch in
 indexing/) into a temporary folder and imported from there, so this needs a git checkout and torch installed.
 Each side runs ``--repeats`` times, alternating old and new, and the best time of each is compared. The problems are
-those of benchmarks/evaluate.py (3000 queries x 40000 gallery, cameras) and benchmarks/rerank.py (2000 x 10000).
+those of benchmarks/evaluate.py (3000 queries x 40000 gallery, cameras; its memory problem, 10000 x 200000, each
+side in a child process with its peak memory, as there) and benchmarks/rerank.py (2000 x 10000).
 
     python benchmarks/numpy_port.py                  # both problems, 3 repeats
-    python benchmarks/numpy_port.py --quick          # 500 x 5000 and 300 x 1500
+    python benchmarks/numpy_port.py --quick          # 500 x 5000 (memory: 2000 x 40000) and 300 x 1500
     python benchmarks/numpy_port.py --json benchmarks/results/numpy_port.json
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from evaluate import problem
-from peers import REPO, write_json
+from peers import REPO, measure_peak, write_json
 
 from indexing import metrics, rerank
 
@@ -89,14 +91,43 @@ def compare(label: str, t_old: list[float], t_new: list[float], same: bool, extr
     return {"torch_seconds": t_old, "numpy_seconds": t_new, "numpy_over_torch": ratio, "identical": same, **extra}
 
 
+def memory_side(side: str, rev: str, nq: int, ng: int) -> dict:
+    """(In a child process.) One side's exact evaluation of the memory problem, its time and peak memory."""
+    data = problem(nq, ng, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        module = load_old(rev, Path(tmp))[0] if side == "torch" else metrics
+        res, mem = measure_peak(lambda: module.evaluate_retrieval(*data, memory_budget_mb=256))
+    return {**mem, "mAP": res.mAP}
+
+
+def memory(rev: str, nq: int, ng: int) -> dict:
+    out = {}
+    for side in ("torch", "numpy"):
+        cmd = [sys.executable, __file__, "--memory-side", side, "--old-rev", rev, "--memory-size", str(nq), str(ng)]
+        out[side] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    t, n = out["torch"], out["numpy"]
+    print(
+        f"evaluate_retrieval {nq} x {ng}, budget 256 MiB: peak extra memory torch {t['extra_mib']:.0f} MiB, "
+        f"{t['seconds']:.1f} s, numpy {n['extra_mib']:.0f} MiB, {n['seconds']:.1f} s; mAP differs by "
+        f"{abs(t['mAP'] - n['mAP']):.1e}"
+    )
+    return {"problem": [nq, ng], **out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--old-rev", default="2b2dc32")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip", choices=("evaluate", "rerank"), action="append", default=[])
+    ap.add_argument("--skip", choices=("evaluate", "memory", "rerank"), action="append", default=[])
+    ap.add_argument("--memory-size", nargs=2, type=int, metavar=("Q", "G"))
+    ap.add_argument("--memory-side", choices=("torch", "numpy"), help=argparse.SUPPRESS)
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
+    mq, mg = args.memory_size or ((2_000, 40_000) if args.quick else (10_000, 200_000))
+    if args.memory_side:
+        print(json.dumps(memory_side(args.memory_side, args.old_rev, mq, mg)))
+        return
     figures: dict = {"old_rev": args.old_rev}
     with tempfile.TemporaryDirectory() as tmp:
         old_metrics, old_rerank = load_old(args.old_rev, Path(tmp))
@@ -116,6 +147,8 @@ def main() -> None:
                 {"problem": [nq, ng], "mAP": r_new.mAP, "mAP_torch": r_old.mAP, "max_ap_diff": gap},
             )
             print(f"  identical: every relevant item's rank; per-query AP differs by at most {gap:.1e} (sum order)")
+        if "memory" not in args.skip:
+            figures["memory"] = memory(args.old_rev, mq, mg)
         if "rerank" not in args.skip:
             nq, ng = (300, 1_500) if args.quick else (2_000, 10_000)
             data = problem(nq, ng, ids=max(50, ng // 10))
