@@ -13,7 +13,8 @@ labels across the whole gallery. For a block of queries the relevant items' scor
 sorted, every gallery item is located among them with one binary search (``searchsorted``), and a histogram of
 those positions, minus the query's own same-label and self items, gives for the m-th relevant item the number of
 other items ranked above it: rank_m = m + that count. Cost per query O(G log R) instead of O(G log G); memory
-bounded by the block size (about 32 bytes per query x gallery item).
+bounded by the block size (about 8 bytes per query x gallery item: the block's float64 scores; the positions are
+found one query at a time). numpy only (no torch: the API image has none).
 
 Independent of the grouping: a matrix product's rounding depends on the block's shape, so the ranking is defined
 by each pair's score of record (``_canonical_scores``: exact float64 products, a fixed summation tree), ties by
@@ -27,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from indexing.errors import UserError
 
@@ -69,27 +69,23 @@ def _camera_codes(q_cams, g_cams, nq: int, ng: int) -> tuple[np.ndarray, np.ndar
     return qc, gc
 
 
-def _members(g_codes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _members(g_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gallery indices sorted by code (ascending index within a code) and the codes in that order."""
     order = np.argsort(g_codes, kind="stable")
-    return torch.from_numpy(order), torch.from_numpy(g_codes[order])
+    return order, g_codes[order]
 
 
-def _group_block(
-    order: torch.Tensor, sorted_codes: torch.Tensor, q_codes: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_block(order: np.ndarray, sorted_codes: np.ndarray, q_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, W) gallery indices sharing each query's code, ascending, and the validity mask (padding: index 0)."""
-    lo = torch.searchsorted(sorted_codes, q_codes, right=False)
-    cnt = torch.searchsorted(sorted_codes, q_codes, right=True) - lo
-    width = max(1, int(cnt.max())) if cnt.numel() else 1
-    offs = torch.arange(width)
+    lo = np.searchsorted(sorted_codes, q_codes, side="left")
+    cnt = np.searchsorted(sorted_codes, q_codes, side="right") - lo
+    width = max(1, int(cnt.max())) if len(cnt) else 1
+    offs = np.arange(width)
     valid = offs[None, :] < cnt[:, None]
-    idx = (
-        order[(lo[:, None] + offs[None, :]).clamp(max=max(0, order.numel() - 1))]
-        if order.numel()
-        else torch.zeros(len(q_codes), width, dtype=torch.int64)
-    )
-    return torch.where(valid, idx, torch.zeros_like(idx)), valid
+    if not len(order):
+        return np.zeros((len(q_codes), width), dtype=np.int64), valid
+    idx = order[np.minimum(lo[:, None] + offs[None, :], len(order) - 1)]
+    return np.where(valid, idx, 0), valid
 
 
 def _checked(
@@ -101,12 +97,12 @@ def _checked(
     g_labels: Sequence[str],
     ks: Sequence[int],
     metric: str,
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The query and gallery embeddings as float32 tensors and the sorted CMC ranks, or a UserError."""
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The query and gallery embeddings as float32 arrays and the sorted CMC ranks, or a UserError."""
     if metric not in METRICS:
         raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    q = torch.as_tensor(np.ascontiguousarray(q_emb, dtype=np.float32))
-    g = torch.as_tensor(np.ascontiguousarray(g_emb, dtype=np.float32))
+    q = np.ascontiguousarray(q_emb, dtype=np.float32)
+    g = np.ascontiguousarray(g_emb, dtype=np.float32)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise UserError(f"query embeddings {tuple(q.shape)} and gallery embeddings {tuple(g.shape)} do not match")
     nq, ng = q.shape[0], g.shape[0]
@@ -118,107 +114,115 @@ def _checked(
     return q, g, ranks
 
 
-def _canonical_scores(q: torch.Tensor, g: torch.Tensor, metric: str) -> torch.Tensor:
+def _canonical_scores(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
     """Each pair's score of record, ``u`` (smaller ranks first): one function of the two vectors alone, whatever
     the block, the batch or the machine's matrix kernels.
 
     The products of float32 components are exact in float64; they are summed by a fixed pairwise tree of
     element-wise float64 additions (each correctly rounded, so the order is fixed and the result reproducible)."""
-    q64, g64 = q.double(), g.double()
+    q64, g64 = np.asarray(q, dtype=np.float64), np.asarray(g, dtype=np.float64)
     prods = q64 * g64  # (P, D), exact
-    terms = torch.cat([-2.0 * prods, g64 * g64], 1) if metric == "l2" else -prods
+    terms = np.concatenate([-2.0 * prods, g64 * g64], 1) if metric == "l2" else -prods
     width = 1 << max(0, int(terms.shape[1] - 1).bit_length())
     if width != terms.shape[1]:
-        terms = torch.cat([terms, terms.new_zeros(terms.shape[0], width - terms.shape[1])], 1)
+        terms = np.concatenate([terms, np.zeros((terms.shape[0], width - terms.shape[1]))], 1)
     while terms.shape[1] > 1:
         half = terms.shape[1] // 2
         terms = terms[:, :half] + terms[:, half:]
     return terms[:, 0]
 
 
-def _rounding_bound(q: torch.Tensor, g_max: float, metric: str, unit: float = 2.0**-53) -> torch.Tensor:
+def _rounding_bound(q: np.ndarray, g_max: float, metric: str, unit: float = 2.0**-53) -> np.ndarray:
     """Per query: a bound on |computed score - exact score| for any gallery item and any summation order, with
     ``unit`` the unit roundoff (float32: 2^-24, float64: 2^-53): gamma_D times the sum of |terms| (by
     Cauchy-Schwarz), taken twice over for safety."""
     d = q.shape[1]
-    q_norm = q.double().norm(dim=-1)
+    q_norm = np.linalg.norm(q.astype(np.float64), axis=-1)
     magnitude = (2.0 * q_norm * g_max + g_max * g_max) if metric == "l2" else q_norm * g_max
     return 2.0 * (d + 2) * unit * magnitude
 
 
-def _relevant_ahead(
-    q: torch.Tensor, items: torch.Tensor, rel: torch.Tensor, g: torch.Tensor, metric: str
-) -> torch.Tensor:
+def _relevant_ahead(q: np.ndarray, items: np.ndarray, rel: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
     """For each of one query's ``items``: how many of its relevant items ``rel`` rank ahead of it by the score of
     record (ties: smaller gallery index first)."""
-    q_rep = q[None, :].expand(len(items), -1)
-    mine = _canonical_scores(q_rep, g[items], metric)[:, None]
-    theirs = _canonical_scores(q[None, :].expand(len(rel), -1), g[rel], metric)[None, :]
+    mine = _canonical_scores(np.broadcast_to(q, (len(items), len(q))), g[items], metric)[:, None]
+    theirs = _canonical_scores(np.broadcast_to(q, (len(rel), len(q))), g[rel], metric)[None, :]
     return ((theirs < mine) | ((theirs == mine) & (rel[None, :] < items[:, None]))).sum(1)
 
 
-def _place_near_items(
-    hist: torch.Tensor,
-    bins: torch.Tensor,
-    near: torch.Tensor,
-    rel_idx: torch.Tensor,
-    n_rel: torch.Tensor,
-    q_rows: torch.Tensor,
-    g: torch.Tensor,
-    metric: str,
-) -> None:
-    """Move each ``near`` item (within the rounding of a relevant item's block score) from its block-score bin of
-    ``hist`` to the bin of the scores of record (``_relevant_ahead``), in place."""
-    rows, cols = near.nonzero(as_tuple=True)  # row-major: each row's items together
-    if not len(rows):
-        return
-    exact = torch.empty_like(rows)
-    start = 0
-    for row, k in enumerate(torch.bincount(rows, minlength=len(hist)).tolist()):
-        if k:
-            items, rel = cols[start : start + k], rel_idx[row, : int(n_rel[row])]
-            exact[start : start + k] = _relevant_ahead(q_rows[row], items, rel, g, metric)
-            start += k
-    hist.index_put_((rows, bins[rows, cols]), torch.full_like(rows, -1), accumulate=True)
-    hist.index_put_((rows, exact), torch.ones_like(rows), accumulate=True)
+def _row_bins(
+    u: np.ndarray, edges: np.ndarray, own: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's histogram of its other items over ``edges`` (position ``2k``: in the gap after k windows, ``2k+1``:
+    in window k; ``own``: each row's relevant and junk items, left out), and the items found in a window: their
+    rows, gallery indices and the number of relevant items certainly ahead of them. One binary search per item."""
+    raw = np.empty((len(u), edges.shape[1] + 1), dtype=np.int64)
+    near: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for i in range(len(u)):  # one row at a time: a row's positions are never held for the whole block
+        b = np.searchsorted(edges[i], u[i])
+        raw[i] = np.bincount(b, minlength=raw.shape[1]) - np.bincount(b[own[i]], minlength=raw.shape[1])
+        if raw[i, 1::2].any():
+            cols = np.flatnonzero(b & 1)
+            cols = cols[~np.isin(cols, own[i])]
+            near.append((i, cols, b[cols] >> 1))
+    if not near:
+        empty = np.zeros(0, dtype=np.int64)
+        return raw, empty, empty, empty
+    rows = np.concatenate([np.full(len(c), i, dtype=np.int64) for i, c, _ in near])
+    return raw, rows, np.concatenate([c for _, c, _ in near]), np.concatenate([b for _, _, b in near])
 
 
 def _block_ranks(
-    u: torch.Tensor,
-    cand: torch.Tensor,
-    cvalid: torch.Tensor,
-    crel: torch.Tensor,
-    n_rel: torch.Tensor,
-    selfs: torch.Tensor,
-    svalid: torch.Tensor,
-    q_rows: torch.Tensor,
-    g: torch.Tensor,
+    u: np.ndarray,
+    cand: np.ndarray,
+    cvalid: np.ndarray,
+    crel: np.ndarray,
+    n_rel: np.ndarray,
+    selfs: np.ndarray,
+    svalid: np.ndarray,
+    q_rows: np.ndarray,
+    g: np.ndarray,
     g_max: float,
     metric: str,
-) -> torch.Tensor:
+) -> np.ndarray:
     """(B, r_max) float64: the rank of each query's m-th relevant item among the items that count (the module
-    docstring); ``u`` is the block's scores (float64, changed in place)."""
-    cu, su = u.gather(1, cand), u.gather(1, selfs)
+    docstring); ``u`` is the block's scores (float64)."""
+    cu = np.take_along_axis(u, cand, 1)
     r_max = int(n_rel.max())
-    key, order = torch.sort(torch.where(crel, cu, torch.full_like(cu, float("inf"))), dim=1, stable=True)
-    rel_u, rel_idx = key[:, :r_max], cand.gather(1, order)[:, :r_max]
+    key = np.where(crel, cu, np.inf)
+    order = np.argsort(key, axis=1, kind="stable")[:, :r_max]
+    rel_u, rel_idx = np.take_along_axis(key, order, 1), np.take_along_axis(cand, order, 1)
     band = 2.0 * _rounding_bound(q_rows, g_max, metric)[:, None]
     # each relevant score's rounding window [u_r - band, u_r + band], overlapping windows merged by cummax: an item
     # in a gap (even position 2k) surely has k relevant items ahead of it; one in a window (odd) is placed exactly
-    edges = torch.stack([rel_u - band, rel_u + band], 2).flatten(1).cummax(1).values.contiguous()
-    bins = torch.searchsorted(edges, u)
-    near = (bins & 1).bool()
-    bins >>= 1
-    hist = torch.zeros(len(u), r_max + 1, dtype=torch.int64)
-    hist.scatter_add_(1, bins, torch.ones(1, 1, dtype=torch.int64).expand_as(bins))
-    for items, ok in ((cu, cvalid), (su, svalid)):  # relevant and junk items are not "other" items
-        hist.scatter_add_(1, torch.searchsorted(edges, items.contiguous()) >> 1, -ok.long())
-    line = torch.arange(len(u))[:, None]
-    for items, ok in ((cand, cvalid), (selfs, svalid)):
-        near[line.expand_as(items)[ok], items[ok]] = False
-    _place_near_items(hist, bins, near, rel_idx, n_rel, q_rows, g, metric)
-    m = torch.arange(1, r_max + 1, dtype=torch.float64)[None, :]
-    return m + hist.cumsum(1)[:, :r_max].double()
+    edges = np.maximum.accumulate(np.stack([rel_u - band, rel_u + band], 2).reshape(len(u), -1), axis=1)
+    own = [np.concatenate([cand[i][cvalid[i]], selfs[i][svalid[i]]]) for i in range(len(u))]
+    raw, rows, cols, bins = _row_bins(u, edges, own)
+    hist = raw[:, 0::2].copy()
+    hist[:, :r_max] += raw[:, 1::2]
+    if len(rows):  # each item in a window moves from its block-score bin to the bin of the scores of record
+        exact = np.empty_like(rows)
+        bounds = np.flatnonzero(np.diff(rows, prepend=-1, append=len(u)))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            row = rows[a]
+            exact[a:b] = _relevant_ahead(q_rows[row], cols[a:b], rel_idx[row, : n_rel[row]], g, metric)
+        np.add.at(hist, (rows, bins), -1)
+        np.add.at(hist, (rows, exact), 1)
+    m = np.arange(1, r_max + 1, dtype=np.float64)[None, :]
+    return m + np.cumsum(hist, axis=1)[:, :r_max].astype(np.float64)
+
+
+def _gallery_side(g: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The gallery as the block product needs it: (D, G) float64 with u = q @ gt + bias ranking ascending (ties by
+    gallery index; u = -score, for l2 ||q-g||^2 - ||q||^2), the bias (l2) and max ||g|| (for the rounding bound).
+    One float64 copy of the gallery, filled in place."""
+    gt = np.empty((g.shape[1], g.shape[0]), dtype=np.float64)
+    gt[...] = g.T
+    gt *= -2.0 if metric == "l2" else -1.0  # exact
+    sq = np.einsum("ij,ij->j", gt, gt)  # ||g||^2, times 4 for l2 (exact)
+    g_bias = sq / 4.0 if metric == "l2" else None
+    g_max = float(np.sqrt(sq.max()) / (2.0 if metric == "l2" else 1.0)) if len(sq) else 0.0
+    return gt, g_bias, g_max
 
 
 def evaluate_retrieval(
@@ -239,21 +243,15 @@ def evaluate_retrieval(
     scored per matrix product (default: what ``memory_budget_mb`` allows); it changes no result."""
     q, g, ks = _checked(q_emb, q_ids, q_labels, g_emb, g_ids, g_labels, ks, metric)
     nq, ng = q.shape[0], g.shape[0]
-    qi_np, gi_np = _codes(q_ids, g_ids)
-    ql_np, gl_np = _codes(q_labels, g_labels)
-    qi, gi, ql, gl = (torch.from_numpy(a) for a in (qi_np, gi_np, ql_np, gl_np))
-    qc, gc = (torch.from_numpy(a) for a in _camera_codes(q_cams, g_cams, nq, ng))
-    by_label, by_id = _members(gl_np), _members(gi_np)
-    # rank order = ascending u, ties by gallery index; u = -score
-    if metric == "l2":
-        gt, g_bias = (-2 * g.double()).T.contiguous(), (g.double() ** 2).sum(1)  # ||q-g||^2 - ||q||^2
-    else:
-        gt, g_bias = (-g.double()).T.contiguous(), None
-    g_max = float(g.double().norm(dim=1).max()) if ng else 0.0  # for the rounding bound of the block scores
-    aps: list[torch.Tensor] = []
-    first_ranks: list[torch.Tensor] = []
+    qi, gi = _codes(q_ids, g_ids)
+    ql, gl = _codes(q_labels, g_labels)
+    qc, gc = _camera_codes(q_cams, g_cams, nq, ng)
+    by_label, by_id = _members(gl), _members(gi)
+    gt, g_bias, g_max = _gallery_side(g, metric)
+    aps: list[np.ndarray] = []
+    first_ranks: list[np.ndarray] = []
     skipped = 0
-    bs = int(max(1, min(8192, (memory_budget_mb << 20) // max(1, ng * 32)))) if block_size is None else block_size
+    bs = int(max(1, min(8192, (memory_budget_mb << 20) // max(1, ng * 8)))) if block_size is None else block_size
     if bs < 1:
         raise UserError(f"block_size must be >= 1, got {bs}")
     for s in range(0, nq, bs):
@@ -264,29 +262,32 @@ def evaluate_retrieval(
         n_rel = crel.sum(1)
         has = n_rel > 0
         skipped += int((~has).sum())
-        if not bool(has.any()):
+        if not has.any():
             continue
-        rows = has.nonzero().squeeze(1) + s
+        rows = np.flatnonzero(has) + s
         cand, cvalid, crel, n_rel = cand[has], cvalid[has], crel[has], n_rel[has]
         selfs, svalid = _group_block(*by_id, qi[rows])  # the query itself under another label: junk too
         svalid &= gl[selfs] != ql[rows, None]
-        u = q[rows].double() @ gt  # float32 vectors, float64 scores: rounding far below float32's resolution
+        u = q[rows].astype(np.float64) @ gt  # float32 vectors, float64 scores: rounding far below float32's
         if g_bias is not None:
             u += g_bias
         ranks = _block_ranks(u, cand, cvalid, crel, n_rel, selfs, svalid, q[rows], g, g_max, metric)
-        m = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)[None, :]
-        aps.append(torch.where(m <= n_rel[:, None], m / ranks, torch.zeros_like(ranks)).sum(1) / n_rel.double())
+        del u
+        # precision at each relevant item, summed in order (a running sum: the block's padding changes nothing)
+        m = np.arange(1, ranks.shape[1] + 1, dtype=np.float64)[None, :]
+        total = np.take_along_axis(np.cumsum(m / ranks, axis=1), n_rel[:, None] - 1, 1)[:, 0]
+        aps.append(total / n_rel)
         first_ranks.append(ranks[:, 0])
     if not aps:
         return RetrievalScores(mAP=0.0, cmc={k: 0.0 for k in ks}, num_queries=0, skipped=skipped)
-    ap = torch.cat(aps)
-    first = torch.cat(first_ranks)
+    ap = np.concatenate(aps)
+    first = np.concatenate(first_ranks)
     return RetrievalScores(
         mAP=float(ap.mean()),
-        cmc={k: float((first <= k).double().mean()) for k in ks},
-        num_queries=int(ap.numel()),
+        cmc={k: float((first <= k).mean()) for k in ks},
+        num_queries=int(ap.size),
         skipped=skipped,
-        ap=ap.numpy(),
+        ap=ap,
     )
 
 

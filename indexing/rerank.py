@@ -20,7 +20,7 @@ exact search of the queries, so nothing of size items x items is built. Memory: 
 one block of queries x gallery (about 56 bytes per pair, the block sized by ``memory_budget_mb``). torchreid's
 ``re_ranking`` instead holds several dense (q+g) x (q+g) matrices. It also divides each item's distances by its
 largest (a full pass over all pairs) and squares them; the fixed scale here gives the same neighbourhoods and
-the same weights' form without that pass (benchmarks/rerank.py compares the two).
+the same weights' form without that pass (benchmarks/rerank.py compares the two). numpy and scipy only (no torch).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from indexing.errors import UserError
 from indexing.metrics import METRICS, RetrievalScores
@@ -78,9 +77,28 @@ class RerankStats:
 
 
 # ---- searches --------------------------------------------------------------------------------------------------
+def _smallest(u: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k smallest values (1 <= k <= columns), smallest first, ties by column.
+
+    Exact without sorting whole rows: the columns are dealt into c >= k groups (column j into group j mod c); the
+    k-th smallest of a row's group minima is a value that at least k of its values do not exceed, so its k smallest
+    are among the few values up to it, and only those are sorted."""
+    n, g = u.shape
+    c = min(g, 8 * k)
+    w = g // c
+    limit = np.partition(u[:, : c * w].reshape(n, w, c).min(1), k - 1, axis=1)[:, k - 1]
+    cols = [np.flatnonzero(u[i] <= limit[i]) for i in range(n)]
+    counts = np.fromiter(map(len, cols), dtype=np.int64, count=n)
+    if not n or counts.min() < k:  # no rows, or NaN (no value is <= NaN): sort the rows
+        return np.argsort(u, axis=1, kind="stable")[:, :k]
+    rows, cols = np.repeat(np.arange(n), counts), np.concatenate(cols)
+    order = np.lexsort((cols, u[rows, cols], rows))
+    return cols[order][(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
+
+
 def exact_searcher(base: np.ndarray, block_rows: int = 4096) -> Searcher:
     """Exact nearest items of ``base`` (rows already prepared: unit for cosine), by squared L2 distance."""
-    b = torch.as_tensor(np.ascontiguousarray(base, dtype=np.float32))
+    b = np.ascontiguousarray(base, dtype=np.float32)
     bias = (b * b).sum(1)
 
     def search(x: np.ndarray, k: int) -> np.ndarray:
@@ -88,10 +106,12 @@ def exact_searcher(base: np.ndarray, block_rows: int = 4096) -> Searcher:
         out = np.full((len(x), k), -1, dtype=np.int64)
         if k == 0:
             return out
-        xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+        xt = np.ascontiguousarray(x, dtype=np.float32)
         for s in range(0, len(x), block_rows):
-            u = bias[None, :] - 2 * (xt[s : s + block_rows] @ b.T)
-            out[s : s + block_rows] = torch.topk(u, k, dim=1, largest=False).indices.numpy()
+            u = xt[s : s + block_rows] @ b.T
+            u *= -2
+            u += bias[None, :]
+            out[s : s + block_rows] = _smallest(u, k)
         return out
 
     return search
@@ -288,18 +308,19 @@ def _rerank_eval(
     v = query_expansion(v0 := reciprocal_weights(x64, nbr, params.k1, scale), nbr, params.k2)
     del x64
     vq, vg = v[q_rows], v[g_rows].tocsc()
-    xq, xg = torch.from_numpy(x[q_rows]), torch.from_numpy(x[g_rows])
+    xq, xg = x[q_rows], x[g_rows]
     nq_, ng = len(q_rows), len(g_rows)
     bs = int(max(1, min(8192, (memory_budget_mb * 2**20) // max(1, ng * 56))))
     lam = params.lambda_value
     aps, firsts = np.empty(nq_), np.empty(nq_, dtype=np.int64)
-    gsq = (xg.double() ** 2).sum(1)
+    gsq = (xg.astype(np.float64) ** 2).sum(1)
     for s in range(0, nq_, bs):
         e = min(nq_, s + bs)
         qb = xq[s:e]
-        d = ((qb.double() ** 2).sum(1)[:, None] + gsq[None, :] - 2 * (qb @ xg.T).double()).clamp_(min=0) / scale
+        d = (qb.astype(np.float64) ** 2).sum(1)[:, None] + gsq[None, :] - 2 * (qb @ xg.T).astype(np.float64)
+        d = np.maximum(d, 0, out=d) / scale
         ov = _overlap(vq[s:e], vg)
-        final = (1 - lam) * (1 - ov / (2 - ov)) + lam * d.numpy()
+        final = (1 - lam) * (1 - ov / (2 - ov)) + lam * d
         aps[s:e], firsts[s:e] = _ap_block(final, qi[s:e], ql[s:e], qc[s:e], gi, gl, gc)
     n = len(x)
     est = (

@@ -13,7 +13,7 @@ from service.deps import ready_state
 from service.schemas import EvaluateRequest, EvaluateResponse, PerQueryResponse, QueryAP
 from service.state import ServiceState
 
-if TYPE_CHECKING:  # indexing.metrics imports torch: loaded when an evaluation runs
+if TYPE_CHECKING:  # indexing.metrics (numpy only) is loaded when an evaluation runs
     from indexing.metrics import RetrievalScores
 
 router = APIRouter(prefix="/v1", tags=["evaluate"])

@@ -139,3 +139,13 @@ def test_exact_searcher_is_nearest_first() -> None:
     base = rng.normal(size=(50, 8)).astype(np.float32)
     found = exact_searcher(base)(base[:5], 3)
     assert (found[:, 0] == np.arange(5)).all()
+
+
+def test_exact_searcher_breaks_ties_by_position() -> None:
+    """Many exact ties (small integer vectors): the k nearest are those of a stable sort of the distances."""
+    rng = np.random.default_rng(2)
+    base = rng.integers(-1, 2, size=(400, 4)).astype(np.float32)
+    x = rng.integers(-1, 2, size=(30, 4)).astype(np.float32)
+    d = ((x[:, None, :] - base[None, :, :]) ** 2).sum(-1)
+    for k in (1, 9, 50, 400):
+        assert (exact_searcher(base)(x, k) == np.argsort(d, axis=1, kind="stable")[:, :k]).all(), k

@@ -83,3 +83,27 @@ def test_api_rerank(files: dict[str, Path]) -> None:
         for bad in ({"k1": 0}, {"k1": 5, "k2": 9}, {"lambda_value": 1.5}):
             r = c.post("/v1/evaluate", json={"all": True, "rerank": True, **bad})
             assert r.status_code == 422 and r.json()["detail"]
+
+
+def test_api_evaluate_and_rerank_without_torch(files: dict[str, Path]) -> None:
+    """POST /v1/evaluate, plain and re-ranked, on a server in a fresh process where ``import torch`` fails (the
+    torch-free API image): the same figures as a server here."""
+    import subprocess
+    import sys
+
+    bodies = [{"all": True}, {"all": True, "rerank": True, "k1": 10, "k2": 3}]
+    script = f"""
+import json, sys
+sys.modules["torch"] = None  # any "import torch" now raises ImportError
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.settings import Settings
+with TestClient(create_app(Settings(index={str(files["ix"])!r}, device="cpu"), load_in_background=False)) as c:
+    print(json.dumps([c.post("/v1/evaluate", json=b).json() for b in {bodies!r}]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    with TestClient(create_app(Settings(index=files["ix"], device="cpu"), load_in_background=False)) as c:
+        want = [c.post("/v1/evaluate", json=b).json() for b in bodies]
+    assert got == want and want[0]["num_queries"] > 0 and want[1]["mAP"] != want[0]["mAP"]
