@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 KEEP = 20
 JOBS_PATH = "/v1/review/audit/jobs"
 RUNNING = ("running", "cancelling")
+SHUTDOWN_WAIT_S = 120.0  # how long a stopping server waits for a running job to reach its next chunk
 
 
 @dataclass
@@ -103,6 +104,20 @@ class AuditJobs:
             job.state = "cancelling"
             job.cancel.set()
             return True
+
+    def shutdown(self, timeout: float = SHUTDOWN_WAIT_S) -> bool:
+        """Cancel the running jobs and wait for their threads to stop (at their next chunk, storing nothing), so
+        that the server closes its index only after nothing reads it; False if one is still running at ``timeout``."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.state in RUNNING]
+            for job in jobs:
+                job.state = "cancelling"
+                job.cancel.set()
+        deadline = time.monotonic() + timeout
+        stopped = all(job.finished.wait(max(0.0, deadline - time.monotonic())) for job in jobs)
+        if not stopped:
+            log.warning("an audit job was still running %.0f s after the server asked it to stop", timeout)
+        return stopped
 
     def _finish(self, job: AuditJob, state: str, **kw: Any) -> None:
         with self._lock:

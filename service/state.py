@@ -335,7 +335,11 @@ class ServiceState:
         return self.searcher.submit((np.atleast_2d(vectors), k, exclude_ids, flt))
 
     def close(self) -> None:
-        """Stop the workers; finish the snapshot being written and write a last one if writes came after it."""
+        """Stop a running audit job and the workers; finish the snapshot being written and write a last one if writes
+        came after it. The index closes last: a job thread that still read it would crash the process (SQLite)."""
+        jobs = getattr(self, "audit_jobs", None)
+        if jobs is not None:
+            jobs.shutdown()
         for b in (self.batcher, self.searcher):
             if b is not None:
                 b.close()

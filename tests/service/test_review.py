@@ -622,3 +622,27 @@ def test_cancel_stops_the_job_and_stores_nothing(fresh: Path, checkpoint: Path, 
         for _ in range(2):
             gated["go"].release()
         assert finished_job(c, r.json()["url"])["state"] == "done"
+
+
+def test_stopping_the_server_cancels_a_running_job_before_the_index_closes(
+    fresh: Path, checkpoint: Path, gated: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's thread must not read the index after the server closed it (it crashed the process in SQLite)."""
+    from service.state import ServiceState
+
+    order: list[str] = []
+    real_close = ServiceState.close
+
+    def close(self) -> None:
+        job = self.audit_jobs.list()[0]
+        order.append(f"closing with the job {job.state}")
+        threading.Timer(0.5, gated["go"].release).start()  # the chunk under way ends a little later
+        real_close(self)
+        order.append(f"closed with the job {job.state}")
+
+    monkeypatch.setattr(ServiceState, "close", close)
+    with _client(fresh, checkpoint, api_key=KEY) as c:
+        assert c.post("/v1/review/audit/compute", headers=AUTH).status_code == 202
+        assert gated["entered"].acquire(timeout=60)  # the job is inside its first chunk when the server stops
+    assert order == ["closing with the job running", "closed with the job cancelled"]
+    assert gated["chunks"] == 1
