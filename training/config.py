@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from indexing.errors import UserError
-from training.loss_registry import IMAE_T_FINETUNE, IMAE_T_SCRATCH, loss_options, registered_losses
+from training.loss_registry import (
+    IMAE_T_FINETUNE,
+    IMAE_T_FRAME_FINETUNE,
+    IMAE_T_SCRATCH,
+    loss_options,
+    registered_losses,
+)
 from training.loss_registry import loss_kwargs as registry_loss_kwargs
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -105,7 +111,8 @@ class _TrainOptions:
 
     def __post_init__(self) -> None:
         if self.imae_t is None:  # measured per regime: docs/losses.md, Choosing T
-            self.imae_t = IMAE_T_FINETUNE if self.weights else IMAE_T_SCRATCH
+            finetune = IMAE_T_FRAME_FINETUNE if self.loss_level == "frame" else IMAE_T_FINETUNE
+            self.imae_t = finetune if self.weights else IMAE_T_SCRATCH
 
     def loss_kwargs(self) -> dict[str, Any]:
         """The arguments of ``--loss``'s constructor: its options' fields that are set (training/loss_registry.py)."""
