@@ -102,6 +102,14 @@ class _TrainOptions:
     on_bad_video: str = opt("fail", "fail | skip: what to do with a video that does not decode.")
     cache: bool = opt(False, "Keep decoded videos in memory (small datasets).")
     stop_after_epoch: int | None = opt(None, "Stop after this epoch (time-boxed jobs); continue later with --resume.")
+    clean_rounds: int = opt(
+        0,
+        "Clean, then retrain, N times: audit the training manifest with the final model, drop every clip whose "
+        "label is not its top-1 prediction, train again from the same --weights into OUT/clean1/ (clean2/ ...); "
+        "OUT/clean_report.md says what was dropped. On the noise benchmark one round added mAP to IMAE at 40% "
+        "wrong labels and none to CCE, and cost mAP at outlier frames (it drops rightly labelled clips there): "
+        "use it with a robust loss against wrong labels (docs/training.md).",
+    )
     log_interval: int = opt(
         20,
         "Steps between reading the running loss and accuracy back from the device (the "
@@ -135,6 +143,7 @@ class _TrainOptions:
             ("--warmup-epochs", self.warmup_epochs, self.warmup_epochs >= 0),
             ("--grad-clip", self.grad_clip, self.grad_clip >= 0),
             ("--log-interval", self.log_interval, self.log_interval >= 1),
+            ("--clean-rounds", self.clean_rounds, self.clean_rounds >= 0),
         ]:
             if not ok:
                 raise UserError(f"{flag}: invalid value {value}")
