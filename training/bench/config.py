@@ -206,6 +206,10 @@ class NoiseBenchConfig:
                 raise UserError(f"{flag_name}: invalid value {value}")
         if self.frames_weight_decay is not None and not self.frames_weight_decay >= 0:
             raise UserError(f"--frames-weight-decay: invalid value {self.frames_weight_decay}")
+        if self.jobs is not None and self.jobs < 1:
+            raise UserError(f"--jobs: invalid value {self.jobs} (>= 1)")
+        if self.imae_t is not None and not 0 <= self.imae_t < float("inf"):
+            raise UserError(f"--imae-t must be a finite number >= 0, got {self.imae_t}")
 
     def frames_schedule(self) -> dict:
         """The training options in which a frames setting's cells differ from the others' (empty: none)."""
@@ -217,7 +221,3 @@ class NoiseBenchConfig:
         if self.frames_weight_decay is not None:
             out["weight_decay"] = self.frames_weight_decay
         return out
-        if self.jobs is not None and self.jobs < 1:
-            raise UserError(f"--jobs: invalid value {self.jobs} (>= 1)")
-        if self.imae_t is not None and not 0 <= self.imae_t < float("inf"):
-            raise UserError(f"--imae-t must be a finite number >= 0, got {self.imae_t}")
