@@ -183,7 +183,7 @@ def health(
 
 
 # Options that take several values after one flag (``--t 1 2 4``), as the CLI contract writes them.
-MULTI_VALUE_FLAGS = ("--t", "--losses", "--noise", "--k", "--embeddings")
+MULTI_VALUE_FLAGS = ("--t", "--losses", "--noise", "--clean-losses", "--k", "--embeddings")
 
 
 def expand_multi_value_flags(argv: list[str], flags: tuple[str, ...] = MULTI_VALUE_FLAGS) -> list[str]:

@@ -18,6 +18,7 @@ plot_app = typer.Typer(help="Figures.", no_args_is_help=True)
 def train_cmd(ctx: typer.Context, **options: Any) -> None:
     """Train a video embedding model on noisy labels (IMAE by default). DDP: torchrun --no-python vidret train ...
     --config recipe.yaml|json takes the options from a file (docs/training.md); flags given here override it."""
+    from training.cleaning import fit_clean_rounds
     from training.recipe import merged_options
     from training.trainer import TrainConfig, fit
 
@@ -25,7 +26,12 @@ def train_cmd(ctx: typer.Context, **options: Any) -> None:
     sources = {k: ctx.get_parameter_source(k) for k in options}  # flags given: COMMANDLINE (or ENVIRONMENT)
     given = {k for k, src in sources.items() if src is not None and src.name != "DEFAULT"}
     options = merged_options(config, options, given)
-    res = fit(TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}))
+    cfg = TrainConfig(**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
+    if cfg.clean_rounds:
+        res, report = fit_clean_rounds(cfg)
+        typer.echo(f"clean, then retrain: {report}")
+    else:
+        res = fit(cfg)
     if res.history:
         last = res.history[-1]
         typer.echo(f"done: {res.run_dir} (last epoch: loss {last['loss']:.4f}, train acc {last['train_acc']:.3f})")

@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-IMAE_T_FINETUNE = 8.0  # the T the pretrained noise benchmark chose on its validation split
+IMAE_T_FINETUNE = 8.0  # the T the pretrained clip-level noise benchmark chose on its validation split
+IMAE_T_FRAME_FINETUNE = 16.0  # the frame-level benchmark's validation choice (the largest candidate; docs/losses.md)
 IMAE_T_SCRATCH = 4.0  # from random weights: T 8 and 16 stalled learning, 2-4 did best (docs/losses.md)
 
 
@@ -162,9 +163,9 @@ def _nce_rce(alpha: float = 1.0, beta: float = 1.0) -> Any:
         "imae_t",
         None,
         f"IMAE temperature T: weight exp(T p_y (1 - p_y)). Default: {IMAE_T_FINETUNE:g} when fine-tuning from "
-        "--weights (chosen on the validation split of the pretrained noise benchmark), "
-        f"{IMAE_T_SCRATCH:g} from random weights (where 8 and above stalled learning). See docs/losses.md, "
-        "Choosing T.",
+        f"--weights ({IMAE_T_FRAME_FINETUNE:g} with --loss-level frame), each chosen on the validation split of "
+        f"the pretrained noise benchmark at that loss level; {IMAE_T_SCRATCH:g} from random weights (where 8 and "
+        "above stalled learning). See docs/losses.md, Choosing T.",
         env="VIDRET_IMAE_T",
     ),
     normalize=LossOption(

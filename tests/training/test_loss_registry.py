@@ -74,3 +74,14 @@ def test_imae_t_reads_vidret_imae_t_when_not_given(monkeypatch: pytest.MonkeyPat
     assert seen[0].imae_t == t
     res = CliRunner().invoke(app, ["train", "--train", "a.csv", "--out", "o", "--imae-t", "2"])
     assert seen[1].imae_t == 2.0  # the flag wins
+
+
+def test_imae_t_defaults_to_what_the_benchmark_chose_for_the_regime(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.config import TrainConfig
+    from training.loss_registry import IMAE_T_FINETUNE, IMAE_T_FRAME_FINETUNE
+
+    monkeypatch.delenv("VIDRET_IMAE_T", raising=False)
+    t = lambda **kw: TrainConfig(train="t.csv", out="o", **kw).imae_t  # noqa: E731
+    assert (t(), t(weights="w.pt"), t(weights="w.pt", loss_level="frame")) == (IMAE_T_SCRATCH, IMAE_T_FINETUNE, 16.0)
+    assert IMAE_T_FRAME_FINETUNE == 16.0 and t(loss_level="frame") == IMAE_T_SCRATCH  # from scratch: small T
+    assert t(weights="w.pt", loss_level="frame", imae_t=2.0) == 2.0

@@ -9,31 +9,21 @@ the rule drops whole clips, so under frame noise it measures what dropping clips
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from training.data.manifest import VideoRow, write_manifest
+from training.cleaning import CLEAN_RULE, drop_suspects
+from training.data.manifest import VideoRow
 
-CLEAN_RULE = "drop every training clip whose given label is not the final model's top-1 prediction (vidret audit)"
+__all__ = ["CLEAN_RULE", "SUFFIX", "audit_and_drop", "clean_gain_lines"]
 SUFFIX = "+clean"
 
 
 def audit_and_drop(run: Path, train_csv: Path, rows: list[VideoRow], batch_size: int) -> tuple[Path, dict]:
     """Audit a finished run on its training manifest (``run/audit.csv``), write the kept rows next to it
-    (``run/cleaned.csv``); the manifest and what the rule dropped (clips, of which mislabelled, of which known)."""
-    from training.audit import audit
-
-    audit_csv = run / "audit.csv"
-    audit(run / "checkpoints" / "last.pt", train_csv, audit_csv, batch_size=batch_size, workers=0, device="auto")
-    with open(audit_csv, newline="", encoding="utf-8") as fh:
-        drop = {r["id"] for r in csv.DictReader(fh) if r["predicted"] != r["label"]}
-    kept = [r for r in rows if r.id not in drop]
-    if len({r.label for r in kept}) < 2:  # training needs two classes: keep everything rather than nothing
-        kept, drop = rows, set()
-    wrong = {r.id for r in rows if r.clean_label is not None and r.clean_label != r.label}
-    stats = {"dropped": len(drop), "dropped_mislabelled": len(drop & wrong), "mislabelled": len(wrong)}
-    stats["kept"] = len(kept)
-    return write_manifest(run / "cleaned.csv", kept), stats
+    (``run/cleaned.csv``): ``vidret train --clean-rounds``'s own step (training/cleaning.py). The manifest and
+    what the rule dropped (clips, of which mislabelled, of which known); ``rows`` are the manifest's rows."""
+    path, _, stats = drop_suspects(run / "checkpoints" / "last.pt", train_csv, run, batch_size, workers=0)
+    return path, stats
 
 
 def clean_gain_lines(results) -> list[str]:

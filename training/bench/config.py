@@ -115,6 +115,18 @@ class NoiseBenchConfig:
     t_candidates: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0, 16.0])
     select_rate: float = 0.4
     val_fraction: float = 0.2
+    # the frames settings' own schedule (outlier frames take longer to memorise than wrong labels); None: the same
+    # as every other cell (--epochs, --lr, TrainConfig's weight decay)
+    frames_epochs: int | None = field(
+        default=None, metadata=flag("Fine-tuning epochs of the frames settings' cells (default: --epochs).")
+    )
+    frames_lr: float | None = field(
+        default=None, metadata=flag("Learning rate of the frames settings' cells (default: --lr).")
+    )
+    frames_weight_decay: float | None = field(
+        default=None,
+        metadata=flag("Weight decay of the frames settings' cells (default: vidret train's, 0.01, as every cell)."),
+    )
     headline: bool = False
     clean_rounds: int = field(  # training/bench/clean.py
         default=0,
@@ -122,6 +134,10 @@ class NoiseBenchConfig:
             "1: clean, then retrain: every cell once more on the clips that vidret audit of its final model keeps "
             "(rule: drop a clip whose label is not the model's top-1 prediction); reported as <loss>+clean."
         ),
+    )
+    clean_losses: list[str] = field(
+        default_factory=list,
+        metadata=flag("--clean-rounds 1 for these losses' cells only (none given: every loss's)."),
     )
 
     @classmethod
@@ -182,7 +198,26 @@ class NoiseBenchConfig:
         check_loss_level(self.loss_level, self.model)
         if self.clean_rounds not in (0, 1):
             raise UserError(f"--clean-rounds: 0 or 1, got {self.clean_rounds}")
+        stray = [loss for loss in self.clean_losses if loss not in self.losses]
+        if stray:
+            raise UserError(f"--clean-losses: {stray[0]!r} is not one of --losses ({', '.join(self.losses)})")
+        for flag_name, value in [("--frames-epochs", self.frames_epochs), ("--frames-lr", self.frames_lr)]:
+            if value is not None and not value > 0:
+                raise UserError(f"{flag_name}: invalid value {value}")
+        if self.frames_weight_decay is not None and not self.frames_weight_decay >= 0:
+            raise UserError(f"--frames-weight-decay: invalid value {self.frames_weight_decay}")
         if self.jobs is not None and self.jobs < 1:
             raise UserError(f"--jobs: invalid value {self.jobs} (>= 1)")
         if self.imae_t is not None and not 0 <= self.imae_t < float("inf"):
             raise UserError(f"--imae-t must be a finite number >= 0, got {self.imae_t}")
+
+    def frames_schedule(self) -> dict:
+        """The training options in which a frames setting's cells differ from the others' (empty: none)."""
+        out: dict = {}
+        if self.frames_epochs is not None:
+            out.update(epochs=self.frames_epochs, warmup_epochs=min(1.0, self.frames_epochs / 4))
+        if self.frames_lr is not None:
+            out["lr"] = self.frames_lr
+        if self.frames_weight_decay is not None:
+            out["weight_decay"] = self.frames_weight_decay
+        return out

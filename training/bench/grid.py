@@ -411,7 +411,8 @@ def _run_grid(cfg: NoiseBenchConfig, log) -> list[RunResult]:
     log(f"{len(tasks)} cells: {len(finished)} finished earlier (reused), {len(tasks) - len(finished)} {rest}")
     done, missing = _run_cells(cfg, tasks, finished, log)
     if cfg.clean_rounds and done:  # clean, then retrain: every finished cell once more on the clips its audit kept
-        again = {(*k[:3], k[3] + CLEAN_SUFFIX): (*tasks[k], True) for k in tasks if k in done}
+        chosen = set(cfg.clean_losses or cfg.losses)
+        again = {(*k[:3], k[3] + CLEAN_SUFFIX): (*tasks[k], True) for k in tasks if k in done and k[3] in chosen}
         log(f"clean, then retrain ({CLEAN_RULE}): {len(again)} cells")
         done2, missing2 = _run_cells(cfg, again, set(), log)
         done.update(done2)
@@ -475,6 +476,7 @@ def _cell_config(
         weights=str(prep.pretrain_ckpt),
         val_query=str(prep.data / "query.csv"),
         val_gallery=str(prep.data / "gallery.csv"),
+        **(cfg.frames_schedule() if kind == FRAME_NOISE else {}),
     )
 
 
@@ -562,7 +564,18 @@ def _header(cfg: NoiseBenchConfig, prep: Prepared, t: float, wall: float) -> str
         f"{100 * prep.pretrain_test_map:.1f}%), then fine-tuned for {cfg.epochs} epochs on {cfg.train_identities} "
         f"identities ({cfg.cameras} cameras x {cfg.clips_per_camera} clips each; {cfg.frames} frames of "
         f"{cfg.size} px; {cfg.loss_level}-level loss, {cfg.optimizer} at lr {cfg.lr:g}, batch {cfg.batch_size}, "
-        f"{cfg.sampler} sampler); IMAE T = {t:g}; test = clean query/gallery of {cfg.test_identities} unseen "
-        "identities. "
-        f"This invocation took {wall / 60:.1f} min (finished cells are reused and not re-timed).\n"
+        f"{cfg.sampler} sampler){_frames_note(cfg)}; IMAE T = {t:g}; test = clean query/gallery of "
+        f"{cfg.test_identities} unseen identities. "
+        + (
+            f"Clean, then retrain: the cells of {', '.join(cfg.clean_losses)} only. "
+            if cfg.clean_rounds and cfg.clean_losses
+            else ""
+        )
+        + f"This invocation took {wall / 60:.1f} min (finished cells are reused and not re-timed).\n"
     )
+
+
+def _frames_note(cfg: NoiseBenchConfig) -> str:
+    """How the frames settings' cells are trained differently, for the header (nothing when they are not)."""
+    schedule = {k: v for k, v in cfg.frames_schedule().items() if k != "warmup_epochs"}
+    return "; the frames settings' cells: " + ", ".join(f"{k} {v:g}" for k, v in schedule.items()) if schedule else ""

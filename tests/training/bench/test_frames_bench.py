@@ -85,3 +85,22 @@ def test_clean_then_retrain_drops_what_the_audit_disputes_and_reports_the_gain(
     results = [cell("cce", 0, 0.30), cell("cce", 1, 0.20), cell("cce+clean", 0, 0.35), cell("cce+clean", 1, 0.18)]
     text = "\n".join(clean_gain_lines(results))
     assert "| cce | +1.5 ± 4.9 (1/2) |" in text and "top-1 prediction" in text
+
+
+def test_the_frames_settings_can_have_their_own_schedule_and_clean_rounds_their_own_losses() -> None:
+    from dataclasses import replace
+
+    from training.bench.grid import Prepared, _cell_config
+
+    prep = Prepared(Path("d"), Path("pre.pt"), Path("ft.csv"), 0.0, 0.0, 0.0)
+    base = NoiseBenchConfig.headline_grid("x")
+    cfg = replace(base, frames_epochs=300, frames_lr=3e-3, frames_weight_decay=0.0)
+    cell = lambda c, kind: _cell_config(c, prep, "cce", 8.0, kind, 0.4, 0, Path("t.csv"))  # noqa: E731
+    frames, sym = cell(cfg, "frames"), cell(cfg, "symmetric")
+    assert (frames.epochs, frames.lr, frames.weight_decay, frames.warmup_epochs) == (300, 3e-3, 0.0, 1.0)
+    assert (sym.epochs, sym.lr, sym.weight_decay) == (40, 1e-3, 0.01)
+    assert replace(cell(base, "frames"), out="") == replace(cell(base, "symmetric"), out="")  # none given: the same
+    with pytest.raises(UserError, match="--clean-losses: 'mae' is not one of --losses"):
+        replace(base, clean_rounds=1, clean_losses=["mae"]).validate()
+    with pytest.raises(UserError, match="--frames-epochs: invalid value 0"):
+        replace(base, frames_epochs=0).validate()
